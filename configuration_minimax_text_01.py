@@ -1,0 +1,142 @@
+"""Configuration of MiniMax-Text-01: a hybrid lightning/softmax-attention MoE decoder.
+
+The defaults are the released MiniMax-Text-01 values, and the released `config.json` loads unchanged: every
+released key is a field here (`attn_type_list`, the DeepNorm `layernorm_*_alpha/beta`, `rotary_dim`, ...).
+`layer_types` is derived from `attn_type_list` for transformers and is not written back to disk.
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers.configuration_utils import PreTrainedConfig
+
+LIGHTNING, SOFTMAX = 0, 1
+_LAYER_TYPE_NAMES = {LIGHTNING: "linear_attention", SOFTMAX: "full_attention"}
+
+
+def released_attn_type_list(num_hidden_layers: int) -> list[int]:
+    """The released pattern: every 8th layer (7, 15, ...) is softmax attention, the others lightning."""
+    return [SOFTMAX if (i + 1) % 8 == 0 else LIGHTNING for i in range(num_hidden_layers)]
+
+
+@strict(accept_kwargs=True)
+class MiniMaxText01Config(PreTrainedConfig):
+    r"""
+    attn_type_list (`list[int]`): one entry per layer, 0 = lightning (linear) attention, 1 = softmax attention.
+    rotary_dim (`int`): RoPE is applied to the first `rotary_dim` channels of each head only (64 of 128).
+    postnorm (`bool`): residual taken from the normalised input (the released DeepNorm-style blocks).
+    layernorm_{full_attention,linear_attention,mlp}_{alpha,beta} (`float`): out = alpha * residual + beta * f(x).
+    shared_intermediate_size (`int` or one-element `list[int]`): width of the optional shared expert, 0 = none.
+    shared_moe_mode (`str`): how the shared expert is mixed in; only "sigmoid" exists in the released code.
+    block_size (`int`): lightning-attention block length of the chunked prefill (not in the released file; 256 there).
+    lightning_norm_eps (`float`): eps of the RMSNorm inside lightning attention (1e-6 in the released code).
+    """
+
+    model_type = "minimax_text_01"
+    keys_to_ignore_at_inference = ["past_key_values"]
+    attribute_map = {"num_experts": "num_local_experts"}
+
+    vocab_size: int = 200064
+    hidden_size: int = 6144
+    num_hidden_layers: int = 80
+    num_attention_heads: int = 64
+    num_key_value_heads: int = 8
+    head_dim: int | None = 128
+    rotary_dim: int = 64
+    rope_theta: float | int = 10_000_000.0
+    intermediate_size: int = 9216
+    num_local_experts: int = 32
+    num_experts_per_tok: int = 2
+    attn_type_list: list[int] | None = None
+    postnorm: bool = True
+    layernorm_full_attention_alpha: float | int = 3.5565588200778455
+    layernorm_full_attention_beta: float | int = 1.0
+    layernorm_linear_attention_alpha: float | int = 3.5565588200778455
+    layernorm_linear_attention_beta: float | int = 1.0
+    layernorm_mlp_alpha: float | int = 3.5565588200778455
+    layernorm_mlp_beta: float | int = 1.0
+    shared_intermediate_size: int | list[int] = 0
+    shared_moe_mode: str = "sigmoid"
+    rms_norm_eps: float = 1e-5
+    lightning_norm_eps: float = 1e-6
+    block_size: int = 256
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 10_240_000
+    initializer_range: float = 0.02
+    router_aux_loss_coef: float = 0.001
+    router_jitter_noise: float = 0.0
+    output_router_logits: bool = False
+    sliding_window: int | None = None
+    attention_dropout: float | int = 0.0
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        # `layer_types` is derived; a config that carries it (e.g. converted from transformers' native `minimax`)
+        # must agree with `attn_type_list`, or define it when `attn_type_list` is absent.
+        layer_types = kwargs.pop("layer_types", None)
+        if self.attn_type_list is None and layer_types is not None:
+            self.attn_type_list = [_layer_type_to_int(t) for t in layer_types]
+        if self.attn_type_list is None:
+            self.attn_type_list = released_attn_type_list(self.num_hidden_layers)
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        super().__post_init__(**kwargs)
+        self._validate()
+        if layer_types is not None and list(layer_types) != self.layer_types:
+            raise ValueError(
+                "`layer_types` disagrees with `attn_type_list`; drop `layer_types` (it is derived from `attn_type_list`)."
+            )
+
+    @property
+    def layer_types(self) -> list[str]:
+        return [_LAYER_TYPE_NAMES[t] for t in self.attn_type_list]
+
+    @property
+    def shared_expert_size(self) -> int:
+        """`shared_intermediate_size` as an int (the VL release writes it as a one-element list)."""
+        size = self.shared_intermediate_size
+        return size[0] if isinstance(size, list) else size
+
+    def _validate(self):
+        def fail(key, problem, fix):
+            raise ValueError(f"MiniMaxText01Config: `{key}` {problem}. {fix}")
+
+        types = self.attn_type_list
+        if len(types) != self.num_hidden_layers:
+            fail("attn_type_list", f"has {len(types)} entries but num_hidden_layers is {self.num_hidden_layers}",
+                 "Give one entry per layer.")
+        bad = sorted({t for t in types if t not in _LAYER_TYPE_NAMES})
+        if bad:
+            fail("attn_type_list", f"contains unknown layer types {bad}",
+                 "Use 0 for lightning attention and 1 for softmax attention.")
+        if self.head_dim <= 0 or self.rotary_dim <= 0 or self.rotary_dim % 2:
+            fail("rotary_dim", f"is {self.rotary_dim}", "It must be a positive even number.")
+        if self.rotary_dim > self.head_dim:
+            fail("rotary_dim", f"({self.rotary_dim}) exceeds head_dim ({self.head_dim})", "Use rotary_dim <= head_dim.")
+        if self.num_key_value_heads <= 0 or self.num_attention_heads % self.num_key_value_heads:
+            fail("num_key_value_heads", f"({self.num_key_value_heads}) does not divide num_attention_heads "
+                 f"({self.num_attention_heads})", "Pick a divisor of the number of query heads.")
+        if not 0 < self.num_experts_per_tok <= self.num_local_experts:
+            fail("num_experts_per_tok", f"({self.num_experts_per_tok}) is not within 1..num_local_experts "
+                 f"({self.num_local_experts})", "Route each token to at most the number of experts.")
+        size = self.shared_intermediate_size
+        if isinstance(size, list) and (len(size) != 1 or not isinstance(size[0], int)):
+            fail("shared_intermediate_size", f"is {size}", "Give an int or a one-element list of int, e.g. 0 or [0].")
+        if self.shared_expert_size < 0:
+            fail("shared_intermediate_size", f"is negative ({size})", "Use 0 for no shared expert.")
+        if self.shared_moe_mode != "sigmoid":
+            fail("shared_moe_mode", f"is {self.shared_moe_mode!r}", 'Only "sigmoid" exists in the released model.')
+        if self.block_size <= 0:
+            fail("block_size", f"is {self.block_size}", "Use a positive block length (256 in the release).")
+
+
+def _layer_type_to_int(name: str) -> int:
+    for code, type_name in _LAYER_TYPE_NAMES.items():
+        if name == type_name:
+            return code
+    raise ValueError(f"Unknown layer type {name!r} in `layer_types`; expected 'linear_attention' or 'full_attention'.")
+
+
+__all__ = ["MiniMaxText01Config"]

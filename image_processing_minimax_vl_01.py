@@ -1,0 +1,442 @@
+"""Image processor for MiniMax-VL-01 ("anyres" tiling).
+
+Each image becomes one 336x336 thumbnail (the whole image squashed to the tile size) followed by the
+336x336 tiles of a high-resolution canvas. The canvas size is the best of `image_grid_pinpoints` for the
+image's aspect ratio; the image is resized into it keeping its aspect ratio and centred on black.
+
+The module also holds the geometry helpers the processor and the model share:
+
+- `select_best_resolution` picks the canvas (height, width);
+- `unpadded_feature_grid` gives the (rows, cols) of the tile feature map left after removing padding;
+- `num_image_tokens` / `num_crops` give the placeholder-token and crop counts for an image.
+
+All sizes are (height, width). Everything is done with PIL and NumPy, so results do not depend on whether
+torchvision is installed.
+"""
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from transformers.image_processing_backends import PilBackend
+from transformers.image_processing_base import BatchFeature
+from transformers.image_utils import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    ChannelDimension,
+    PILImageResampling,
+    load_image,
+)
+from transformers.processing_utils import ImagesKwargs, Unpack
+from transformers.utils import is_torch_tensor
+
+
+TILE_SIZE = 336
+PATCH_SIZE = 14
+
+# The released 28 (height, width) pairs: every multiple of 336 up to 2016 on each side with at most
+# 18 tiles, in the released order (the order breaks ties in `select_best_resolution`).
+DEFAULT_IMAGE_GRID_PINPOINTS = [
+    [336, 336], [336, 672], [336, 1008], [336, 1344], [336, 1680], [336, 2016],
+    [672, 336], [672, 672], [672, 1008], [672, 1344], [672, 1680], [672, 2016],
+    [1008, 336], [1008, 672], [1008, 1008], [1008, 1344], [1008, 1680], [1008, 2016],
+    [1344, 336], [1344, 672], [1344, 1008], [1344, 1344],
+    [1680, 336], [1680, 672], [1680, 1008],
+    [2016, 336], [2016, 672], [2016, 1008],
+]  # fmt: skip
+
+# Same default as PIL's decompression-bomb warning threshold.
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+
+_CHANNEL_COUNTS = (1, 3, 4)
+
+__all__ = [
+    "DEFAULT_IMAGE_GRID_PINPOINTS",
+    "MiniMaxVL01ImageProcessor",
+    "num_crops",
+    "num_image_tokens",
+    "select_best_resolution",
+    "unpadded_feature_grid",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Geometry (shared with the processor and the model)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _check_hw(original_hw) -> tuple[int, int]:
+    height, width = (int(v) for v in original_hw)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"Image size must be positive (height, width), got {tuple(original_hw)}.")
+    return height, width
+
+
+def select_best_resolution(original_hw, pinpoints) -> tuple[int, int]:
+    """Return the (height, width) pinpoint that best fits an image of size `original_hw` = (height, width).
+
+    Keeps the largest effective resolution (pixels the image keeps after an aspect-preserving fit, capped at
+    its own size); ties go to the least wasted canvas area, then to list order.
+    """
+    height, width = _check_hw(original_hw)
+    if not pinpoints:
+        raise ValueError("`pinpoints` is empty; give at least one (height, width) pair.")
+    best, best_effective, best_wasted = None, -1, None
+    for target_h, target_w in pinpoints:
+        # Float arithmetic and int() truncation on purpose: this is the released rule.
+        scale = min(target_w / width, target_h / height)
+        effective = min(int(width * scale) * int(height * scale), width * height)
+        wasted = target_w * target_h - effective
+        if effective > best_effective or (effective == best_effective and wasted < best_wasted):
+            best, best_effective, best_wasted = (int(target_h), int(target_w)), effective, wasted
+    return best
+
+
+def unpadded_feature_grid(original_hw, target_hw, patch_size: int = PATCH_SIZE) -> tuple[int, int]:
+    """Return (rows, cols) of the canvas feature grid once the black padding is cut away.
+
+    The grid is (target_h / patch) x (target_w / patch); the padded side is cut symmetrically using integer
+    floors, so rows/cols can be one more than the exact image extent (the released rule).
+    """
+    height, width = _check_hw(original_hw)
+    grid_h, grid_w = int(target_hw[0]) // patch_size, int(target_hw[1]) // patch_size
+    # Exact integer arithmetic: floats misround values like 47*72/141 to 23.999... .
+    if width * grid_h > height * grid_w:  # image wider than the grid: rows are padded
+        new_h = height * grid_w // width
+        pad = (grid_h - new_h) // 2
+        return grid_h - 2 * pad, grid_w
+    new_w = width * grid_h // height
+    pad = (grid_w - new_w) // 2
+    return grid_h, grid_w - 2 * pad
+
+
+def num_image_tokens(original_hw, pinpoints, tile_size: int = TILE_SIZE, patch_size: int = PATCH_SIZE) -> int:
+    """Number of `<image>` tokens for one image: (cols + 1) * rows for the tile grid (one newline per row),
+    plus (tile_size // patch_size) ** 2 for the thumbnail."""
+    target_hw = select_best_resolution(original_hw, pinpoints)
+    rows, cols = unpadded_feature_grid(original_hw, target_hw, patch_size)
+    return (cols + 1) * rows + (tile_size // patch_size) ** 2
+
+
+def num_crops(original_hw, pinpoints, tile_size: int = TILE_SIZE) -> int:
+    """Number of 336x336 crops for one image: the thumbnail plus the canvas tiles."""
+    target_h, target_w = select_best_resolution(original_hw, pinpoints)
+    return 1 + (target_h // tile_size) * (target_w // tile_size)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _validate_geometry(tile_hw, patch_size, pinpoints) -> list[list[int]]:
+    """Check tile/patch/pinpoint consistency; return the pinpoints as a list of [h, w] lists."""
+    tile_h, tile_w = tile_hw
+    if tile_h != tile_w or tile_h <= 0:
+        raise ValueError(f"`size` must be a positive square tile, got height={tile_h}, width={tile_w}.")
+    if not _is_int(patch_size) or patch_size <= 0 or tile_h % patch_size:
+        raise ValueError(f"`patch_size` ({patch_size}) must be a positive integer dividing the tile size {tile_h}.")
+    if not pinpoints:
+        raise ValueError("`image_grid_pinpoints` is empty; give at least one [height, width] pair.")
+    checked = []
+    for pair in pinpoints:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(_is_int(v) and v > 0 and v % tile_h == 0 for v in pair):
+            raise ValueError(
+                f"`image_grid_pinpoints` entry {list(pair)} is invalid: each must be a [height, width] pair of "
+                f"positive multiples of the tile size {tile_h} (e.g. [{tile_h}, {2 * tile_h}])."
+            )
+        checked.append([int(pair[0]), int(pair[1])])
+    return checked
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Input conversion: anything accepted -> PIL RGB image
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _check_pixel_count(height: int, width: int, max_image_pixels: int | None) -> None:
+    if height <= 0 or width <= 0:
+        raise ValueError(
+            f"Got an empty image (height={height}, width={width}); every image needs at least one pixel per side."
+        )
+    if max_image_pixels is not None and height * width > max_image_pixels:
+        raise ValueError(
+            f"Image of {width}x{height} = {width * height} pixels exceeds max_image_pixels={max_image_pixels} "
+            "(decompression-bomb guard). Downscale the image first, or raise `max_image_pixels` on the "
+            "image processor if the input is trusted."
+        )
+
+
+def _channels_last(array: np.ndarray, prefer_first: bool, data_format) -> np.ndarray:
+    """Return a 3-D array as (H, W, C), inferring the channel axis unless `data_format` says it."""
+    if data_format is not None:
+        first = ChannelDimension(data_format) == ChannelDimension.FIRST
+    else:
+        first_ok, last_ok = array.shape[0] in _CHANNEL_COUNTS, array.shape[-1] in _CHANNEL_COUNTS
+        if not (first_ok or last_ok):
+            raise ValueError(
+                f"Cannot find the channel axis of an image array of shape {tuple(array.shape)}: expected "
+                "(height, width, C) or (C, height, width) with C in 1, 3 or 4."
+            )
+        # Ambiguous shapes such as (3, H, 3) follow the library convention: CHW for torch, HWC for numpy.
+        first = first_ok and (prefer_first or not last_ok)
+    return np.moveaxis(array, 0, -1) if first else array
+
+
+def _array_to_rgb(array: np.ndarray, prefer_first: bool, data_format, do_convert_rgb: bool) -> Image.Image:
+    """Turn a uint8 HW / HWC / CHW array into a PIL RGB image (grayscale replicated, alpha dropped)."""
+    if array.ndim not in (2, 3):
+        raise ValueError(
+            f"Image arrays must be 2-D (height, width) or 3-D (height, width, C) / (C, height, width); got shape "
+            f"{tuple(array.shape)}. Pass a batch as a list of images."
+        )
+    if array.dtype != np.uint8:
+        raise ValueError(
+            f"Image arrays must be uint8 with values 0-255, got dtype {array.dtype}. Convert first, e.g. "
+            "`(x * 255).round().clip(0, 255).astype(np.uint8)` for floats in [0, 1]."
+        )
+    if array.ndim == 3:
+        array = _channels_last(array, prefer_first, data_format)
+        if array.shape[-1] not in _CHANNEL_COUNTS:
+            raise ValueError(f"Image arrays need 1, 3 or 4 channels, got shape {tuple(array.shape)} (as HWC).")
+    channels = 1 if array.ndim == 2 else array.shape[-1]
+    if channels != 3 and not do_convert_rgb:
+        raise ValueError(f"Got a {channels}-channel image with do_convert_rgb=False; pass RGB or enable it.")
+    if array.ndim == 2 or channels == 1:
+        array = np.repeat(array.reshape(array.shape[0], array.shape[1], 1), 3, axis=-1)
+    return Image.fromarray(np.ascontiguousarray(array[..., :3]))
+
+
+def _pil_to_rgb(image: Image.Image, do_convert_rgb: bool) -> Image.Image:
+    """Decode a PIL image and convert it to RGB; transparency is dropped, not composited."""
+    try:
+        image.load()  # lazily opened files decode here; truncated data fails here
+    except Exception as err:
+        raise ValueError(f"Could not decode the image ({type(err).__name__}: {err}); the file may be corrupt.") from err
+    if image.mode == "RGB":
+        return image
+    if not do_convert_rgb:
+        raise ValueError(f"Got a PIL image in mode {image.mode!r} with do_convert_rgb=False; pass RGB or enable it.")
+    try:
+        if image.mode in ("P", "PA"):
+            image = image.convert("RGBA")  # palette transparency lives in the alpha band; dropped below
+        return image.convert("RGB")
+    except Exception as err:
+        raise ValueError(f"Cannot convert a PIL image in mode {image.mode!r} to RGB: {err}") from err
+
+
+def _open_path(source) -> Image.Image:
+    """Open a local file lazily (so the size check runs before decoding) or fetch a URL / data URI."""
+    source = os.fspath(source)
+    try:
+        if source.startswith(("http://", "https://", "data:")):
+            return load_image(source)
+        return Image.open(source)
+    except Exception as err:
+        raise ValueError(f"Could not read an image from {source[:200]!r} ({type(err).__name__}: {err}).") from err
+
+
+def to_rgb_image(image, do_convert_rgb: bool = True, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS, data_format=None):
+    """Validate one input image (PIL, NumPy, torch, or a path/URL) and return it as a PIL RGB image."""
+    if isinstance(image, (str, os.PathLike)):
+        image = _open_path(image)
+    if isinstance(image, Image.Image):
+        _check_pixel_count(image.height, image.width, max_image_pixels)  # before decoding any pixels
+        return _pil_to_rgb(image, do_convert_rgb)
+    prefer_first = is_torch_tensor(image)
+    if prefer_first:
+        image = image.detach().cpu().numpy()
+    if not isinstance(image, np.ndarray):
+        raise ValueError(
+            f"Unsupported image type {type(image).__name__}; pass a PIL image, a uint8 NumPy array, a uint8 "
+            "torch tensor, or a file path/URL."
+        )
+    if image.ndim in (2, 3):
+        spatial = image.shape[:2] if image.ndim == 2 else _channels_last(image, prefer_first, data_format).shape[:2]
+        _check_pixel_count(spatial[0], spatial[1], max_image_pixels)
+    return _array_to_rgb(image, prefer_first, data_format, do_convert_rgb)
+
+
+def _flatten_images(images) -> list:
+    """Flatten an image, a list of images, or a list of per-prompt lists; split 4-D batches."""
+    if isinstance(images, (list, tuple)):
+        return [img for item in images for img in _flatten_images(item)]
+    if (isinstance(images, np.ndarray) or is_torch_tensor(images)) and images.ndim == 4:
+        return list(images)
+    return [images]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The processor
+# ----------------------------------------------------------------------------------------------------------
+
+
+class MiniMaxVL01ImageProcessorKwargs(ImagesKwargs, total=False):
+    """Extra keyword arguments of `MiniMaxVL01ImageProcessor`.
+
+    image_grid_pinpoints: candidate canvas sizes, a list of [height, width] multiples of the tile size.
+    patch_size: vision patch size (14); sets the feature grid used for token counts.
+    max_image_pixels: reject images with more pixels than this (None disables the check).
+    """
+
+    image_grid_pinpoints: list | tuple | None
+    patch_size: int | None
+    max_image_pixels: int | None
+
+
+class MiniMaxVL01ImageProcessor(PilBackend):
+    r"""Image processor for MiniMax-VL-01 (LLaVA-style "anyres" tiling, PIL backend).
+
+    Output of `__call__(images, return_tensors="pt")`:
+
+    - `pixel_values`: float32 `[total_crops, 3, 336, 336]`. For each image in input order: first the
+      thumbnail (the whole image resized to 336x336, aspect ratio not kept), then the canvas tiles row-major
+      (top row left to right, then the next row). Image *i* has `num_crops((h_i, w_i))` crops.
+    - `image_sizes`: int64 `[num_images, 2]`, the original (height, width) of each image.
+
+    Inputs: a single image, a list, or a list of per-prompt lists (flattened in order). Each image may be a PIL
+    image, a uint8 NumPy array (HWC or HW grayscale; CHW accepted when unambiguous), a uint8 torch tensor (CHW
+    or HWC; CHW wins when ambiguous), or a file path/URL. `input_data_format` forces the channel axis.
+    With `do_convert_rgb` (default), grayscale, palette and CMYK become RGB; alpha is **dropped** (the colour
+    channels are kept as stored, not composited on any background), matching `PIL.Image.convert("RGB")`.
+
+    Canvas: the best pinpoint (see `select_best_resolution`); the image is resized with PIL bicubic keeping its
+    aspect ratio (the long-relative side fills the canvas, the other is floored, at least 1 pixel) and pasted
+    centred on black with offset `free // 2`. Crops are then scaled by `rescale_factor` (1/255) and normalised
+    with the CLIP mean/std in float32.
+
+    Bad inputs (empty images, unsupported types/shapes/dtypes, undecodable files, more than `max_image_pixels`
+    pixels) raise `ValueError`.
+    """
+
+    model_input_names = ["pixel_values", "image_sizes"]
+    valid_kwargs = MiniMaxVL01ImageProcessorKwargs
+
+    size = {"height": TILE_SIZE, "width": TILE_SIZE}
+    patch_size = PATCH_SIZE
+    image_grid_pinpoints = DEFAULT_IMAGE_GRID_PINPOINTS
+    resample = PILImageResampling.BICUBIC
+    image_mean = OPENAI_CLIP_MEAN
+    image_std = OPENAI_CLIP_STD
+    do_resize = True
+    do_rescale = True
+    do_normalize = True
+    do_convert_rgb = True
+    max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS
+
+    _AUTO_MAP = {"AutoImageProcessor": "image_processing_minimax_vl_01.MiniMaxVL01ImageProcessor"}
+
+    def __init__(self, **kwargs: Unpack[MiniMaxVL01ImageProcessorKwargs]):
+        super().__init__(**kwargs)
+        self.image_grid_pinpoints = _validate_geometry(
+            (self.size.height, self.size.width), self.patch_size, self.image_grid_pinpoints
+        )
+
+    # -- geometry with the configured values ----------------------------------------------------------------
+
+    @property
+    def tile_size(self) -> int:
+        return self.size.height
+
+    def num_image_tokens(self, original_hw) -> int:
+        """Image tokens for an image of original (height, width) under this processor's geometry."""
+        # Inside a method the bare name resolves to the module-level function.
+        return num_image_tokens(original_hw, self.image_grid_pinpoints, self.tile_size, self.patch_size)
+
+    def num_crops(self, original_hw) -> int:
+        """Crops (thumbnail + tiles) for an image of original (height, width)."""
+        return num_crops(original_hw, self.image_grid_pinpoints, self.tile_size)
+
+    # -- framework hooks --------------------------------------------------------------------------------------
+
+    def _prepare_images_structure(self, images, expected_ndims: int = 3) -> list:
+        flat = _flatten_images(images)
+        if not flat:
+            raise ValueError("No images were given; pass at least one image.")
+        return flat
+
+    def process_image(
+        self, image, do_convert_rgb=None, input_data_format=None, max_image_pixels=None, **kwargs
+    ) -> Image.Image:
+        """Convert one raw input into a PIL RGB image (validated)."""
+        return to_rgb_image(image, bool(do_convert_rgb), max_image_pixels, input_data_format)
+
+    def _preprocess(
+        self,
+        images: list[Image.Image],
+        size,
+        patch_size,
+        image_grid_pinpoints,
+        resample,
+        do_rescale,
+        rescale_factor,
+        do_normalize,
+        image_mean,
+        image_std,
+        return_tensors=None,
+        **kwargs,
+    ) -> BatchFeature:
+        tile = size.height
+        pinpoints = _validate_geometry((size.height, size.width), patch_size, image_grid_pinpoints)
+        scale = rescale_factor if do_rescale else None
+        mean_std = (image_mean, image_std) if do_normalize else None
+
+        crops, image_sizes = [], []
+        for image in images:
+            target_hw = select_best_resolution((image.height, image.width), pinpoints)
+            thumbnail = image.resize((tile, tile), resample=resample)
+            canvas = _fit_on_canvas(image, target_hw, resample)
+            crops.append(_normalise(np.asarray(thumbnail), scale, mean_std)[None])
+            crops.append(_split_tiles(_normalise(np.asarray(canvas), scale, mean_std), tile))
+            image_sizes.append((image.height, image.width))
+
+        data = {
+            "pixel_values": np.concatenate(crops, axis=0),
+            "image_sizes": np.asarray(image_sizes, dtype=np.int64),
+        }
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def to_dict(self):
+        output = super().to_dict()
+        output["image_processor_type"] = type(self).__name__
+        # Always carry the remote-code entry so a saved folder loads with AutoImageProcessor.
+        output["auto_map"] = {**output.get("auto_map", {}), **self._AUTO_MAP}
+        return output
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pixel helpers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _fit_on_canvas(image: Image.Image, target_hw, resample) -> Image.Image:
+    """Resize keeping the aspect ratio to fit (height, width) `target_hw`; paste centred on black."""
+    target_h, target_w = target_hw
+    width, height = image.size
+    # Integer floors equal the released int(W * h / w) exactly (no float rounding involved).
+    if width * target_h > height * target_w:
+        new_w, new_h = target_w, max(1, target_w * height // width)
+    else:
+        new_w, new_h = max(1, target_h * width // height), target_h
+    canvas = Image.new("RGB", (target_w, target_h), (0, 0, 0))
+    canvas.paste(image.resize((new_w, new_h), resample=resample), ((target_w - new_w) // 2, (target_h - new_h) // 2))
+    return canvas
+
+
+def _normalise(pixels: np.ndarray, scale, mean_std) -> np.ndarray:
+    """uint8 HWC -> float32 CHW, scaled and normalised per channel."""
+    out = pixels.astype(np.float32)
+    if scale is not None:
+        out *= np.float32(scale)
+    if mean_std is not None:
+        mean, std = (np.asarray(v, dtype=np.float32).reshape(-1) for v in mean_std)
+        out = (out - mean) / std
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+def _split_tiles(canvas: np.ndarray, tile: int) -> np.ndarray:
+    """[C, H, W] -> [(H/tile)*(W/tile), C, tile, tile], row-major."""
+    channels, height, width = canvas.shape
+    grid = canvas.reshape(channels, height // tile, tile, width // tile, tile)
+    return np.ascontiguousarray(grid.transpose(1, 3, 0, 2, 4).reshape(-1, channels, tile, tile))

@@ -1,0 +1,710 @@
+"""MiniMax-Text-01: a hybrid lightning/softmax-attention MoE decoder, faithful to the released checkpoints.
+
+Reading order: RMSNorm -> lightning attention kernels (a plain recurrent reference, the chunked prefill, the
+decode step) -> the hybrid cache -> attention modules -> MoE -> decoder layer -> model -> causal-LM head.
+
+Conventions: B batch, T new tokens, P tokens already in the cache, H heads, d head_dim, D hidden_size.
+Every derived table (RoPE frequencies, lightning slopes) is computed in fp32 from the config, never stored in
+the checkpoint and never cast with the model, so `.to(bfloat16)` and `from_pretrained` cannot corrupt it.
+"""
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicLayer
+from transformers.generation import GenerationMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+from transformers.utils import logging
+
+from .configuration_minimax_text_01 import SOFTMAX, MiniMaxText01Config
+
+logger = logging.get_logger(__name__)
+
+# transformers >= 5.2x names the output's cache field `cache`; 5.17 calls it `past_key_values`.
+CACHE_FIELD = "cache" if "cache" in MoeModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+class MiniMaxText01RMSNorm(nn.Module):
+    """x * rsqrt(mean(x^2) + eps) computed in fp32, cast back to the input dtype, then scaled by the weight."""
+
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * normed.to(x.dtype)
+
+    def extra_repr(self):
+        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Lightning attention. One contract for every implementation:
+#   (q, k, v [B, H, T, d], slopes [H] fp32, initial_state [B, H, d, d] fp32 or None) -> (out [B, H, T, d],
+#   final_state [B, H, d, d]), both in fp32 (fp64 for fp64 inputs), computing per head, with lambda = exp(-slope):
+#       S_t = lambda * S_{t-1} + k_t^T v_t,   o_t = q_t S_t.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def lightning_slopes(num_heads: int, layer_idx: int, num_layers: int) -> torch.Tensor:
+    """Per-head decay rates of one layer, fp32 [H]: ALiBi slopes scaled by (1 - l/(L-1) + 1e-5).
+
+    `layer_idx` is the global index (softmax layers count). With a single layer the released formula divides by
+    zero; we use the factor 1 + 1e-5 there.
+    """
+
+    def power_of_two_slopes(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    if math.log2(num_heads).is_integer():
+        base = power_of_two_slopes(num_heads)
+    else:
+        p = 2 ** math.floor(math.log2(num_heads))
+        base = power_of_two_slopes(p) + power_of_two_slopes(2 * p)[0::2][: num_heads - p]
+    factor = 1.0 + 1e-5 if num_layers == 1 else 1.0 - layer_idx / (num_layers - 1) + 1e-5
+    return torch.tensor(base, dtype=torch.float32) * factor
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """fp32 at least: bf16/fp16 activations never touch the decays or the state."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def lightning_attention_step(q, k, v, slopes, state):
+    """O(1) decode: one recurrence step per token. q, k, v [B, H, 1, d]; state [B, H, d, d] fp32."""
+    dtype = _compute_dtype(q)
+    decay = torch.exp(-slopes.to(dtype))[:, None, None]
+    state = decay * state.to(dtype) + k.to(dtype).transpose(-1, -2) @ v.to(dtype)
+    return q.to(dtype) @ state, state
+
+
+def lightning_attention_recurrent(q, k, v, slopes, initial_state=None):
+    """Plain reference: the recurrence token by token (slow; the definition the fast paths are tested against)."""
+    B, H, T, d = q.shape
+    state = q.new_zeros(B, H, d, v.shape[-1], dtype=_compute_dtype(q)) if initial_state is None else initial_state
+    outputs = []
+    for t in range(T):
+        out, state = lightning_attention_step(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1], slopes, state)
+        outputs.append(out)
+    return torch.cat(outputs, dim=2), state
+
+
+def _lightning_blocks(q, k, v, slopes, state):
+    """Exact recurrence over n consecutive blocks of C tokens at once. q, k, v [B, H, n, C, d] fp32.
+
+    Inside a block: o_i = sum_{j<=i} (q_i . k_j) lambda^(i-j) v_j + lambda^(i+1) q_i S_start.
+    Block starts: S_start[b] = lambda^(C b) S_0 + sum_{b'<b} lambda^(C (b-1-b')) KV_b', with
+    KV_b = sum_j lambda^(C-1-j) k_j^T v_j. Powers are exp(-slope * n) with n >= 0: nothing can overflow.
+    """
+    H, n, C = q.shape[1], q.shape[2], q.shape[3]
+    s = slopes.view(H, 1, 1)
+    pos = torch.arange(C, device=q.device, dtype=q.dtype)
+    gap = pos[:, None] - pos[None, :]  # i - j
+    intra_decay = torch.where(gap >= 0, torch.exp(-s * gap.clamp(min=0)), 0.0)  # [H, C, C]
+    out = ((q @ k.transpose(-1, -2)) * intra_decay[:, None]) @ v  # [B, H, n, C, d]
+
+    q_decay = torch.exp(-s * (pos + 1)).view(1, H, 1, C, 1)
+    k_decay = torch.exp(-s * (C - 1 - pos)).view(1, H, 1, C, 1)
+    block_kv = (k * k_decay).transpose(-1, -2) @ v  # [B, H, n, d, d]
+    idx = torch.arange(n, device=q.device, dtype=q.dtype)
+    block_gap = idx[:, None] - 1 - idx[None, :]  # b - 1 - b'
+    carry = torch.where(block_gap >= 0, torch.exp(-s * C * block_gap.clamp(min=0)), 0.0)  # [H, n, n]
+    starts = torch.einsum("hbc,zhcde->zhbde", carry, block_kv)
+    starts = starts + torch.exp(-s * C * idx.view(1, n, 1)).view(1, H, n, 1, 1) * state[:, :, None]
+    out = out + (q * q_decay) @ starts
+    final_state = torch.exp(-slopes * C).view(1, H, 1, 1) * starts[:, :, -1] + block_kv[:, :, -1]
+    return out, final_state
+
+
+def lightning_attention_chunked(q, k, v, slopes, initial_state=None, block_size=256, blocks_per_step=16):
+    """Chunked parallel prefill: vectorised over blocks, `blocks_per_step` blocks at a time so memory stays bounded
+    (the per-block d x d states of a long sequence are never all materialised)."""
+    B, H, T, d = q.shape
+    dtype = _compute_dtype(q)
+    q, k, v, slopes = q.to(dtype), k.to(dtype), v.to(dtype), slopes.to(dtype)
+    state = q.new_zeros(B, H, d, v.shape[-1]) if initial_state is None else initial_state.to(dtype)
+    outputs = []
+    step = block_size * blocks_per_step
+    for start in range(0, T, step):
+        length = min(step, T - start)
+        n_full, tail = divmod(length, block_size)
+        spans = [(start, n_full, block_size)] if n_full else []
+        if tail:  # a last, shorter block
+            spans.append((start + n_full * block_size, 1, tail))
+        for begin, n, C in spans:
+            sl = slice(begin, begin + n * C)
+            blocks = [x[:, :, sl].reshape(B, H, n, C, x.shape[-1]) for x in (q, k, v)]
+            out, state = _lightning_blocks(*blocks, slopes, state)
+            outputs.append(out.reshape(B, H, n * C, -1))
+    return torch.cat(outputs, dim=2), state
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hybrid cache: an fp32 state per lightning layer, growing K/V per softmax layer, and the count of tokens seen
+# (positions come from it, so it is right even though layer 0 is a lightning layer).
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class LightningStateLayer:
+    """Cache entry of one lightning layer: the fp32 state [B, H, d, d] (None before the first token)."""
+
+    is_sliding = False
+
+    def __init__(self):
+        self.state: torch.Tensor | None = None
+
+    def get_seq_length(self) -> int:
+        return 0
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        if self.state is not None:
+            self.state = self.state.index_select(0, beam_idx.to(self.state.device))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.state is not None:
+            self.state = self.state.repeat_interleave(repeats, dim=0)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.state is not None:
+            self.state = self.state[indices]
+
+    def reset(self) -> None:
+        self.state = None
+
+
+class MiniMaxText01Cache(Cache):
+    """K/V (transformers' `DynamicLayer`) for softmax layers, an fp32 state for lightning layers.
+
+    Built by the model itself when `use_cache=True` (transformers' `generate()` does not build a default cache for
+    classes named MiniMax). Beam search reorders every layer, states included. Cropping is impossible: a
+    lightning state cannot be rolled back.
+    """
+
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, config: MiniMaxText01Config):
+        layers = [DynamicLayer() if t == SOFTMAX else LightningStateLayer() for t in config.attn_type_list]
+        super().__init__(layers=layers)
+        self.seen_tokens = 0
+
+    @property
+    def is_linear(self) -> list[bool]:
+        return [isinstance(layer, LightningStateLayer) for layer in self.layers]
+
+    @property
+    def is_sliding(self) -> list[bool]:
+        return [False] * len(self.layers)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+    def get_lightning_state(self, layer_idx: int) -> torch.Tensor | None:
+        return self.layers[layer_idx].state
+
+    def set_lightning_state(self, layer_idx: int, state: torch.Tensor) -> None:
+        self.layers[layer_idx].state = state
+
+    def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
+        return self.layers[layer_idx].update(key_states, value_states)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        for layer in self.layers:
+            layer.reorder_cache(beam_idx)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        for layer in self.layers:
+            layer.batch_repeat_interleave(repeats)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        for layer in self.layers:
+            layer.batch_select_indices(indices)
+
+    def reset(self) -> None:
+        for layer in self.layers:
+            layer.reset() if isinstance(layer, LightningStateLayer) else layer.__init__()
+        self.seen_tokens = 0
+
+    def crop(self, max_length: int) -> None:
+        raise NotImplementedError("MiniMaxText01Cache cannot be cropped: a lightning-attention state has no rollback.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Attention modules
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class MiniMaxText01LightningAttention(nn.Module):
+    """Linear attention with per-head exponential decay (released names: qkv_proj, output_gate, norm, out_proj)."""
+
+    def __init__(self, config: MiniMaxText01Config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.num_layers = config.num_hidden_layers
+        self.block_size = config.block_size
+        inner = self.num_heads * self.head_dim
+        # rows are head-major: head h owns [3d h, 3d h + 3d) = q | k | v
+        self.qkv_proj = nn.Linear(config.hidden_size, 3 * inner, bias=False)
+        self.output_gate = nn.Linear(config.hidden_size, inner, bias=False)
+        self.norm = MiniMaxText01RMSNorm(inner, eps=config.lightning_norm_eps)
+        self.out_proj = nn.Linear(inner, config.hidden_size, bias=False)
+        self._slopes: torch.Tensor | None = None  # fp32, computed on first use per device
+
+    def slopes(self, device: torch.device) -> torch.Tensor:
+        if self._slopes is None or self._slopes.device != device:
+            self._slopes = lightning_slopes(self.num_heads, self.layer_idx, self.num_layers).to(device)
+        return self._slopes
+
+    def forward(self, x, token_mask=None, cache: MiniMaxText01Cache | None = None, **kwargs):
+        B, T, _ = x.shape
+        H, d = self.num_heads, self.head_dim
+        qkv = F.silu(self.qkv_proj(x)).view(B, T, H, 3 * d)  # SiLU on q, k and v alike
+        q, k, v = qkv.transpose(1, 2).split(d, dim=-1)  # [B, H, T, d] each
+        if token_mask is not None:  # padded tokens add nothing to the state (they still decay it)
+            v = v.masked_fill(~token_mask[:, None, :, None], 0.0)
+
+        slopes = self.slopes(x.device)
+        state = cache.get_lightning_state(self.layer_idx) if cache is not None else None
+        if T == 1 and state is not None:
+            out, state = lightning_attention_step(q, k, v, slopes, state)
+        else:
+            out, state = lightning_attention_chunked(q, k, v, slopes, state, self.block_size)
+        if cache is not None:
+            cache.set_lightning_state(self.layer_idx, state)
+
+        out = out.transpose(1, 2).reshape(B, T, H * d)  # heads concatenated, fp32
+        out = self.norm(out).to(x.dtype) * torch.sigmoid(self.output_gate(x))
+        return self.out_proj(out)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_partial_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """NeoX-style RoPE in fp32 on the first cos.shape[-1] channels of x [B, H, T, d]; the rest pass through."""
+    rot, rest = x[..., : cos.shape[-1]].float(), x[..., cos.shape[-1] :]
+    rot = rot * cos + rotate_half(rot) * sin
+    return torch.cat((rot.to(x.dtype), rest), dim=-1)
+
+
+class MiniMaxText01RotaryEmbedding(nn.Module):
+    """cos/sin tables [B, 1, T, rotary_dim] in fp32 for given positions; inv_freq_j = theta^(-2j / rotary_dim)."""
+
+    def __init__(self, config: MiniMaxText01Config):
+        super().__init__()
+        self.rotary_dim = config.rotary_dim
+        self.theta = config.rope_theta
+        self._inv_freq: torch.Tensor | None = None
+
+    def inv_freq(self, device: torch.device) -> torch.Tensor:
+        if self._inv_freq is None or self._inv_freq.device != device:
+            exponents = torch.arange(0, self.rotary_dim, 2, dtype=torch.float64) / self.rotary_dim
+            self._inv_freq = (1.0 / self.theta**exponents).float().to(device)
+        return self._inv_freq
+
+    def forward(self, position_ids: torch.LongTensor):
+        freqs = position_ids.float()[..., None] * self.inv_freq(position_ids.device)  # [B, T, rotary_dim / 2]
+        angles = torch.cat((freqs, freqs), dim=-1)[:, None]
+        return angles.cos(), angles.sin()
+
+
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Explicit softmax attention with GQA. attention_mask: bool [B, 1, T, P+T] (True = attend) or None = causal."""
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scores = (query @ key.transpose(-1, -2)) * scaling
+    if attention_mask is None and query.shape[2] > 1:
+        attention_mask = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device).tril(
+            key.shape[2] - query.shape[2]
+        )
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, float("-inf"))
+    weights = torch.softmax(scores.float(), dim=-1).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return (weights @ value).transpose(1, 2).contiguous(), weights
+
+
+class MiniMaxText01Attention(nn.Module):
+    """Softmax attention: GQA, RoPE on the first `rotary_dim` channels, any transformers attention backend."""
+
+    def __init__(self, config: MiniMaxText01Config, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.num_key_value_groups = self.num_heads // self.num_kv_heads  # read by transformers' sdpa backend
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = True
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(self, x, rotary, attention_mask=None, cache: MiniMaxText01Cache | None = None, **kwargs):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, d]
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = rotary
+        q, k = apply_partial_rotary(q, cos, sin), apply_partial_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)  # [B, H_kv, P+T, d]
+
+        implementation = self.config._attn_implementation or "eager"
+        attend: Callable = (
+            eager_attention_forward if implementation == "eager" else ALL_ATTENTION_FUNCTIONS[implementation]
+        )
+        dropout = self.config.attention_dropout if self.training else 0.0
+        out, _ = attend(self, q, k, v, attention_mask, scaling=self.scaling, dropout=dropout, **kwargs)
+        return self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Mixture of experts
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class MiniMaxText01Expert(nn.Module):
+    """SwiGLU expert: w2(act(w1 x) * w3 x). Plain nn.Linear so int8 quantizers (quanto) see every expert."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, act: str):
+        super().__init__()
+        self.w1 = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.w3 = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.w2 = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.act = ACT2FN[act]
+
+    def forward(self, x):
+        return self.w2(self.act(self.w1(x)) * self.w3(x))
+
+
+class MiniMaxText01SharedMLP(nn.Module):
+    """The optional shared expert (absent from the released checkpoints): gate_proj / up_proj / down_proj."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, act: str):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.act = ACT2FN[act]
+
+    def forward(self, x):
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MiniMaxText01SparseMoeBlock(nn.Module):
+    """Top-k routing with an fp32 softmax and renormalised weights; no capacity limit, no router bias."""
+
+    def __init__(self, config: MiniMaxText01Config):
+        super().__init__()
+        self.num_experts = config.num_local_experts
+        self.top_k = config.num_experts_per_tok
+        self.jitter_noise = config.router_jitter_noise
+        self.gate = nn.Linear(config.hidden_size, self.num_experts, bias=False)
+        self.experts = nn.ModuleList(
+            MiniMaxText01Expert(config.hidden_size, config.intermediate_size, config.hidden_act)
+            for _ in range(self.num_experts)
+        )
+
+    def forward(self, x):
+        B, T, D = x.shape
+        x = x.reshape(-1, D)
+        if self.training and self.jitter_noise > 0:
+            x = x * torch.empty_like(x).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)
+        router_logits = self.gate(x)  # [N, E]
+        probs = torch.softmax(router_logits.float(), dim=-1)
+        weights, experts = probs.topk(self.top_k, dim=-1)  # [N, k]
+        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
+
+        # Group the (token, slot) pairs by expert, run each expert once on its tokens, scatter back weighted.
+        order = experts.flatten().argsort(stable=True)
+        tokens = order // self.top_k
+        counts = torch.bincount(experts.flatten(), minlength=self.num_experts).tolist()
+        expert_outputs = [
+            self.experts[e](chunk) for e, chunk in enumerate(x[tokens].split(counts)) if counts[e] > 0
+        ]
+        weighted = torch.cat(expert_outputs) * weights.flatten()[order, None]
+        out = torch.zeros_like(x).index_add_(0, tokens, weighted)
+        return out.view(B, T, D), router_logits
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Decoder
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class MiniMaxText01DecoderLayer(GradientCheckpointingLayer):
+    """DeepNorm-style post-norm block: out = alpha * residual + beta * f(norm(x)), residual = norm(x) when postnorm."""
+
+    def __init__(self, config: MiniMaxText01Config, layer_idx: int):
+        super().__init__()
+        self.is_softmax = config.attn_type_list[layer_idx] == SOFTMAX
+        if self.is_softmax:
+            self.self_attn = MiniMaxText01Attention(config, layer_idx)
+            self.attn_alpha = config.layernorm_full_attention_alpha
+            self.attn_beta = config.layernorm_full_attention_beta
+        else:
+            self.self_attn = MiniMaxText01LightningAttention(config, layer_idx)
+            self.attn_alpha = config.layernorm_linear_attention_alpha
+            self.attn_beta = config.layernorm_linear_attention_beta
+        self.mlp_alpha, self.mlp_beta = config.layernorm_mlp_alpha, config.layernorm_mlp_beta
+        self.postnorm = config.postnorm
+        self.input_layernorm = MiniMaxText01RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = MiniMaxText01RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.block_sparse_moe = MiniMaxText01SparseMoeBlock(config)
+        if config.shared_expert_size > 0:
+            self.shared_mlp = MiniMaxText01SharedMLP(config.hidden_size, config.shared_expert_size, config.hidden_act)
+            self.coefficient = nn.Linear(config.hidden_size, 1, bias=False)
+
+    def forward(self, hidden_states, rotary, softmax_mask=None, token_mask=None, cache=None, **kwargs):
+        normed = self.input_layernorm(hidden_states)
+        residual = normed if self.postnorm else hidden_states
+        if self.is_softmax:
+            attn = self.self_attn(normed, rotary, attention_mask=softmax_mask, cache=cache, **kwargs)
+        else:
+            attn = self.self_attn(normed, token_mask=token_mask, cache=cache)
+        hidden_states = self.attn_alpha * residual + self.attn_beta * attn
+
+        normed = self.post_attention_layernorm(hidden_states)
+        residual = normed if self.postnorm else hidden_states
+        ffn, router_logits = self.block_sparse_moe(normed)
+        if hasattr(self, "shared_mlp"):
+            gate = torch.sigmoid(self.coefficient(normed).float())
+            ffn = ((1 - gate) * ffn.float() + gate * self.shared_mlp(normed).float()).to(normed.dtype)
+        return self.mlp_alpha * residual + self.mlp_beta * ffn, router_logits
+
+
+class MiniMaxText01PreTrainedModel(PreTrainedModel):
+    config_class = MiniMaxText01Config
+    config: MiniMaxText01Config
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MiniMaxText01DecoderLayer"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+
+
+def softmax_attention_mask(padding_mask, batch_size, query_len, past_len, device):
+    """bool [B, 1, T, P+T] (True = attend) for the softmax layers, or None when plain causal attention is exact.
+
+    A padded query always sees itself, so no row is fully masked (that would give NaN, and NaN times the zeroed
+    lightning value is still NaN).
+    """
+    if padding_mask is None and (past_len == 0 or query_len == 1):
+        return None
+    q_pos = torch.arange(past_len, past_len + query_len, device=device)[:, None]
+    k_pos = torch.arange(past_len + query_len, device=device)[None, :]
+    allowed = (k_pos <= q_pos)[None, None].expand(batch_size, 1, -1, -1)
+    if padding_mask is not None:
+        allowed = allowed & padding_mask[:, None, None, :]
+    return allowed | (k_pos == q_pos)
+
+
+class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
+    def __init__(self, config: MiniMaxText01Config):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(MiniMaxText01DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = MiniMaxText01RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = MiniMaxText01RotaryEmbedding(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: MiniMaxText01Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_router_logits: bool | None = None,
+        cache: MiniMaxText01Cache | None = None,  # the name transformers >= 5.2x uses for past_key_values
+        **kwargs,
+    ) -> MoeModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        if cache is not None and past_key_values is not None:
+            raise ValueError("Pass the cache as `past_key_values` or as `cache`, not both.")
+        past_key_values = past_key_values if past_key_values is not None else cache
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if past_key_values is not None and not isinstance(past_key_values, MiniMaxText01Cache):
+            raise TypeError(
+                f"MiniMax-Text-01 needs a MiniMaxText01Cache (lightning states + K/V), got {type(past_key_values).__name__}. "
+                "Pass `past_key_values=None` to let the model create it."
+            )
+        if use_cache and past_key_values is None:
+            past_key_values = MiniMaxText01Cache(self.config)
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        B, T, _ = inputs_embeds.shape
+        if T == 0:
+            raise ValueError("Empty input: the sequence has no tokens.")
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if past_len + T > self.config.max_position_embeddings:
+            logger.warning_once(
+                f"Sequence length {past_len + T} exceeds max_position_embeddings ({self.config.max_position_embeddings}); "
+                "the model runs, but quality beyond the trained context is not guaranteed."
+            )
+
+        padding_mask = self._padding_mask(attention_mask, B, past_len + T, check_right_padding=use_cache and T > 1)
+        if position_ids is None:
+            position_ids = torch.arange(past_len, past_len + T, device=inputs_embeds.device).expand(B, T)
+        rotary = self.rotary_emb(position_ids)
+        if (self.config._attn_implementation or "").startswith("flash"):
+            softmax_mask = padding_mask  # flash backends take the 2-D padding mask and apply causality themselves
+        else:
+            softmax_mask = softmax_attention_mask(padding_mask, B, T, past_len, inputs_embeds.device)
+        token_mask = padding_mask[:, -T:] if padding_mask is not None else None
+
+        hidden_states = inputs_embeds
+        all_hidden_states, all_router_logits = [], []
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
+            hidden_states, router_logits = layer(
+                hidden_states, rotary, softmax_mask=softmax_mask, token_mask=token_mask, cache=past_key_values, **kwargs
+            )
+            all_router_logits.append(router_logits)
+        hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states.append(hidden_states)
+        if past_key_values is not None:
+            past_key_values.seen_tokens += T
+
+        return MoeModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            **{CACHE_FIELD: past_key_values if use_cache else None},
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            router_logits=tuple(all_router_logits) if output_router_logits else None,
+        )
+
+    @staticmethod
+    def _padding_mask(attention_mask, batch_size, total_len, check_right_padding):
+        """2-D attention mask -> bool [B, P+T], or None when nothing is padded."""
+        if attention_mask is None:
+            return None
+        if attention_mask.dim() != 2 or attention_mask.shape != (batch_size, total_len):
+            raise ValueError(
+                f"attention_mask must have shape (batch, cached + new tokens) = ({batch_size}, {total_len}), got "
+                f"{tuple(attention_mask.shape)}. Pass the 2-D padding mask covering the cached tokens too."
+            )
+        mask = attention_mask.bool()
+        if bool(mask.all()):
+            return None
+        if check_right_padding and not bool(mask[:, -1].all()):
+            raise ValueError(
+                "Right padding is not supported with a cache: a lightning-attention state would keep decaying over the "
+                "pad tokens. Use left padding (tokenizer.padding_side = 'left'), or use_cache=False for scoring."
+            )
+        return mask
+
+
+class MiniMaxText01ForCausalLM(MiniMaxText01PreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {}
+
+    def __init__(self, config: MiniMaxText01Config):
+        super().__init__(config)
+        self.model = MiniMaxText01Model(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: MiniMaxText01Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_router_logits: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        cache: MiniMaxText01Cache | None = None,
+        **kwargs,
+    ) -> MoeCausalLMOutputWithPast:
+        output_router_logits = (
+            output_router_logits if output_router_logits is not None else self.config.output_router_logits
+        )
+        kwargs.pop("return_dict", None)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            output_router_logits=output_router_logits,
+            cache=cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :]).float()  # fp32 logits, as released
+
+        loss = aux_loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, self.vocab_size, **kwargs)
+        if output_router_logits:
+            aux_loss = load_balancing_loss_func(
+                outputs.router_logits, self.config.num_local_experts, self.config.num_experts_per_tok, attention_mask
+            )
+            if labels is not None:
+                loss = loss + self.config.router_aux_loss_coef * aux_loss.to(loss.device)
+
+        return MoeCausalLMOutputWithPast(
+            loss=loss,
+            aux_loss=aux_loss,
+            logits=logits,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
+            hidden_states=outputs.hidden_states,
+            router_logits=outputs.router_logits,
+        )
+
+
+__all__ = [
+    "MiniMaxText01Cache",
+    "MiniMaxText01ForCausalLM",
+    "MiniMaxText01Model",
+    "MiniMaxText01PreTrainedModel",
+    "lightning_attention_chunked",
+    "lightning_attention_recurrent",
+    "lightning_attention_step",
+    "lightning_slopes",
+]

@@ -1,0 +1,7 @@
+import os
+import sys
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for _path in (_ROOT, os.path.join(_ROOT, "scripts")):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
