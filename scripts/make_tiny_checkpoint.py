@@ -1,0 +1,91 @@
+"""Build a complete, offline MiniMax-01 checkpoint folder with tiny widths and the released layout.
+
+    python scripts/make_tiny_checkpoint.py --model text --out tiny-text [--seed 0]
+
+The folder holds what a real Hub repo holds: `config.json` with the released keys and `auto_map`,
+`model.safetensors` with the released key names, the remote-code `.py` files, a small byte-level tokenizer with
+the MiniMax special tokens and chat template, and `generation_config.json` (eos = `<end_of_sentence>`). It loads
+with `AutoConfig` / `AutoTokenizer` / `AutoModelForCausalLM` and `trust_remote_code=True`, with HF_HUB_OFFLINE=1.
+"""
+
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import GenerationConfig
+
+from minimax_code import REPO_ROOT, load
+from tiny_tokenizer import build_tiny_tokenizer, special_token_ids
+
+TEXT_AUTO_MAP = {
+    "AutoConfig": "configuration_minimax_text_01.MiniMaxText01Config",
+    "AutoModelForCausalLM": "modeling_minimax_text_01.MiniMaxText01ForCausalLM",
+}
+
+
+def tiny_text_config(vocab_size: int = 512, **overrides):
+    """Released structure at tiny widths: 8 layers (softmax every 4th), 4 heads x 16 with partial RoPE on 8
+    channels, GQA 4:2, 4 experts of width 64, top-2, DeepNorm alphas as released."""
+    config_class = load("configuration_minimax_text_01").MiniMaxText01Config
+    values = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        num_hidden_layers=8,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        rotary_dim=8,
+        intermediate_size=64,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        attn_type_list=[1 if (i + 1) % 4 == 0 else 0 for i in range(8)],
+        max_position_embeddings=8192,
+    )
+    values.update(overrides)
+    return config_class(**values)
+
+
+TEXT_CODE_FILES = ["configuration_minimax_text_01.py", "modeling_minimax_text_01.py"]
+
+
+def copy_remote_code(out: Path, names=TEXT_CODE_FILES) -> None:
+    for name in names:
+        shutil.copy(REPO_ROOT / name, out / name)
+
+
+def save_tokenizer_and_generation_config(out: Path, tokenizer) -> None:
+    tokenizer.save_pretrained(out)
+    ids = special_token_ids(tokenizer)
+    GenerationConfig(eos_token_id=ids["eos"], pad_token_id=ids["eos"], max_new_tokens=32).save_pretrained(out)
+
+
+def build_text_checkpoint(out: Path, seed: int = 0) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tiny_tokenizer(with_image_token=False)
+    config = tiny_text_config(vocab_size=len(tokenizer), eos_token_id=special_token_ids(tokenizer)["eos"])
+    config.auto_map = TEXT_AUTO_MAP
+    config.architectures = ["MiniMaxText01ForCausalLM"]
+    torch.manual_seed(seed)
+    model = load("modeling_minimax_text_01").MiniMaxText01ForCausalLM(config)
+    model.save_pretrained(out)
+    save_tokenizer_and_generation_config(out, tokenizer)
+    copy_remote_code(out)
+    return out
+
+
+BUILDERS = {"text": build_text_checkpoint}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(BUILDERS), default="text")
+    parser.add_argument("--out", type=Path, required=True, help="folder to write (created if missing)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    args = parser.parse_args(argv)
+    path = BUILDERS[args.model](args.out, args.seed)
+    print(f"wrote a tiny MiniMax-{args.model} checkpoint to {path}")
+
+
+if __name__ == "__main__":
+    main()
