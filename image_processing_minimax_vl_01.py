@@ -15,7 +15,6 @@ torchvision is installed.
 """
 
 import os
-from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -130,6 +129,12 @@ def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
+def _is_valid_pinpoint(pair, tile: int) -> bool:
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+        return False
+    return all(_is_int(v) and v > 0 and v % tile == 0 for v in pair)
+
+
 def _validate_geometry(tile_hw, patch_size, pinpoints) -> list[list[int]]:
     """Check tile/patch/pinpoint consistency; return the pinpoints as a list of [h, w] lists."""
     tile_h, tile_w = tile_hw
@@ -141,9 +146,9 @@ def _validate_geometry(tile_hw, patch_size, pinpoints) -> list[list[int]]:
         raise ValueError("`image_grid_pinpoints` is empty; give at least one [height, width] pair.")
     checked = []
     for pair in pinpoints:
-        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(_is_int(v) and v > 0 and v % tile_h == 0 for v in pair):
+        if not _is_valid_pinpoint(pair, tile_h):
             raise ValueError(
-                f"`image_grid_pinpoints` entry {list(pair)} is invalid: each must be a [height, width] pair of "
+                f"`image_grid_pinpoints` entry {pair!r} is invalid: each must be a [height, width] pair of "
                 f"positive multiples of the tile size {tile_h} (e.g. [{tile_h}, {2 * tile_h}])."
             )
         checked.append([int(pair[0]), int(pair[1])])
@@ -160,7 +165,7 @@ def _check_pixel_count(height: int, width: int, max_image_pixels: int | None) ->
         raise ValueError(
             f"Got an empty image (height={height}, width={width}); every image needs at least one pixel per side."
         )
-    if max_image_pixels is not None and height * width > max_image_pixels:
+    if max_image_pixels and height * width > max_image_pixels:  # 0 or None: no limit
         raise ValueError(
             f"Image of {width}x{height} = {width * height} pixels exceeds max_image_pixels={max_image_pixels} "
             "(decompression-bomb guard). Downscale the image first, or raise `max_image_pixels` on the "
@@ -213,7 +218,8 @@ def _pil_to_rgb(image: Image.Image, do_convert_rgb: bool) -> Image.Image:
     try:
         image.load()  # lazily opened files decode here; truncated data fails here
     except Exception as err:
-        raise ValueError(f"Could not decode the image ({type(err).__name__}: {err}); the file may be corrupt.") from err
+        reason = f"{type(err).__name__}: {err}"
+        raise ValueError(f"Could not decode the image ({reason}); the file may be corrupt or truncated.") from err
     if image.mode == "RGB":
         return image
     if not do_convert_rgb:
@@ -237,7 +243,7 @@ def _open_path(source) -> Image.Image:
         raise ValueError(f"Could not read an image from {source[:200]!r} ({type(err).__name__}: {err}).") from err
 
 
-def to_rgb_image(image, do_convert_rgb: bool = True, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS, data_format=None):
+def _to_rgb_image(image, do_convert_rgb: bool = True, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS, data_format=None):
     """Validate one input image (PIL, NumPy, torch, or a path/URL) and return it as a PIL RGB image."""
     if isinstance(image, (str, os.PathLike)):
         image = _open_path(image)
@@ -246,6 +252,11 @@ def to_rgb_image(image, do_convert_rgb: bool = True, max_image_pixels=DEFAULT_MA
         return _pil_to_rgb(image, do_convert_rgb)
     prefer_first = is_torch_tensor(image)
     if prefer_first:
+        if str(image.dtype) != "torch.uint8":  # checked here: .numpy() cannot even convert bfloat16
+            raise ValueError(
+                f"Image tensors must be uint8 with values 0-255, got {image.dtype}. Convert first, e.g. "
+                "`(x * 255).round().clamp(0, 255).to(torch.uint8)` for floats in [0, 1]."
+            )
         image = image.detach().cpu().numpy()
     if not isinstance(image, np.ndarray):
         raise ValueError(
@@ -277,7 +288,7 @@ class MiniMaxVL01ImageProcessorKwargs(ImagesKwargs, total=False):
 
     image_grid_pinpoints: candidate canvas sizes, a list of [height, width] multiples of the tile size.
     patch_size: vision patch size (14); sets the feature grid used for token counts.
-    max_image_pixels: reject images with more pixels than this (None disables the check).
+    max_image_pixels: reject images with more pixels than this (0 disables the check).
     """
 
     image_grid_pinpoints: list | tuple | None
@@ -302,12 +313,12 @@ class MiniMaxVL01ImageProcessor(PilBackend):
     channels are kept as stored, not composited on any background), matching `PIL.Image.convert("RGB")`.
 
     Canvas: the best pinpoint (see `select_best_resolution`); the image is resized with PIL bicubic keeping its
-    aspect ratio (the long-relative side fills the canvas, the other is floored, at least 1 pixel) and pasted
+    aspect ratio (the limiting side fills the canvas, the other is floored, at least 1 pixel) and pasted
     centred on black with offset `free // 2`. Crops are then scaled by `rescale_factor` (1/255) and normalised
     with the CLIP mean/std in float32.
 
     Bad inputs (empty images, unsupported types/shapes/dtypes, undecodable files, more than `max_image_pixels`
-    pixels) raise `ValueError`.
+    pixels; 0 disables that guard) raise `ValueError`.
     """
 
     model_input_names = ["pixel_values", "image_sizes"]
@@ -360,7 +371,7 @@ class MiniMaxVL01ImageProcessor(PilBackend):
         self, image, do_convert_rgb=None, input_data_format=None, max_image_pixels=None, **kwargs
     ) -> Image.Image:
         """Convert one raw input into a PIL RGB image (validated)."""
-        return to_rgb_image(image, bool(do_convert_rgb), max_image_pixels, input_data_format)
+        return _to_rgb_image(image, bool(do_convert_rgb), max_image_pixels, input_data_format)
 
     def _preprocess(
         self,

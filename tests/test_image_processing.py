@@ -6,9 +6,7 @@ independent reference implementations below (plain Python / PIL / NumPy), never 
 
 import io
 import json
-import os
 import shutil
-import sys
 from fractions import Fraction
 
 import numpy as np
@@ -16,10 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import image_processing_minimax_vl_01 as ipm  # repo root is on sys.path via tests/conftest.py
+from image_processing_minimax_vl_01 import MiniMaxVL01ImageProcessor
 
-import image_processing_minimax_vl_01 as ipm  # noqa: E402
-from image_processing_minimax_vl_01 import MiniMaxVL01ImageProcessor  # noqa: E402
+
+# Fast and sensitive to the transformers image-processing API, so it also runs on the oldest version.
+pytestmark = pytest.mark.smoke
 
 
 # Spec §4.1, written out independently of the module's constant.
@@ -185,16 +185,29 @@ def test_pixels_800x600_thumbnail_and_tiles(processor):
     np.testing.assert_allclose(pixel_values.numpy(), np.stack(expected), atol=1e-5, rtol=0)
     # Left border of tile (0, 0) is black padding.
     black = (0.0 - CLIP_MEAN) / CLIP_STD
-    np.testing.assert_allclose(pixel_values[1, :, :, :56].numpy(), np.broadcast_to(black[:, None, None], (3, 336, 56)), atol=1e-6)
+    left_border = pixel_values[1, :, :, :56].numpy()
+    np.testing.assert_allclose(left_border, np.broadcast_to(black[:, None, None], (3, 336, 56)), atol=1e-6)
 
 
-def test_pixels_wide_image_vertical_offset(processor):
-    image = random_rgb(300, 1000, seed=4)
+@pytest.mark.parametrize(
+    "height, width, target_hw, resized_wh",
+    [
+        # 1000/301 > 1008/336: width fills, 1008 x floor(1008*301/1000) = 303; free 33 -> y offset 16.
+        (301, 1000, (336, 1008), (1008, 303)),
+        # 801/600 < 1008/672: height fills, floor(672*801/600) = 897 x 672; free 111 -> x offset 55.
+        (600, 801, (672, 1008), (897, 672)),
+        # 500/2000 < 672/2016: height fills, 504 x 2016; free 168 -> x offset 84.
+        (2000, 500, (2016, 672), (504, 2016)),
+        # 1008*333/1000 = 335.66 is floored, not rounded: one black row at the bottom (offset 0).
+        (333, 1000, (336, 1008), (1008, 335)),
+    ],
+)
+def test_pixels_against_reference(processor, height, width, target_hw, resized_wh):
+    image = random_rgb(height, width, seed=4)
     out = processor([image], return_tensors="np")
-    # Target 1008x336 (W x H); 1000/300 > 3, so width fills: 1008 x 302, pasted at y = 17.
-    expected = ref_crops(image, target_hw=(336, 1008), resized_wh=(1008, 302))
-    assert out["pixel_values"].shape == (4, 3, 336, 336)
-    np.testing.assert_allclose(out["pixel_values"], np.stack(expected), atol=1e-5, rtol=0)
+    expected = np.stack(ref_crops(image, target_hw, resized_wh))
+    assert out["pixel_values"].shape == expected.shape and out["pixel_values"].dtype == np.float32
+    np.testing.assert_allclose(out["pixel_values"], expected, atol=1e-5, rtol=0)
 
 
 def test_tiny_and_extreme_images_process(processor):
@@ -222,7 +235,7 @@ def test_modes_convert_to_rgb(processor):
 
     # numpy HWC and torch CHW / HWC of the same pixels
     assert torch.equal(_pv(processor, rgb_array), reference)
-    assert torch.equal(_pv(processor, torch.from_numpy(rgb_array).permute(2, 0, 1)), reference)
+    assert torch.equal(_pv(processor, torch.from_numpy(rgb_array.copy()).permute(2, 0, 1)), reference)
     assert torch.equal(_pv(processor, torch.from_numpy(rgb_array.copy())), reference)
 
     # RGBA: alpha is dropped, colour channels kept as stored
@@ -235,7 +248,8 @@ def test_modes_convert_to_rgb(processor):
     gray = rgb.convert("L")
     gray_array = np.asarray(gray)
     gray_reference = _pv(processor, Image.fromarray(np.repeat(gray_array[..., None], 3, axis=-1)))
-    for variant in (gray, gray_array, gray_array[..., None], torch.from_numpy(gray_array.copy())[None], gray.convert("LA")):
+    gray_tensor = torch.from_numpy(gray_array.copy())[None]
+    for variant in (gray, gray_array, gray_array[..., None], gray_tensor, gray.convert("LA")):
         assert torch.equal(_pv(processor, variant), gray_reference)
 
     # palette (with and without transparency) and CMYK equal their PIL RGB conversions
@@ -292,6 +306,7 @@ def _truncated_png():
         (np.zeros((10, 10, 10), np.uint8), "channel axis"),
         (np.zeros((10,), np.uint8), "2-D"),
         (np.zeros((2, 2, 10, 10, 3), np.uint8), "2-D"),
+        (torch.zeros(3, 10, 10, dtype=torch.bfloat16), "uint8"),
         (42, "Unsupported image type"),
         ({"image": 1}, "Unsupported image type"),
         ("/nonexistent/file.png", "Could not read"),
@@ -318,9 +333,15 @@ def test_pixel_limit_is_configurable():
     small = MiniMaxVL01ImageProcessor(max_image_pixels=1000)
     with pytest.raises(ValueError, match="exceeds max_image_pixels=1000"):
         small(random_rgb(30, 40))  # 1200 pixels
-    assert small(random_rgb(25, 40), return_tensors="pt")["pixel_values"].shape[0] == 3
+    assert small(random_rgb(25, 40), return_tensors="pt")["pixel_values"].shape[0] == 2
     with pytest.raises(ValueError, match="max_image_pixels"):
         MiniMaxVL01ImageProcessor()(random_rgb(30, 40), max_image_pixels=100)
+    unlimited = MiniMaxVL01ImageProcessor(max_image_pixels=0)  # 0 disables the guard
+    huge = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (10000, 20000, 3))
+    with pytest.raises(ValueError, match="max_image_pixels"):
+        MiniMaxVL01ImageProcessor()(huge)
+    assert unlimited.max_image_pixels == 0
+    assert unlimited(random_rgb(30, 40), return_tensors="pt")["image_sizes"].tolist() == [[30, 40]]
 
 
 def test_no_rgb_conversion_rejects_non_rgb():
@@ -333,6 +354,7 @@ def test_no_rgb_conversion_rejects_non_rgb():
     [
         ({"image_grid_pinpoints": [[336, 500]]}, "multiples of the tile size 336"),
         ({"image_grid_pinpoints": [[336]]}, "pair"),
+        ({"image_grid_pinpoints": [336, 672]}, "invalid"),
         ({"image_grid_pinpoints": [[0, 336]]}, "positive multiples"),
         ({"image_grid_pinpoints": []}, "empty"),
         ({"patch_size": 15}, "patch_size"),
@@ -397,7 +419,12 @@ def test_auto_map_resolves_as_remote_code(tmp_path):
     assert cls.__name__ == "MiniMaxVL01ImageProcessor"
     assert cls.from_pretrained(tmp_path).image_grid_pinpoints == LLAVA_STYLE_PINPOINTS
 
+
+def test_auto_image_processor_loads_saved_folder(tmp_path):
     from transformers import AutoImageProcessor
+
+    MiniMaxVL01ImageProcessor(image_grid_pinpoints=LLAVA_STYLE_PINPOINTS).save_pretrained(tmp_path)
+    shutil.copy(ipm.__file__, tmp_path)
 
     try:
         loaded = AutoImageProcessor.from_pretrained(tmp_path, trust_remote_code=True)

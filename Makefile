@@ -1,0 +1,39 @@
+# Two entry points, each setting itself up on a fresh machine:
+#   make demo   build a tiny offline checkpoint and chat with it exactly as with a real one
+#   make test   run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+OLDEST_VENV ?= .venv-transformers-5.17
+
+.PHONY: demo test test-oldest clean
+
+$(PY): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $(PY)
+
+demo: $(PY)
+	$(PY) scripts/make_tiny_checkpoint.py --model text --out build/tiny-text
+	HF_HUB_OFFLINE=1 $(PY) scripts/generate.py build/tiny-text --prompt "Tell me about lightning attention." --max-new-tokens 24
+	$(PY) scripts/make_tiny_checkpoint.py --model vl --out build/tiny-vl
+	HF_HUB_OFFLINE=1 $(PY) scripts/generate.py build/tiny-vl --prompt "Describe this image." --image scripts/assets/demo.png --max-new-tokens 24
+
+test: $(PY)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+
+# A smoke subset on the oldest supported transformers (5.17).
+$(OLDEST_VENV)/bin/python: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install -q "$(TORCH)"
+	$(OLDEST_VENV)/bin/python -m pip install -q -r requirements-dev.txt "transformers==5.17.*"
+	touch $(OLDEST_VENV)/bin/python
+
+test-oldest: $(OLDEST_VENV)/bin/python
+	HF_HUB_OFFLINE=1 $(OLDEST_VENV)/bin/python -m pytest -q -m smoke tests
+
+clean:
+	rm -rf build $(VENV) $(OLDEST_VENV)
