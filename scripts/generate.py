@@ -1,0 +1,148 @@
+"""Chat with a MiniMax-Text-01 / MiniMax-VL-01 checkpoint: tokens stream as they are generated.
+
+    python scripts/generate.py CHECKPOINT --prompt "What is lightning attention?" [--system TEXT]
+                               [--image photo.jpg ...] [--max-new-tokens 128] [--dtype auto|bfloat16|float16|float32]
+                               [--device-map auto|MAP.json] [--int8]
+
+CHECKPOINT is a local folder (weights, config, tokenizer or processor, remote code). It is loaded with the Auto
+classes and `trust_remote_code=True`; a folder with a processor config (VL-01) is read with `AutoProcessor`, which
+takes the images, otherwise with `AutoTokenizer`. The prompt goes through the checkpoint's chat template (one
+`<image>` item per --image, before the text). `--device-map` takes "auto" or a JSON file written by
+`scripts/device_map.py --json`; without it the model goes to the first GPU, or the CPU. `--int8` quantizes the
+experts and attention projections with optimum-quanto (`scripts/quanto_config.py`). Status lines go to stderr,
+the conversation to stdout.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, AutoTokenizer, TextStreamer
+from transformers.utils import logging as hf_logging
+
+from quanto_config import quanto_config
+
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+def read_images(paths: list[str]) -> list[Image.Image]:
+    """Decode every image up front, so a bad path fails before the model is loaded."""
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        except (OSError, UnidentifiedImageError) as error:  # missing, unreadable, not an image
+            raise ValueError(f"Cannot read image {path}: {error}. Pass an existing PNG/JPEG/... file.") from None
+    return images
+
+
+def read_device_map(value: str | None):
+    """None, "auto", or the {module: device} dict in a JSON file."""
+    if value in (None, "auto"):
+        return value
+    try:
+        device_map = json.loads(Path(value).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"--device-map {value}: not 'auto' nor a readable JSON file ({error}).") from None
+    if not isinstance(device_map, dict):
+        raise ValueError(f"--device-map {value} must hold a JSON object {{module name: device}}.")
+    return device_map
+
+
+def has_processor(checkpoint: Path) -> bool:
+    return any((checkpoint / name).is_file() for name in PROCESSOR_FILES)
+
+
+def load_model(checkpoint: Path, dtype: str = "auto", device_map=None, int8: bool = False):
+    """(model, processor or tokenizer), both from the Auto classes with the checkpoint's remote code."""
+    config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=True)
+    kwargs = {"dtype": dtype, "trust_remote_code": True}
+    if int8:
+        kwargs["quantization_config"] = quanto_config(config)
+    if device_map is None:
+        device_map = "cuda:0" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, device_map=device_map, **kwargs)
+    reader_class = AutoProcessor if has_processor(checkpoint) else AutoTokenizer
+    return model.eval(), reader_class.from_pretrained(checkpoint, trust_remote_code=True)
+
+
+def chat_messages(prompt: str, n_images: int = 0, system: str | None = None) -> list[dict]:
+    """The conversation as list-of-items content: an image item per image, then the text."""
+    user = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": prompt}]
+    messages = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
+    return messages + [{"role": "user", "content": user}]
+
+
+def build_inputs(reader, messages: list[dict], images: list[Image.Image]):
+    """Token ids (and pixel values) for the chat prompt, ending with the assistant's generation prompt."""
+    if not hasattr(reader, "image_processor"):  # a tokenizer
+        return reader.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    text = reader.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return reader(text=text, images=images or None, return_tensors="pt")
+
+
+def generate(model, reader, inputs, max_new_tokens: int) -> tuple[int, float]:
+    """Stream the answer to stdout; returns (new tokens, seconds)."""
+    tokenizer = getattr(reader, "tokenizer", reader)
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    inputs = inputs.to(model.device)
+    start = time.perf_counter()
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, streamer=streamer)  # runs under no_grad
+    seconds = time.perf_counter() - start
+    return output.shape[-1] - inputs["input_ids"].shape[-1], seconds
+
+
+def status(text: str) -> None:
+    print(f"[{text}]", file=sys.stderr, flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path, help="local checkpoint folder")
+    parser.add_argument("--prompt", required=True, help="the user message")
+    parser.add_argument("--system", help="an optional system message")
+    parser.add_argument("--image", action="append", default=[], help="an image file (repeat for several; VL-01 only)")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="most tokens to generate (default 128)")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="weight dtype (default: the checkpoint's)")
+    parser.add_argument("--device-map", help='"auto" or a JSON file from scripts/device_map.py --json')
+    parser.add_argument("--int8", action="store_true", help="int8 weights with optimum-quanto")
+    args = parser.parse_args(argv)
+
+    if not (args.checkpoint / "config.json").is_file():
+        parser.error(f"{args.checkpoint} is not a checkpoint folder (no config.json in it).")
+    if args.image and not has_processor(args.checkpoint):
+        parser.error(f"{args.checkpoint} has no processor config, so it cannot read images; --image needs VL-01.")
+    if args.max_new_tokens < 1:
+        parser.error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    try:
+        images = read_images(args.image)
+        device_map = read_device_map(args.device_map)
+    except ValueError as error:
+        parser.error(str(error))
+
+    hf_logging.disable_progress_bar()
+    start = time.perf_counter()
+    model, reader = load_model(args.checkpoint, args.dtype, device_map, args.int8)
+    n_params = sum(p.numel() for p in model.parameters())
+    dtype = str(model.dtype).removeprefix("torch.") + (", int8" if args.int8 else "")
+    status(f"{args.checkpoint.name}: {type(model).__name__}, {n_params / 1e6:,.1f} M parameters, {dtype} on "
+           f"{model.device}, loaded in {time.perf_counter() - start:.1f} s")
+
+    inputs = build_inputs(reader, chat_messages(args.prompt, len(images), args.system), images)
+    if args.system:
+        print(f"system: {args.system}")
+    print(f"user: {''.join(f'<image {Path(p).name}> ' for p in args.image)}{args.prompt}")
+    print("assistant: ", end="", flush=True)
+    n_tokens, seconds = generate(model, reader, inputs, args.max_new_tokens)
+    status(f"{n_tokens} new tokens in {seconds:.2f} s: {n_tokens / seconds:.1f} tokens/s "
+           f"(prompt {inputs['input_ids'].shape[-1]} tokens)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,305 @@
+"""Assemble a Hub-ready model repository from a MiniMax-Text-01 / MiniMax-VL-01 checkpoint folder.
+
+    python scripts/prepare_hub_repo.py CHECKPOINT OUT [--push REPO_ID [--private]]
+
+OUT (new or empty) receives: the safetensors weights (and their index), `generation_config.json`, the tokenizer and
+processor files, the remote-code `.py` files of this repository (not the checkpoint's copies), `config.json` with
+the canonical `model_type` and a validated `auto_map`, the processor configs with their `auto_map` (VL-01), and a
+model card `README.md`. Every `auto_map` entry is checked to name a class defined in a file of OUT. `--push`
+uploads OUT with huggingface_hub's `upload_folder` (the token comes from `hf auth login` or HF_TOKEN).
+"""
+
+import argparse
+import ast
+import json
+import shutil
+from pathlib import Path
+
+from device_map import build_meta_model
+from generate import PROCESSOR_FILES
+from make_tiny_checkpoint import TEXT_AUTO_MAP, TEXT_CODE_FILES, VL_AUTO_MAP, copy_remote_code
+from minimax_code import REMOTE_CODE_FILES
+from quanto_config import is_vl, load_config, text_part
+
+TOKENIZER_FILES = [
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+    "merges.txt", "chat_template.jinja", "chat_template.json",
+]  # fmt: skip
+PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_minimax_vl_01.MiniMaxVL01Processor"}
+IMAGE_PROCESSOR_AUTO_MAP = {
+    "AutoImageProcessor": "image_processing_minimax_vl_01.MiniMaxVL01ImageProcessor",
+    **PROCESSOR_AUTO_MAP,
+}
+TRANSFORMERS_RANGE = ">=5.17,<6"
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def write_json(path: Path, values: dict) -> None:
+    path.write_text(json.dumps(values, indent=2, ensure_ascii=False) + "\n")
+
+
+def check_paths(checkpoint: Path, out: Path) -> None:
+    if not (checkpoint / "config.json").is_file():
+        raise FileNotFoundError(f"{checkpoint} is not a checkpoint folder (no config.json). Pass the model folder.")
+    if out.resolve() == checkpoint.resolve():
+        raise ValueError("OUT must differ from CHECKPOINT: the repository is assembled in a new folder.")
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; pass a new or empty folder as OUT.")
+
+
+def copy_checkpoint_files(checkpoint: Path, out: Path, vl: bool) -> list[str]:
+    """Weights, generation config, tokenizer and processor files; returns the copied names."""
+    weights = sorted(p.name for p in checkpoint.glob("*.safetensors"))
+    if not weights:
+        raise FileNotFoundError(f"{checkpoint} holds no *.safetensors weights; convert them to safetensors first.")
+    names = weights + [p.name for p in checkpoint.glob("*.safetensors.index.json")]
+    names += [n for n in ["generation_config.json", *TOKENIZER_FILES] if (checkpoint / n).is_file()]
+    if not any(n.startswith("tokenizer") for n in names):
+        raise FileNotFoundError(f"{checkpoint} has no tokenizer files (tokenizer.json / tokenizer_config.json).")
+    if vl:
+        processor_files = [n for n in PROCESSOR_FILES if (checkpoint / n).is_file()]
+        if not processor_files:
+            raise FileNotFoundError(
+                f"{checkpoint} is a VL-01 checkpoint without processor_config.json or preprocessor_config.json; "
+                "save the processor into it first (MiniMaxVL01Processor.save_pretrained)."
+            )
+        names += processor_files
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy2(checkpoint / name, out / name)
+    return names
+
+
+def write_config(checkpoint: Path, out: Path, config, vl: bool) -> None:
+    """The checkpoint's config.json as is, plus the canonical model_type (older files say "MiniMaxText01") and
+    this repository's auto_map."""
+    values = read_json(checkpoint / "config.json")
+    values["model_type"] = type(config).model_type
+    values["auto_map"] = VL_AUTO_MAP if vl else TEXT_AUTO_MAP
+    write_json(out / "config.json", values)
+
+
+def write_processor_auto_maps(out: Path) -> None:
+    for name, auto_map in [
+        ("processor_config.json", PROCESSOR_AUTO_MAP),
+        ("preprocessor_config.json", IMAGE_PROCESSOR_AUTO_MAP),
+        ("tokenizer_config.json", PROCESSOR_AUTO_MAP),
+    ]:
+        if (out / name).is_file():
+            values = read_json(out / name)
+            values["auto_map"] = auto_map
+            if isinstance(values.get("image_processor"), dict):  # newer processors embed the image processor config
+                values["image_processor"]["auto_map"] = IMAGE_PROCESSOR_AUTO_MAP
+            write_json(out / name, values)
+
+
+def defined_classes(path: Path) -> set[str]:
+    return {node.name for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ClassDef)}
+
+
+def validate_auto_maps(out: Path) -> None:
+    """Every `auto_map` entry "module.Class" must name a class defined in OUT/module.py."""
+    for config_file in sorted(out.glob("*.json")):
+        values = read_json(config_file)
+        maps = [values.get("auto_map") or {}, (values.get("image_processor") or {}).get("auto_map") or {}]
+        for auto_class, reference in [item for auto_map in maps for item in auto_map.items()]:
+            module, _, class_name = reference.rpartition(".")
+            code = out / f"{module}.py"
+            if not code.is_file() or class_name not in defined_classes(code):
+                raise ValueError(
+                    f"{config_file.name}: auto_map {auto_class} -> {reference}, but {code.name} "
+                    f"{'does not define ' + class_name if code.is_file() else 'is missing'}."
+                )
+    architecture = (read_json(out / "config.json").get("architectures") or [None])[0]
+    if architecture not in {ref.rpartition(".")[2] for ref in read_json(out / "config.json")["auto_map"].values()}:
+        raise ValueError(f"config.json: architectures[0] = {architecture!r} is not a class named in its auto_map.")
+
+
+def prepare_repo(checkpoint, out) -> Path:
+    checkpoint, out = Path(checkpoint), Path(out)
+    check_paths(checkpoint, out)
+    config = load_config(checkpoint)
+    vl = is_vl(config)
+    files = copy_checkpoint_files(checkpoint, out, vl)
+    copy_remote_code(out, REMOTE_CODE_FILES if vl else TEXT_CODE_FILES)
+    write_config(checkpoint, out, config, vl)
+    if vl:
+        write_processor_auto_maps(out)
+    validate_auto_maps(out)
+    (out / "README.md").write_text(model_card(config, files))
+    return out
+
+
+def push(out: Path, repo_id: str, private: bool = False) -> str:
+    """Create the Hub repo if needed and upload OUT; returns the commit URL."""
+    from huggingface_hub import create_repo, upload_folder
+
+    create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    commit = upload_folder(folder_path=out, repo_id=repo_id, repo_type="model",
+                           commit_message="MiniMax-01 remote code for transformers 5")
+    return commit.commit_url
+
+
+def model_card(config, files: list[str]) -> str:
+    vl = is_vl(config)
+    text_config, prefix = text_part(config)
+    n_params = sum(p.numel() for p in build_meta_model(config).parameters())
+    types = text_config.layer_types
+    name = "MiniMax-VL-01" if vl else "MiniMax-Text-01"
+    skip = (
+        (', "vision_tower", "multi_modal_projector", "image_newline"' if vl else "")
+        + f']\nskip += [f"{prefix}model.layers.{{i}}.{{m}}" for i in range({text_config.num_hidden_layers}) '
+        'for m in ("coefficient", "block_sparse_moe.gate")]'
+    )
+    usage = VL_USAGE if vl else TEXT_USAGE
+    return CARD.format(
+        name=name,
+        pipeline="image-text-to-text" if vl else "text-generation",
+        params=f"{n_params / 1e9:.1f} B" if n_params >= 1e9 else f"{n_params / 1e6:.1f} M",
+        layers=len(types),
+        lightning=types.count("linear_attention"),
+        softmax=types.count("full_attention"),
+        experts=text_config.num_local_experts,
+        top_k=text_config.num_experts_per_tok,
+        vision=" A CLIP ViT vision tower, a two-layer projector and an anyres image processor (336-px tiles "
+        "plus a thumbnail) feed the language model." if vl else "",
+        range=TRANSFORMERS_RANGE,
+        usage=usage,
+        skip=f'skip = ["{prefix}lm_head", "{prefix}model.embed_tokens"' + skip,
+        files=file_list(files, REMOTE_CODE_FILES if vl else TEXT_CODE_FILES),
+    )
+
+
+def file_list(copied: list[str], code_files: list[str]) -> str:
+    weights = [name for name in copied if name.endswith(".safetensors")]
+    others = sorted(set(copied) - set(weights) | {"config.json", "README.md"})
+    lines = [f"- weights: {len(weights)} safetensors file(s) ({weights[0]}{' ...' if len(weights) > 1 else ''})"]
+    lines += [f"- `{name}`" for name in others]
+    return "\n".join(lines + [f"- `{name}` (remote code)" for name in code_files])
+
+
+TEXT_USAGE = """\
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+path = "REPO_ID_OR_FOLDER"
+tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype="bfloat16", device_map="auto")
+messages = [{"role": "user", "content": [{"type": "text", "text": "What is lightning attention?"}]}]
+inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+output = model.generate(**inputs.to(model.device), max_new_tokens=200)
+print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+```"""
+
+VL_USAGE = """\
+```python
+from PIL import Image
+from transformers import AutoModelForCausalLM, AutoProcessor
+
+path = "REPO_ID_OR_FOLDER"
+processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype="bfloat16", device_map="auto")
+messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the picture."}]}]
+prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+inputs = processor(text=prompt, images=[Image.open("photo.jpg")], return_tensors="pt").to(model.device)
+output = model.generate(**inputs, max_new_tokens=200)
+print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+```"""
+
+CARD = """\
+---
+library_name: transformers
+pipeline_tag: {pipeline}
+tags:
+- minimax
+- mixture-of-experts
+- linear-attention
+- custom_code
+---
+
+# {name} (remote code for transformers 5)
+
+{params} parameters: {layers} decoder layers ({lightning} lightning-attention, {softmax} softmax-attention),
+each with a {experts}-expert top-{top_k} mixture of experts.{vision}
+The weights are those of the source checkpoint, unchanged; the modelling code is a rewrite for transformers 5
+that follows the released math.
+
+## Requirements
+
+- `transformers{range}` and `torch` (any build; no flash-attn needed), `accelerate` for `device_map`,
+  `optimum-quanto` for int8. Loading needs `trust_remote_code=True`.
+
+## Usage
+
+{usage}
+
+The released model needs several GPUs: in bfloat16 the weights alone take about 2 bytes per parameter, in int8
+(below) about half. Pass `device_map="auto"`, or a whole-layer map `{{module name: GPU}}` (embeddings on the first
+GPU, final norm and `lm_head` on the last), with room left on every GPU for the K/V cache of the softmax layers
+(4 KiB per token per layer in bf16), the lightning states (4 MiB per layer per sequence, fp32) and activations.
+
+### int8 weights (optimum-quanto)
+
+```python
+from transformers import QuantoConfig
+
+{skip}
+quantization_config = QuantoConfig(weights="int8", modules_to_not_convert=skip)
+model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype="bfloat16", device_map="auto",
+                                             quantization_config=quantization_config)
+```
+
+Every expert and attention projection is quantized; router gates, embeddings and `lm_head` stay in bfloat16.
+
+## Differences from the code published with the release
+
+- Runs on transformers 5 (the original code imports only on 4.x) and needs no flash-attn: the softmax layers use
+  transformers' attention interface (eager, sdpa, or flash-attention when installed).
+- A transformers `Cache` subclass (fp32 lightning states plus K/V) replaces the legacy tuple caches, so
+  `generate()` works with greedy search, sampling, beam search and left-padded batches.
+- The lightning layers have a training path (autograd through a chunked, memory-bounded prefill).
+- The chat template also renders plain-string message content (the released one rendered it as nothing).
+
+## Differences from transformers' native `minimax`
+
+- RoPE is applied to the first `rotary_dim` (64) channels of each head only, as released; native rotates all 128.
+- Lightning decays and states are always fp32; native stores the decays as buffers that are cast with the model,
+  so in bf16 about 9% of them round to exactly 1.0 and long decodes drift.
+- The released key names and per-expert `nn.Linear` experts are kept; native fuses the experts into 3-D tensors,
+  which int8 quanto does not quantize.
+- Positions count the tokens already in the cache even though layer 0 is a lightning layer, so manual decoding
+  without `position_ids` is right.
+
+## Behaviours worth knowing
+
+- Right padding is refused while a cache is kept (a lightning state would keep decaying over the pad tokens); use
+  left padding, or `use_cache=False` for scoring.
+- Prompts longer than `max_position_embeddings` run with a warning.
+
+## Files
+
+{files}
+"""
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path, help="checkpoint folder (config.json, safetensors, tokenizer)")
+    parser.add_argument("out", type=Path, help="new or empty folder to assemble the repository in")
+    parser.add_argument("--push", metavar="REPO_ID", help="upload OUT to this Hub model repository")
+    parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
+    args = parser.parse_args(argv)
+    try:
+        out = prepare_repo(args.checkpoint, args.out)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        parser.error(str(error))
+    print(f"assembled {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
+    if args.push:
+        print(f"uploaded: {push(out, args.push, args.private)}")
+
+
+if __name__ == "__main__":
+    main()
