@@ -82,8 +82,8 @@ class MiniMaxText01Config(PreTrainedConfig):
             self.attn_type_list = released_attn_type_list(self.num_hidden_layers)
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
+        self._validate()  # before the base class, which already reads `layer_types`
         super().__post_init__(**kwargs)
-        self._validate()
         if layer_types is not None and list(layer_types) != self.layer_types:
             raise ValueError(
                 "`layer_types` disagrees with `attn_type_list`; drop `layer_types` (it is derived from `attn_type_list`)."
