@@ -26,7 +26,10 @@ class MiniMaxText01Config(PreTrainedConfig):
     layernorm_{full_attention,linear_attention,mlp}_{alpha,beta} (`float`): out = alpha * residual + beta * f(x).
     shared_intermediate_size (`int` or one-element `list[int]`): width of the optional shared expert, 0 = none.
     shared_moe_mode (`str`): how the shared expert is mixed in; only "sigmoid" exists in the released code.
-    block_size (`int`): lightning-attention block length of the chunked prefill (not in the released file; 256 there).
+    block_size (`int`): lightning-attention block length (not in the released file; 256 there). Any length gives the
+        same result; the plain PyTorch prefill caps it at 2 * head_dim, the fastest length on CPU.
+    prefill_chunk_size (`int` or None): feed prompts longer than this through the cache in pieces of this many
+        tokens, bounding activation memory; None = the whole prompt at once.
     lightning_norm_eps (`float`): eps of the RMSNorm inside lightning attention (1e-6 in the released code).
     """
 
@@ -58,6 +61,7 @@ class MiniMaxText01Config(PreTrainedConfig):
     rms_norm_eps: float = 1e-5
     lightning_norm_eps: float = 1e-6
     block_size: int = 256
+    prefill_chunk_size: int | None = None
     hidden_act: str = "silu"
     max_position_embeddings: int = 10_240_000
     initializer_range: float = 0.02
@@ -128,6 +132,8 @@ class MiniMaxText01Config(PreTrainedConfig):
             fail("shared_intermediate_size", f"is negative ({size})", "Use 0 for no shared expert.")
         if self.shared_moe_mode != "sigmoid":
             fail("shared_moe_mode", f"is {self.shared_moe_mode!r}", 'Only "sigmoid" exists in the released model.')
+        if self.prefill_chunk_size is not None and self.prefill_chunk_size <= 0:
+            fail("prefill_chunk_size", f"is {self.prefill_chunk_size}", "Use a positive token count, or None.")
         if self.block_size <= 0:
             fail("block_size", f"is {self.block_size}", "Use a positive block length (256 in the release).")
 

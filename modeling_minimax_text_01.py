@@ -25,6 +25,11 @@ from transformers.utils import logging
 
 from .configuration_minimax_text_01 import SOFTMAX, MiniMaxText01Config
 
+try:  # optional GPU kernels (flash-linear-attention); the plain PyTorch paths below are the reference
+    from fla.ops.simple_gla import chunk_simple_gla
+except ImportError:
+    chunk_simple_gla = None
+
 logger = logging.get_logger(__name__)
 
 # transformers >= 5.2x names the output's cache field `cache`; 5.17 calls it `past_key_values`.
@@ -148,6 +153,31 @@ def lightning_attention_chunked(q, k, v, slopes, initial_state=None, block_size=
             out, state = _lightning_blocks(*blocks, slopes, state)
             outputs.append(out.reshape(B, H, n * C, -1))
     return torch.cat(outputs, dim=2), state
+
+
+def lightning_block_length(block_size: int, head_dim: int) -> int:
+    """Block length of the plain chunked prefill: `block_size`, capped at 2 * head_dim. Per token the intra-block
+    term costs O(C d) and the inter-block term O(d^2), so C ~ 2d balances them (256 for the released d = 128; for
+    small heads smaller blocks are several times faster on CPU). The result is exact for any C."""
+    return min(block_size, 2 * head_dim)
+
+
+def use_fla_prefill(q: torch.Tensor) -> bool:
+    """The flash-linear-attention Triton kernel runs the prefill when it is installed and q is on CUDA."""
+    return chunk_simple_gla is not None and q.is_cuda
+
+
+def lightning_attention_fla(q, k, v, slopes, initial_state=None):
+    """GPU prefill through fla's `chunk_simple_gla`: per-head constant log-decay g_gamma = -slope, scale 1, fp32
+    state in and out. Same contract as `lightning_attention_chunked` (fla wants [B, T, H, d])."""
+    out, state = chunk_simple_gla(
+        *(x.transpose(1, 2) for x in (q, k, v)),
+        g_gamma=-slopes.float(),
+        scale=1.0,
+        initial_state=None if initial_state is None else initial_state.float(),
+        output_final_state=True,
+    )
+    return out.transpose(1, 2).float(), state.float()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -280,8 +310,12 @@ class MiniMaxText01LightningAttention(nn.Module):
         state = cache.get_lightning_state(self.layer_idx) if cache is not None else None
         if T == 1 and state is not None:
             out, state = lightning_attention_step(q, k, v, slopes, state)
+        elif use_fla_prefill(q):
+            out, state = lightning_attention_fla(q, k, v, slopes, state)
         else:
-            out, state = lightning_attention_chunked(q, k, v, slopes, state, self.block_size)
+            out, state = lightning_attention_chunked(
+                q, k, v, slopes, state, lightning_block_length(self.block_size, self.head_dim)
+            )
         if cache is not None:
             cache.set_lightning_state(self.layer_idx, state)
 
@@ -409,6 +443,24 @@ class MiniMaxText01SharedMLP(nn.Module):
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
+_grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+
+
+def use_grouped_mm(moe: nn.Module, x: torch.Tensor) -> bool:
+    """Grouped matmul for the experts: on CUDA, in inference, when torch has it and every expert is a plain
+    nn.Linear (quantized experts, e.g. quanto's QLinear, keep the per-expert loop)."""
+    plain = all(type(layer) is nn.Linear for expert in moe.experts for layer in (expert.w1, expert.w3, expert.w2))
+    return _grouped_mm is not None and x.is_cuda and not torch.is_grad_enabled() and plain
+
+
+def grouped_experts_forward(x_sorted, counts, w13, w2, act):
+    """All experts in two grouped matmuls. x_sorted [S, D] grouped by expert, counts [E] rows per expert,
+    w13 [E, D, 2I] (w1 | w3), w2 [E, I, D] -> [S, D], row for row what the per-expert loop computes."""
+    offsets = counts.cumsum(0).to(torch.int32)
+    gate, up = _grouped_mm(x_sorted, w13, offs=offsets).chunk(2, dim=-1)
+    return _grouped_mm(act(gate) * up, w2, offs=offsets)
+
+
 class MiniMaxText01SparseMoeBlock(nn.Module):
     """Top-k routing with an fp32 softmax and renormalised weights; no capacity limit, no router bias."""
 
@@ -423,6 +475,18 @@ class MiniMaxText01SparseMoeBlock(nn.Module):
             for _ in range(self.num_experts)
         )
 
+    def stacked_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """[E, D, 2I] (w1 | w3) and [E, I, D] (w2) for grouped matmul, stacked once per device and dtype.
+        Costs one extra copy of the expert weights (inference only: later weight updates are not seen); only the
+        CUDA grouped path uses it."""
+        w1 = self.experts[0].w1.weight
+        stacked = getattr(self, "_stacked", None)
+        if stacked is None or (stacked[0].device, stacked[0].dtype) != (w1.device, w1.dtype):
+            w13 = torch.stack([torch.cat((e.w1.weight, e.w3.weight)).T for e in self.experts])
+            w2 = torch.stack([e.w2.weight.T for e in self.experts])
+            self._stacked = (w13.contiguous(), w2.contiguous())
+        return self._stacked
+
     def forward(self, x):
         B, T, D = x.shape
         x = x.reshape(-1, D)
@@ -433,14 +497,22 @@ class MiniMaxText01SparseMoeBlock(nn.Module):
         weights, experts = probs.topk(self.top_k, dim=-1)  # [N, k]
         weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
 
+        if x.shape[0] == 1:  # decode with one sequence: run its k experts directly, no grouping ops
+            out = sum(w * self.experts[e](x) for w, e in zip(weights[0], experts[0].tolist()))
+            return out.view(B, T, D), router_logits
+
         # Group the (token, slot) pairs by expert, run each expert once on its tokens, scatter back weighted.
         order = experts.flatten().argsort(stable=True)
         tokens = order // self.top_k
-        counts = torch.bincount(experts.flatten(), minlength=self.num_experts).tolist()
-        expert_outputs = [
-            self.experts[e](chunk) for e, chunk in enumerate(x[tokens].split(counts)) if counts[e] > 0
-        ]
-        weighted = torch.cat(expert_outputs) * weights.flatten()[order, None]
+        counts = torch.bincount(experts.flatten(), minlength=self.num_experts)
+        if use_grouped_mm(self, x):
+            expert_out = grouped_experts_forward(x[tokens], counts, *self.stacked_weights(), self.experts[0].act)
+        else:
+            counts = counts.tolist()
+            expert_out = torch.cat(
+                [self.experts[e](chunk) for e, chunk in enumerate(x[tokens].split(counts)) if counts[e] > 0]
+            )
+        weighted = expert_out * weights.flatten()[order, None]
         out = torch.zeros_like(x).index_add_(0, tokens, weighted)
         return out.view(B, T, D), router_logits
 
@@ -501,6 +573,22 @@ class MiniMaxText01PreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False
+
+    @classmethod
+    def from_pretrained(cls, *args, ignore_mismatched_sizes: bool = False, output_loading_info: bool = False, **kwargs):
+        """As transformers', but a checkpoint tensor of the wrong shape raises an error naming the key and both shapes
+        (transformers' own error only points at a logged report)."""
+        model, info = super().from_pretrained(*args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
+        if info["mismatched_keys"] and not ignore_mismatched_sizes:
+            details = "; ".join(
+                f"{key}: checkpoint {tuple(ckpt_shape)} vs model {tuple(model_shape)}"
+                for key, ckpt_shape, model_shape in sorted(info["mismatched_keys"], key=lambda m: m[0])
+            )
+            raise ValueError(
+                f"Checkpoint tensors of the wrong shape: {details}. Check that config.json belongs to these weights "
+                "(or pass ignore_mismatched_sizes=True to re-initialise them)."
+            )
+        return (model, info) if output_loading_info else model
 
 
 def softmax_attention_mask(padding_mask, batch_size, query_len, past_len, device):
@@ -577,6 +665,44 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         padding_mask = self._padding_mask(attention_mask, B, past_len + T, check_right_padding=use_cache and T > 1)
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + T, device=inputs_embeds.device).expand(B, T)
+        # Long prompts run in spans of `prefill_chunk_size` tokens through the cache: activation memory is bounded
+        # by the span, total memory grows only with the K/V cache (linear in tokens).
+        span = self.config.prefill_chunk_size or T
+        if span < T and past_key_values is None:
+            past_key_values = MiniMaxText01Cache(self.config)
+        spans = [
+            self._forward_span(
+                inputs_embeds[:, start : start + span],
+                position_ids[:, start : start + span],
+                padding_mask[:, : past_len + start + span] if padding_mask is not None else None,
+                past_key_values,
+                output_hidden_states,
+                **kwargs,
+            )
+            for start in range(0, T, span)
+        ]
+        if len(spans) == 1:
+            hidden_states, all_hidden_states, all_router_logits = spans[0]
+        else:
+            hidden_states = torch.cat([out for out, _, _ in spans], dim=1)
+            all_hidden_states = [torch.cat(states, dim=1) for states in zip(*(states for _, states, _ in spans))]
+            all_router_logits = [  # [B * T, E] per layer, batch-major like an unchunked forward
+                torch.cat([logits.view(B, -1, logits.shape[-1]) for logits in per_span], dim=1).flatten(0, 1)
+                for per_span in zip(*(logits for _, _, logits in spans))
+            ]
+
+        return MoeModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            **{CACHE_FIELD: past_key_values if use_cache else None},
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            router_logits=tuple(all_router_logits) if output_router_logits else None,
+        )
+
+    def _forward_span(self, inputs_embeds, position_ids, padding_mask, cache, output_hidden_states, **kwargs):
+        """The decoder stack on T consecutive new tokens; padding_mask bool [B, P+T] or None.
+        Returns (final-normed hidden states, per-layer inputs + final output if requested, router logits)."""
+        B, T, _ = inputs_embeds.shape
+        past_len = cache.get_seq_length() if cache is not None else 0
         rotary = self.rotary_emb(position_ids)
         if (self.config._attn_implementation or "").startswith("flash"):
             softmax_mask = padding_mask  # flash backends take the 2-D padding mask and apply causality themselves
@@ -590,21 +716,15 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
             hidden_states, router_logits = layer(
-                hidden_states, rotary, softmax_mask=softmax_mask, token_mask=token_mask, cache=past_key_values, **kwargs
+                hidden_states, rotary, softmax_mask=softmax_mask, token_mask=token_mask, cache=cache, **kwargs
             )
             all_router_logits.append(router_logits)
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden_states.append(hidden_states)
-        if past_key_values is not None:
-            past_key_values.seen_tokens += T
-
-        return MoeModelOutputWithPast(
-            last_hidden_state=hidden_states,
-            **{CACHE_FIELD: past_key_values if use_cache else None},
-            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
-            router_logits=tuple(all_router_logits) if output_router_logits else None,
-        )
+        if cache is not None:
+            cache.seen_tokens += T
+        return hidden_states, all_hidden_states, all_router_logits
 
     @staticmethod
     def _padding_mask(attention_mask, batch_size, total_len, check_right_padding):

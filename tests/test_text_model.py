@@ -315,6 +315,7 @@ FRESH_PROCESS_LOAD = textwrap.dedent(
     """
     import sys, torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    torch.set_num_threads(1)  # as in this process (conftest): the same reduction order, so bit-identical logits
     folder, out = sys.argv[1], sys.argv[2]
     config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)

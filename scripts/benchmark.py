@@ -1,0 +1,339 @@
+"""Benchmark this project's MiniMax-Text-01 against transformers' native `minimax` on the same random weights.
+
+    python scripts/benchmark.py                                   # CPU target: fp32, 2 threads
+    python scripts/benchmark.py --prefill 4096 16384 --decode-context 2048 --reps 3 --threads 2
+    python scripts/benchmark.py --device cuda --dtype bfloat16    # (GPU numbers need a GPU run)
+
+One random checkpoint (default: hidden 256, 8 heads x 32, 8 layers with softmax every 4th, 8 experts x 512,
+vocab 1024) is written with this project's code and loaded twice: with `MiniMaxText01ForCausalLM` and, after
+converting config and weights, with transformers' `MiniMaxForCausalLM`. `rotary_dim = head_dim`, so both compute
+the same function (native rotates every channel); the script checks the logits agree (prefill and decode) and
+aborts otherwise. Then it times, for each implementation:
+- prefill: one forward over T prompt tokens with a cache and `logits_to_keep=1` (what `generate` does), the
+  fastest of `--reps` runs after one warm-up, native and project runs alternating (robust to other load);
+- decode: ms per token for `--decode-tokens` single-token steps after a `--decode-context`-token prefill;
+- peak memory of one prefill: on CPU the peak-RSS growth (VmHWM after resetting it through
+  /proc/self/clear_refs, minus VmRSS before) in a fresh subprocess per measurement, so no allocator cache
+  from an earlier run hides memory; on CUDA torch.cuda.max_memory_allocated growth.
+Ratios are native / project (above 1 = this project is faster or smaller).
+Native is run in fp32 by default: in bf16 its decay tables are rounded (spec section 6).
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import MiniMaxConfig, MiniMaxForCausalLM
+from transformers.modeling_outputs import MoeModelOutputWithPast
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_tiny_checkpoint import tiny_text_config  # noqa: E402
+from minimax_code import load  # noqa: E402
+
+modeling = load("modeling_minimax_text_01")
+
+# transformers >= 5.2x calls the cache argument `cache`; 5.17 `past_key_values` (both models accept the one used).
+CACHE_ARG = "cache" if "cache" in MoeModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+# ------------------------------------------------------------------------------------------------ checkpoint
+
+
+def bench_config(args):
+    """The CPU target configuration (issue 5) with rotary_dim = head_dim."""
+    return tiny_text_config(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        head_dim=args.head_dim,
+        rotary_dim=args.head_dim,
+        intermediate_size=args.expert_size,
+        num_local_experts=args.experts,
+        max_position_embeddings=1 << 20,
+        prefill_chunk_size=args.prefill_chunk_size,
+    )
+
+
+def build_checkpoint(out: Path, args) -> Path:
+    torch.manual_seed(args.seed)
+    modeling.MiniMaxText01ForCausalLM(bench_config(args)).save_pretrained(out)
+    return out
+
+
+def native_config(config) -> MiniMaxConfig:
+    """This project's config -> transformers' MiniMaxConfig (same math when rotary_dim == head_dim)."""
+    if config.rotary_dim != config.head_dim:
+        raise ValueError("native minimax rotates every channel: use rotary_dim == head_dim to compare.")
+    return MiniMaxConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        head_dim=config.head_dim,
+        hidden_act=config.hidden_act,
+        max_position_embeddings=config.max_position_embeddings,
+        rms_norm_eps=config.rms_norm_eps,
+        num_local_experts=config.num_local_experts,
+        num_experts_per_tok=config.num_experts_per_tok,
+        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+        layer_types=config.layer_types,
+        block_size=config.block_size,
+        full_attn_alpha_factor=config.layernorm_full_attention_alpha,
+        full_attn_beta_factor=config.layernorm_full_attention_beta,
+        linear_attn_alpha_factor=config.layernorm_linear_attention_alpha,
+        linear_attn_beta_factor=config.layernorm_linear_attention_beta,
+        mlp_alpha_factor=config.layernorm_mlp_alpha,
+        mlp_beta_factor=config.layernorm_mlp_beta,
+        pad_token_id=None,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+
+
+def native_state_dict(state: dict, config) -> dict:
+    """Released key names -> native names: experts fused into 3-D `gate_up_proj` [E, 2I, D] (w1 rows, then w3)
+    and `down_proj` [E, D, I]; the router is `mlp.gate.weight`; everything else keeps its name."""
+    out, E = {}, config.num_local_experts
+    for key, value in state.items():
+        if ".block_sparse_moe." not in key:
+            out[key] = value
+        elif key.endswith("block_sparse_moe.gate.weight"):
+            out[key.replace("block_sparse_moe.gate", "mlp.gate")] = value
+    for i in range(config.num_hidden_layers):
+        prefix = f"model.layers.{i}.block_sparse_moe.experts"
+        w = {name: [state[f"{prefix}.{e}.{name}.weight"] for e in range(E)] for name in ("w1", "w3", "w2")}
+        out[f"model.layers.{i}.mlp.experts.gate_up_proj"] = torch.stack(
+            [torch.cat((w1, w3)) for w1, w3 in zip(w["w1"], w["w3"])]
+        )
+        out[f"model.layers.{i}.mlp.experts.down_proj"] = torch.stack(w["w2"])
+    return out
+
+
+def load_models(checkpoint: Path, which: str, dtype, device):
+    """`which` in {"project", "native"}; both in eval mode on `device` in `dtype`."""
+    project = modeling.MiniMaxText01ForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    if which == "project":
+        return project.to(device=device, dtype=dtype).eval()
+    native = MiniMaxForCausalLM(native_config(project.config))
+    missing, unexpected = native.load_state_dict(native_state_dict(project.state_dict(), project.config), strict=False)
+    buffers = {name for name, _ in native.named_buffers()}
+    if unexpected or set(missing) - buffers:
+        raise RuntimeError(f"weight conversion incomplete: missing {missing}, unexpected {unexpected}")
+    return native.to(device=device, dtype=dtype).eval()
+
+
+# ------------------------------------------------------------------------------------------------ measurements
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def prefill(model, ids):
+    return model(ids, use_cache=True, logits_to_keep=1)
+
+
+def decode(model, ids, context: int):
+    """Prefill ids[:, :context], then feed ids[:, context:] one token at a time (explicit positions: native's cache
+    reports length 0 when layer 0 is a lightning layer). Returns the logits of every step, [B, steps + 1, V]."""
+    out = model(ids[:, :context], use_cache=True, logits_to_keep=1)
+    logits = [out.logits[:, -1]]
+    cache = getattr(out, CACHE_ARG)
+    for pos in range(context, ids.shape[1]):
+        position_ids = torch.full((ids.shape[0], 1), pos, device=ids.device)
+        out = model(ids[:, pos : pos + 1], position_ids=position_ids, use_cache=True, **{CACHE_ARG: cache})
+        logits.append(out.logits[:, -1])
+        cache = getattr(out, CACHE_ARG)
+    return torch.stack(logits, dim=1)
+
+
+def best_seconds(fns: dict, reps: int, device) -> dict:
+    """{name: fn} -> {name: fastest of `reps` timed runs}, after one warm-up each. The runs of the different
+    fns alternate and the minimum is kept, so load from other processes on a shared machine biases no side."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: min(t) for name, t in times.items()}
+
+
+def time_decode_ms(models: dict, ids, context: int, reps: int, device) -> dict:
+    """ms per decode token: (prefill + steps) - prefill, divided by the number of steps."""
+    steps = ids.shape[1] - context
+    fns = {}
+    for name, model in models.items():
+        fns[(name, "decode")] = lambda m=model: decode(m, ids, context)
+        fns[(name, "prefill")] = lambda m=model: prefill(m, ids[:, :context])
+    t = best_seconds(fns, reps, device)
+    return {name: 1000 * (t[(name, "decode")] - t[(name, "prefill")]) / steps for name in models}
+
+
+def random_ids(vocab: int, length: int, device, seed: int = 1):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(vocab, (1, length), generator=generator).to(device)
+
+
+def _proc_status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_prefill_memory_mib(model, ids, device) -> float:
+    """Peak memory growth of one prefill (MiB); see the module docstring for what is measured."""
+    with torch.inference_mode():
+        prefill(model, ids[:, :16])  # initialise lazy state (thread pools, caches) outside the measurement
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            prefill(model, ids)
+            torch.cuda.synchronize(device)
+            return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        before = _proc_status_kib("VmRSS")
+        prefill(model, ids)
+        return (_proc_status_kib("VmHWM") - before) / 1024
+
+
+def memory_in_subprocess(args, checkpoint: Path, which: str, tokens: int, chunk: int | None = None) -> float:
+    command = [sys.executable, __file__, "--memory-probe", which, str(tokens), "--checkpoint", str(checkpoint),
+               "--dtype", args.dtype, "--device", args.device, "--threads", str(args.threads)]
+    if chunk:
+        command += ["--prefill-chunk-size", str(chunk)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def memory_probe(args):
+    """Subprocess entry: load one model, print {"peak_mib": ...} for one prefill of `tokens` tokens."""
+    which, tokens = args.memory_probe[0], int(args.memory_probe[1])
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    model = load_models(args.checkpoint, which, dtype, device)
+    model.config.prefill_chunk_size = args.prefill_chunk_size
+    ids = random_ids(model.config.vocab_size, tokens, device)
+    print(json.dumps({"peak_mib": peak_prefill_memory_mib(model, ids, device)}))
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def check_same_function(project, native, args, device):
+    """Prefill across a block boundary, then decode steps: the two implementations must give the same logits."""
+    ids = random_ids(project.config.vocab_size, project.config.block_size + 44 + 8, device, seed=2)
+    context = ids.shape[1] - 8
+    with torch.inference_mode():
+        mine, theirs = decode(project, ids, context), decode(native, ids, context)
+        full_mine = project(ids, use_cache=False).logits
+        full_theirs = native(ids, use_cache=False).logits.float()
+    diff = max((mine - theirs).abs().max().item(), (full_mine - full_theirs).abs().max().item())
+    scale = full_theirs.abs().max().item()
+    print(f"same function check: max |logits diff| = {diff:.3e} (max |logit| {scale:.2f}; prefill + 8 decode steps)")
+    tolerance = 1e-3 if args.dtype == "float32" else 5e-2
+    if not diff <= tolerance * max(1.0, scale):
+        sys.exit(f"ABORT: the implementations disagree (max diff {diff:.3e} > {tolerance} x {max(1.0, scale):.2f}).")
+
+
+def run(args):
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = args.checkpoint or build_checkpoint(Path(tmp) / "bench-checkpoint", args)
+        models = {which: load_models(checkpoint, which, dtype, device) for which in ("project", "native")}
+        print(f"native experts implementation: {models['native'].config._experts_implementation}; "
+              f"attention: project {models['project'].config._attn_implementation}, "
+              f"native {models['native'].config._attn_implementation}")
+        check_same_function(models["project"], models["native"], args, device)
+
+        rows = []
+        with torch.inference_mode():
+            for tokens in args.prefill:
+                ids = random_ids(args.vocab, tokens, device)
+                seconds = best_seconds({w: lambda m=m: prefill(m, ids) for w, m in models.items()}, args.reps, device)
+                rows.append((f"prefill {tokens} tokens (s)", seconds["native"], seconds["project"], ".3f"))
+            ids = random_ids(args.vocab, args.decode_context + args.decode_tokens, device)
+            ms = time_decode_ms(models, ids, args.decode_context, args.reps, device)
+            rows.append((f"decode at {args.decode_context} context (ms/token)", ms["native"], ms["project"], ".2f"))
+        del models
+        if not args.skip_memory:
+            for tokens in args.prefill:
+                mib = {w: memory_in_subprocess(args, checkpoint, w, tokens) for w in ("native", "project")}
+                rows.append((f"prefill {tokens} tokens peak memory (MiB)", mib["native"], mib["project"], ".0f"))
+            for chunk in args.memory_chunks:
+                for tokens in args.prefill:
+                    native_mib = next(r[1] for r in rows if r[0] == f"prefill {tokens} tokens peak memory (MiB)")
+                    mib = memory_in_subprocess(args, checkpoint, "project", tokens, chunk)
+                    rows.append((f"prefill {tokens} peak memory, project prefill_chunk_size={chunk} (MiB)",
+                                 native_mib, mib, ".0f"))
+    print_table(rows, args)
+
+
+def print_table(rows, args):
+    print()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f} at the end; device {args.device}, "
+          f"{args.dtype}, {args.threads} threads; torch {torch.__version__}, transformers {transformers.__version__}")
+    print()
+    print("| measurement | native | project | native / project |")
+    print("|---|---|---|---|")
+    for name, native, project, fmt in rows:
+        print(f"| {name} | {native:{fmt}} | {project:{fmt}} | {native / project:.2f}x |")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prefill", type=int, nargs="+", default=[4096, 16384], help="prompt lengths to time")
+    parser.add_argument("--decode-context", type=int, default=2048)
+    parser.add_argument("--decode-tokens", type=int, default=32, help="decode steps timed after the context")
+    parser.add_argument("--reps", type=int, default=3, help="timed repetitions (the fastest is kept), after one warm-up")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--memory-chunks", type=int, nargs="*", default=[2048],
+                        help="also measure the project's prefill memory with these prefill_chunk_size values")
+    parser.add_argument("--prefill-chunk-size", type=int, default=None, help="config.prefill_chunk_size of the project")
+    sizes = parser.add_argument_group("model sizes")
+    sizes.add_argument("--hidden", type=int, default=256)
+    sizes.add_argument("--heads", type=int, default=8)
+    sizes.add_argument("--kv-heads", type=int, default=2)
+    sizes.add_argument("--head-dim", type=int, default=32)
+    sizes.add_argument("--experts", type=int, default=8)
+    sizes.add_argument("--expert-size", type=int, default=512)
+    sizes.add_argument("--vocab", type=int, default=1024)
+    parser.add_argument("--checkpoint", type=Path, default=None, help="reuse a checkpoint written by this script")
+    parser.add_argument("--memory-probe", nargs=2, metavar=("WHICH", "TOKENS"), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.memory_probe:
+        memory_probe(args)
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
