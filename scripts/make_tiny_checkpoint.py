@@ -1,11 +1,15 @@
 """Build a complete, offline MiniMax-01 checkpoint folder with tiny widths and the released layout.
 
     python scripts/make_tiny_checkpoint.py --model text --out tiny-text [--seed 0]
+    python scripts/make_tiny_checkpoint.py --model vl --out tiny-vl [--seed 0]
 
 The folder holds what a real Hub repo holds: `config.json` with the released keys and `auto_map`,
 `model.safetensors` with the released key names, the remote-code `.py` files, a small byte-level tokenizer with
 the MiniMax special tokens and chat template, and `generation_config.json` (eos = `<end_of_sentence>`). It loads
 with `AutoConfig` / `AutoTokenizer` / `AutoModelForCausalLM` and `trust_remote_code=True`, with HF_HUB_OFFLINE=1.
+The VL folder adds the processor and image-processor configs (`AutoProcessor`); its CLIP tower and language model
+are tiny, but the image geometry is the released one (336-px tiles, patch 14, the 28 pinpoints, 576 thumbnail
+tokens), so image token counts equal the released model's.
 """
 
 import argparse
@@ -15,7 +19,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig
 
-from minimax_code import REPO_ROOT, load
+from minimax_code import REMOTE_CODE_FILES, REPO_ROOT, load
 from tiny_tokenizer import build_tiny_tokenizer, special_token_ids
 
 TEXT_AUTO_MAP = {
@@ -74,7 +78,48 @@ def build_text_checkpoint(out: Path, seed: int = 0) -> Path:
     return out
 
 
-BUILDERS = {"text": build_text_checkpoint}
+VL_AUTO_MAP = {
+    "AutoConfig": "configuration_minimax_vl_01.MiniMaxVL01Config",
+    "AutoModelForCausalLM": "modeling_minimax_vl_01.MiniMaxVL01ForConditionalGeneration",
+    "AutoModelForImageTextToText": "modeling_minimax_vl_01.MiniMaxVL01ForConditionalGeneration",
+}
+
+
+def tiny_vl_config(image_token_index: int, vocab_size: int = 512, **overrides):
+    """Tiny widths (CLIP: hidden 32, 2 layers, 2 heads; the tiny text model) with the released image geometry."""
+    config_class = load("configuration_minimax_vl_01").MiniMaxVL01Config
+    vision_config = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        patch_size=14, image_size=336, hidden_act="gelu", layer_norm_eps=1e-5,
+    )  # fmt: skip
+    text_config = tiny_text_config(vocab_size=vocab_size, shared_intermediate_size=[0])  # [0]: as in the VL release
+    return config_class(
+        text_config=text_config, vision_config=vision_config, image_token_index=image_token_index, **overrides
+    )
+
+
+def build_vl_checkpoint(out: Path, seed: int = 0) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tiny_tokenizer(with_image_token=True)
+    ids = special_token_ids(tokenizer)
+    config = tiny_vl_config(image_token_index=ids["image"], vocab_size=len(tokenizer))
+    config.text_config.eos_token_id = ids["eos"]
+    config.auto_map = VL_AUTO_MAP
+    config.architectures = ["MiniMaxVL01ForConditionalGeneration"]
+    torch.manual_seed(seed)
+    model = load("modeling_minimax_vl_01").MiniMaxVL01ForConditionalGeneration(config)
+    model.save_pretrained(out)
+    save_tokenizer_and_generation_config(out, tokenizer)
+    processor_module = load("processing_minimax_vl_01")
+    image_processor = load("image_processing_minimax_vl_01").MiniMaxVL01ImageProcessor()
+    processor_module.MiniMaxVL01Processor.register_for_auto_class("AutoProcessor")
+    processor_module.MiniMaxVL01Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    image_processor.save_pretrained(out)  # preprocessor_config.json too: not every version nests it in the processor's
+    copy_remote_code(out, REMOTE_CODE_FILES)
+    return out
+
+
+BUILDERS = {"text": build_text_checkpoint, "vl": build_vl_checkpoint}
 
 
 def main(argv=None):

@@ -1,0 +1,263 @@
+"""MiniMax-VL-01: transformers' CLIP vision tower + a two-layer projector + the MiniMax-Text-01 decoder.
+
+Reading order: projector -> pretrained base (weights init, no-split modules) -> the model: image features
+(CLIP -> drop CLS -> projector), the anyres pack (thumbnail, stitched and unpadded tile grid, a newline per row),
+the merge into the text embeddings, forward, generation.
+
+The parameter names are the released checkpoint keys, with no renaming on load or save:
+`vision_tower.vision_model.*`, `multi_modal_projector.linear_{1,2}.*`, `image_newline`, `language_model.model.*`,
+`language_model.lm_head.weight`.
+"""
+
+import torch
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.generation import GenerationMixin
+from transformers.modeling_outputs import MoeCausalLMOutputWithPast
+from transformers.modeling_utils import PreTrainedModel
+
+from .configuration_minimax_vl_01 import MiniMaxVL01Config
+from .image_processing_minimax_vl_01 import (
+    num_crops,
+    num_image_tokens,
+    select_best_resolution,
+    unpadded_feature_grid,
+)
+from .modeling_minimax_text_01 import MiniMaxText01Cache, MiniMaxText01ForCausalLM
+
+
+class MiniMaxVL01MultiModalProjector(nn.Module):
+    """linear_1 -> act (GELU, erf form) -> linear_2, both with biases: vision width -> text width."""
+
+    def __init__(self, config: MiniMaxVL01Config):
+        super().__init__()
+        text_hidden = config.text_config.hidden_size
+        self.linear_1 = nn.Linear(config.vision_config.hidden_size, text_hidden, bias=True)
+        self.act = ACT2FN[config.projector_hidden_act]
+        self.linear_2 = nn.Linear(text_hidden, text_hidden, bias=True)
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(image_features)))
+
+
+class MiniMaxVL01VisionModel(CLIPVisionModel):
+    """transformers' CLIP vision model without the post-layernorm.
+
+    The image features are taken before CLIP's post-layernorm (which only feeds the pooled CLS output, unused here)
+    and the release ships no weights for it. Being defined in remote code also keeps transformers' checkpoint
+    renaming for `CLIPVisionModel` (it strips a `vision_model.` level on load) off these released keys.
+    """
+
+    def __init__(self, config: CLIPVisionConfig):
+        super().__init__(config)
+        self.post_layernorm = nn.Identity()
+
+
+class MiniMaxVL01PreTrainedModel(PreTrainedModel):
+    config_class = MiniMaxVL01Config
+    config: MiniMaxVL01Config
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MiniMaxText01DecoderLayer", "CLIPEncoderLayer"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, MiniMaxVL01ForConditionalGeneration):
+            # one learned vector of embedding scale, appended after every row of the tile grid
+            init.normal_(module.image_newline, mean=0.0, std=self.config.text_config.hidden_size**-0.5)
+
+
+class MiniMaxVL01ForConditionalGeneration(MiniMaxVL01PreTrainedModel, GenerationMixin):
+    """Image-text-to-text model. In `generate()`, transformers itself (5.17 and later) passes `pixel_values` to the
+    prefill only when a cache is used, and at every step without a cache, so `prepare_inputs_for_generation` is
+    inherited unchanged; `image_sizes` alone is ignored."""
+
+    _tied_weights_keys = {}
+
+    def __init__(self, config: MiniMaxVL01Config):
+        super().__init__(config)
+        # a container, so that the parameter names carry the released `vision_tower.vision_model.` prefix
+        self.vision_tower = nn.ModuleDict({"vision_model": MiniMaxVL01VisionModel._from_config(config.vision_config)})
+        self.multi_modal_projector = MiniMaxVL01MultiModalProjector(config)
+        self.image_newline = nn.Parameter(torch.empty(config.text_config.hidden_size))
+        self.language_model = MiniMaxText01ForCausalLM._from_config(config.text_config)
+        self.post_init()
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # the language model builds its own MiniMaxText01Cache (lightning states + K/V)
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.language_model.lm_head
+
+    # -- image features -----------------------------------------------------------------------------------------
+
+    def get_image_features(self, pixel_values: torch.Tensor, image_sizes) -> list[torch.Tensor]:
+        """pixel_values [total_crops, 3, S, S] (per image: thumbnail, then tiles row-major) and image_sizes
+        [num_images, 2] original (height, width) -> one [num_image_tokens_i, hidden] tensor per image."""
+        sizes, crops_per_image = self._check_pixel_inputs(pixel_values, image_sizes)
+        crops = self.multi_modal_projector(self._crop_features(pixel_values))  # [total_crops, P*P, D]
+        return [self._pack_image(image_crops, hw) for image_crops, hw in zip(crops.split(crops_per_image), sizes)]
+
+    def _crop_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """CLIP hidden states of the configured encoder layer (before any post-layernorm), CLS dropped:
+        [crops, 3, S, S] -> [crops, (S / patch)^2, vision_hidden]."""
+        layer = self.config.vision_feature_layer
+        clip = self.vision_tower.vision_model
+        pixel_values = pixel_values.to(clip.dtype)
+        if layer == -1:  # the released choice: the encoder output, no need to keep every layer
+            hidden = clip(pixel_values).last_hidden_state
+        else:
+            hidden = clip(pixel_values, output_hidden_states=True).hidden_states[layer]
+        return hidden[:, 1:]
+
+    def _pack_image(self, crops: torch.Tensor, original_hw) -> torch.Tensor:
+        """crops [1 + tiles, P*P, D] (thumbnail first) -> [P*P + (cols + 1) * rows, D]: the thumbnail features,
+        then the tile grid stitched into one map, unpadded, with `image_newline` after every row."""
+        P, D = self.config.patches_per_side, crops.shape[-1]
+        target_h, target_w = select_best_resolution(original_hw, self.config.image_grid_pinpoints)
+        grid_h, grid_w = target_h // self.config.tile_size, target_w // self.config.tile_size
+        # [gh * gw, P*P, D] -> [gh, gw, P, P, D] -> [gh, P, gw, P, D] -> one [gh*P, gw*P, D] feature map
+        tiles = crops[1:].view(grid_h, grid_w, P, P, D).permute(0, 2, 1, 3, 4).reshape(grid_h * P, grid_w * P, D)
+        rows, cols = unpadded_feature_grid(original_hw, (target_h, target_w), self.config.vision_config.patch_size)
+        top, left = (grid_h * P - rows) // 2, (grid_w * P - cols) // 2  # the padding is cut symmetrically
+        tiles = tiles[top : top + rows, left : left + cols]
+        newline = self.image_newline.to(tiles.device, tiles.dtype).expand(rows, 1, D)
+        return torch.cat((crops[0], torch.cat((tiles, newline), dim=1).reshape(-1, D)))
+
+    def _check_pixel_inputs(self, pixel_values, image_sizes) -> tuple[list[tuple[int, int]], list[int]]:
+        """Validate the image inputs; return the original (height, width) and the crop count of each image."""
+        S = self.config.tile_size
+        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != (3, S, S):
+            raise ValueError(
+                f"pixel_values must have shape [total_crops, 3, {S}, {S}], got {tuple(pixel_values.shape)}. Use the "
+                "MiniMax-VL-01 image processor, which returns the crops of all images concatenated."
+            )
+        if image_sizes is None:
+            raise ValueError("pixel_values need image_sizes (the original (height, width) of each image); pass both.")
+        sizes = [tuple(int(v) for v in hw) for hw in torch.as_tensor(image_sizes).reshape(-1, 2).tolist()]
+        expected = [num_crops(hw, self.config.image_grid_pinpoints, S) for hw in sizes]
+        if sum(expected) != pixel_values.shape[0]:
+            raise ValueError(
+                f"pixel_values holds {pixel_values.shape[0]} crops, but image_sizes {sizes} need {sum(expected)} "
+                f"(per image {expected}: one thumbnail plus the tiles of its canvas). Pass the pixel_values and "
+                "image_sizes produced together by the image processor."
+            )
+        return sizes, expected
+
+    def _merge_image_features(self, input_ids, inputs_embeds, image_features: list[torch.Tensor]) -> torch.Tensor:
+        """Write the image features, in order, into the positions where input_ids == image_token_index."""
+        image_mask = input_ids == self.config.image_token_index  # [B, T]
+        num_tokens = int(image_mask.sum())
+        features = torch.cat(image_features)  # [sum of N_i, D]
+        if num_tokens == 0:
+            raise ValueError(
+                f"pixel_values were given, but input_ids contain no image token (id {self.config.image_token_index}). "
+                "Put one <image> placeholder per image in the text and expand it with the MiniMax-VL-01 processor."
+            )
+        if num_tokens != features.shape[0]:
+            raise ValueError(
+                f"input_ids contain {num_tokens} image tokens, but the {len(image_features)} images give "
+                f"{features.shape[0]} features (per image {[f.shape[0] for f in image_features]}). Each <image> "
+                "must be expanded to its image's token count: build the inputs with the MiniMax-VL-01 processor."
+            )
+        mask = image_mask[..., None].to(inputs_embeds.device)
+        return inputs_embeds.masked_scatter(mask, features.to(inputs_embeds.device, inputs_embeds.dtype))
+
+    # -- generation ---------------------------------------------------------------------------------------------
+
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        """Beam search and several sequences per prompt repeat every batch row `expand_size` times. The crops of
+        all images form one flat tensor, so the base class (which repeats each crop) is bypassed for them: each
+        row's images are repeated with the row."""
+        images = {}
+        if expand_size > 1 and model_kwargs.get("pixel_values") is not None:
+            pixel_values, image_sizes = model_kwargs.pop("pixel_values"), model_kwargs.pop("image_sizes", None)
+            images = self._repeat_images_per_row(input_ids, pixel_values, image_sizes, expand_size)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size, is_encoder_decoder, input_ids, **model_kwargs
+        )
+        return input_ids, {**model_kwargs, **images}
+
+    def _repeat_images_per_row(self, input_ids, pixel_values, image_sizes, times: int) -> dict:
+        """pixel_values / image_sizes for the batch rows repeated `times` times each (rows keep their images)."""
+        sizes, crops_per_image = self._check_pixel_inputs(pixel_values, image_sizes)
+        config = self.config
+        tokens = [num_image_tokens(hw, config.image_grid_pinpoints, config.tile_size, config.vision_config.patch_size)
+                  for hw in sizes]  # fmt: skip
+        images_of_row, image = [], 0
+        for row_tokens in (input_ids == config.image_token_index).sum(-1).tolist():
+            first = image
+            while row_tokens > 0 and image < len(sizes):
+                row_tokens -= tokens[image]
+                image += 1
+            if row_tokens != 0:
+                raise ValueError(
+                    f"The image tokens of each prompt do not add up to its images' token counts {tokens}; expand "
+                    "every <image> with the MiniMax-VL-01 processor."
+                )
+            images_of_row.append(range(first, image))
+        order = [i for row in images_of_row for _ in range(times) for i in row]
+        crops = pixel_values.split(crops_per_image)
+        return {
+            "pixel_values": torch.cat([crops[i] for i in order]),
+            "image_sizes": torch.tensor([sizes[i] for i in order], device=pixel_values.device),
+        }
+
+    # -- forward ------------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: MiniMaxText01Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_router_logits: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        cache: MiniMaxText01Cache | None = None,  # the name transformers >= 5.2x uses for past_key_values
+        **kwargs,
+    ) -> MoeCausalLMOutputWithPast:
+        if pixel_values is not None:
+            if input_ids is None or inputs_embeds is not None:
+                raise ValueError(
+                    "pixel_values need input_ids (the image tokens mark where the features go); pass input_ids "
+                    "instead of inputs_embeds."
+                )
+            image_features = self.get_image_features(pixel_values, image_sizes)
+            text_embeds = self.get_input_embeddings()(input_ids)
+            inputs_embeds = self._merge_image_features(input_ids, text_embeds, image_features)
+            input_ids = None
+        return self.language_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            output_router_logits=output_router_logits,
+            output_hidden_states=output_hidden_states,
+            logits_to_keep=logits_to_keep,
+            cache=cache,
+            **kwargs,
+        )
+
+
+__all__ = ["MiniMaxVL01ForConditionalGeneration", "MiniMaxVL01PreTrainedModel"]
