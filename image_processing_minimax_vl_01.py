@@ -31,20 +31,15 @@ from transformers.image_utils import (
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import is_torch_tensor
 
+from .configuration_minimax_vl_01 import RELEASED_IMAGE_GRID_PINPOINTS
+
 
 TILE_SIZE = 336
 PATCH_SIZE = 14
 
-# The released 28 (height, width) pairs: every multiple of 336 up to 2016 on each side with at most
-# 18 tiles, in the released order (the order breaks ties in `select_best_resolution`).
-DEFAULT_IMAGE_GRID_PINPOINTS = [
-    [336, 336], [336, 672], [336, 1008], [336, 1344], [336, 1680], [336, 2016],
-    [672, 336], [672, 672], [672, 1008], [672, 1344], [672, 1680], [672, 2016],
-    [1008, 336], [1008, 672], [1008, 1008], [1008, 1344], [1008, 1680], [1008, 2016],
-    [1344, 336], [1344, 672], [1344, 1008], [1344, 1344],
-    [1680, 336], [1680, 672], [1680, 1008],
-    [2016, 336], [2016, 672], [2016, 1008],
-]  # fmt: skip
+# The released 28 (height, width) pairs, in the released order (the order breaks ties in
+# `select_best_resolution`); defined once, with the VL config.
+DEFAULT_IMAGE_GRID_PINPOINTS = RELEASED_IMAGE_GRID_PINPOINTS
 
 # Same default as PIL's decompression-bomb warning threshold.
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970

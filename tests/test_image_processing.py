@@ -14,8 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-import image_processing_minimax_vl_01 as ipm  # repo root is on sys.path via tests/conftest.py
-from image_processing_minimax_vl_01 import MiniMaxVL01ImageProcessor
+from minimax_code import REPO_ROOT, load
+
+ipm = load("image_processing_minimax_vl_01")
+MiniMaxVL01ImageProcessor = ipm.MiniMaxVL01ImageProcessor
 
 
 # Fast and sensitive to the transformers image-processing API, so it also runs on the oldest version.
@@ -408,11 +410,17 @@ def test_save_load_round_trip(tmp_path):
         assert json.load(f)["auto_map"] == saved["auto_map"]
 
 
+def copy_image_processor_code(folder):
+    """The image processor module and the sibling config modules it imports, as in a Hub repo."""
+    for name in ("image_processing_minimax_vl_01.py", "configuration_minimax_vl_01.py", "configuration_minimax_text_01.py"):
+        shutil.copy(REPO_ROOT / name, folder)
+
+
 def test_auto_map_resolves_as_remote_code(tmp_path):
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
     MiniMaxVL01ImageProcessor(image_grid_pinpoints=LLAVA_STYLE_PINPOINTS).save_pretrained(tmp_path)
-    shutil.copy(ipm.__file__, tmp_path)
+    copy_image_processor_code(tmp_path)
     with open(tmp_path / "preprocessor_config.json") as f:
         reference = json.load(f)["auto_map"]["AutoImageProcessor"]
     cls = get_class_from_dynamic_module(reference, str(tmp_path))
@@ -424,7 +432,7 @@ def test_auto_image_processor_loads_saved_folder(tmp_path):
     from transformers import AutoImageProcessor
 
     MiniMaxVL01ImageProcessor(image_grid_pinpoints=LLAVA_STYLE_PINPOINTS).save_pretrained(tmp_path)
-    shutil.copy(ipm.__file__, tmp_path)
+    copy_image_processor_code(tmp_path)
 
     try:
         loaded = AutoImageProcessor.from_pretrained(tmp_path, trust_remote_code=True)
