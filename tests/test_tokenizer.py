@@ -10,6 +10,10 @@ import pytest
 
 from tiny_tokenizer import CHAT_TEMPLATE, build_tiny_tokenizer, special_token_ids
 
+# Also run on the oldest supported transformers (make test-oldest): tokenizer saving/loading and chat
+# templates differ between transformers versions.
+pytestmark = pytest.mark.smoke
+
 BOS = "<beginning_of_sentence>"
 EOS = "<end_of_sentence>"
 
