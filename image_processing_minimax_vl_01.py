@@ -264,10 +264,10 @@ def _to_rgb_image(image, do_convert_rgb: bool = True, max_image_pixels=DEFAULT_M
     return _array_to_rgb(image, prefer_first, data_format, do_convert_rgb)
 
 
-def _flatten_images(images) -> list:
+def flatten_images(images) -> list:
     """Flatten an image, a list of images, or a list of per-prompt lists; split 4-D batches."""
     if isinstance(images, (list, tuple)):
-        return [img for item in images for img in _flatten_images(item)]
+        return [img for item in images for img in flatten_images(item)]
     if (isinstance(images, np.ndarray) or is_torch_tensor(images)) and images.ndim == 4:
         return list(images)
     return [images]
@@ -357,7 +357,7 @@ class MiniMaxVL01ImageProcessor(PilBackend):
     # -- framework hooks --------------------------------------------------------------------------------------
 
     def _prepare_images_structure(self, images, expected_ndims: int = 3) -> list:
-        flat = _flatten_images(images)
+        flat = flatten_images(images)
         if not flat:
             raise ValueError("No images were given; pass at least one image.")
         return flat

@@ -8,7 +8,7 @@ whole batch, so prompts may hold different numbers of images, or none.
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from .image_processing_minimax_vl_01 import _flatten_images
+from .image_processing_minimax_vl_01 import flatten_images
 
 
 class MiniMaxVL01Processor(ProcessorMixin):
@@ -41,7 +41,7 @@ class MiniMaxVL01Processor(ProcessorMixin):
         if text is None:
             raise ValueError("Pass `text` with one <image> placeholder per image.")
         texts = [text] if isinstance(text, str) else list(text)
-        flat_images = _flatten_images(images) if images is not None else []
+        flat_images = flatten_images(images) if images is not None else []
         self._check_placeholders(texts, images, flat_images)
 
         return_tensors = text_kwargs.get("return_tensors")
@@ -72,7 +72,7 @@ class MiniMaxVL01Processor(ProcessorMixin):
             )
         per_prompt = isinstance(images, (list, tuple)) and len(images) == len(texts) and len(texts) > 1
         if per_prompt and all(isinstance(item, (list, tuple)) for item in images):
-            given = [len(_flatten_images(item)) for item in images]
+            given = [len(flatten_images(item)) for item in images]
             if given != counts:
                 raise ValueError(
                     f"Per prompt, the text has {counts} {self.image_token} placeholders but the image lists hold "
