@@ -28,6 +28,8 @@ class MiniMaxText01Config(PreTrainedConfig):
     shared_moe_mode (`str`): how the shared expert is mixed in; only "sigmoid" exists in the released code.
     block_size (`int`): lightning-attention block length (not in the released file; 256 there). Any length gives the
         same result; the plain PyTorch prefill caps it at 2 * head_dim, the fastest length on CPU.
+    moe_grouped_mm (`bool`): on CUDA in inference, run the experts as two grouped matmuls over stacked weights (a
+        second copy of the expert weights: only where GPU memory allows it; not with cpu/disk offload).
     prefill_chunk_size (`int` or None): feed prompts longer than this through the cache in pieces of this many
         tokens, bounding activation memory; None = the whole prompt at once.
     lightning_norm_eps (`float`): eps of the RMSNorm inside lightning attention (1e-6 in the released code).
@@ -62,6 +64,7 @@ class MiniMaxText01Config(PreTrainedConfig):
     lightning_norm_eps: float = 1e-6
     block_size: int = 256
     prefill_chunk_size: int | None = None
+    moe_grouped_mm: bool = False
     hidden_act: str = "silu"
     max_position_embeddings: int = 10_240_000
     initializer_range: float = 0.02

@@ -11,7 +11,9 @@ the same function (native rotates every channel); the script checks the logits a
 aborts otherwise. Then it times, for each implementation:
 - prefill: one forward over T prompt tokens with a cache and `logits_to_keep=1` (what `generate` does), the
   fastest of `--reps` runs after one warm-up, native and project runs alternating (robust to other load);
-- decode: ms per token for `--decode-tokens` single-token steps after a `--decode-context`-token prefill;
+- decode: ms per token for `--decode-tokens` single-token steps after a `--decode-context`-token prefill (only the
+  steps are timed); on CPU also the weight-read floor: the same per-token weight bytes read by 1-row matvecs from
+  DRAM, the part of a decode step no implementation can avoid;
 - peak memory of one prefill: on CPU the peak-RSS growth (VmHWM after resetting it through
   /proc/self/clear_refs, minus VmRSS before) in a fresh subprocess per measurement, so no allocator cache
   from an earlier run hides memory; on CUDA torch.cuda.max_memory_allocated growth.
@@ -23,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import transformers
 from transformers import MiniMaxConfig, MiniMaxForCausalLM
 from transformers.modeling_outputs import MoeModelOutputWithPast
@@ -147,11 +149,15 @@ def prefill(model, ids):
 
 
 def decode(model, ids, context: int):
-    """Prefill ids[:, :context], then feed ids[:, context:] one token at a time (explicit positions: native's cache
-    reports length 0 when layer 0 is a lightning layer). Returns the logits of every step, [B, steps + 1, V]."""
+    """Prefill ids[:, :context], then feed ids[:, context:] one token at a time. Returns the logits of every step,
+    [B, steps + 1, V]."""
     out = model(ids[:, :context], use_cache=True, logits_to_keep=1)
-    logits = [out.logits[:, -1]]
-    cache = getattr(out, CACHE_ARG)
+    return decode_steps(model, ids, context, getattr(out, CACHE_ARG), [out.logits[:, -1]])
+
+
+def decode_steps(model, ids, context: int, cache, logits: list):
+    """Single-token steps over ids[:, context:] from a cache holding ids[:, :context] (explicit positions: native's
+    cache reports length 0 when layer 0 is a lightning layer)."""
     for pos in range(context, ids.shape[1]):
         position_ids = torch.full((ids.shape[0], 1), pos, device=ids.device)
         out = model(ids[:, pos : pos + 1], position_ids=position_ids, use_cache=True, **{CACHE_ARG: cache})
@@ -177,14 +183,46 @@ def best_seconds(fns: dict, reps: int, device) -> dict:
 
 
 def time_decode_ms(models: dict, ids, context: int, reps: int, device) -> dict:
-    """ms per decode token: (prefill + steps) - prefill, divided by the number of steps."""
+    """ms per decode token: only the single-token steps are timed (each rep starts from a fresh, untimed prefill of
+    `context` tokens); fastest of `reps` after one warm-up, implementations alternating."""
     steps = ids.shape[1] - context
-    fns = {}
-    for name, model in models.items():
-        fns[(name, "decode")] = lambda m=model: decode(m, ids, context)
-        fns[(name, "prefill")] = lambda m=model: prefill(m, ids[:, :context])
-    t = best_seconds(fns, reps, device)
-    return {name: 1000 * (t[(name, "decode")] - t[(name, "prefill")]) / steps for name in models}
+    best = {name: float("inf") for name in models}
+    for rep in range(reps + 1):
+        for name, model in models.items():
+            cache = getattr(prefill(model, ids[:, :context]), CACHE_ARG)
+            sync(device)
+            start = time.perf_counter()
+            decode_steps(model, ids, context, cache, [])
+            sync(device)
+            if rep:  # rep 0 is the warm-up
+                best[name] = min(best[name], time.perf_counter() - start)
+    return {name: 1000 * seconds / steps for name, seconds in best.items()}
+
+
+def decode_weight_floor_ms(model, reps: int, l3_bytes: int = 32 << 20) -> tuple[float, float]:
+    """(ms, MB) the weight reads of one decode token cost at the machine's single-stream matvec speed: one 1-row
+    F.linear per matrix a token reads (per layer: attention projections, router, top-k experts; lm_head), over
+    enough copies of those matrices (> 4x L3) that every read comes from DRAM, as in real decoding where the
+    experts change per token. Both implementations do these reads with the same single-threaded matvec kernel."""
+    matrices = [model.lm_head.weight]
+    for layer in model.model.layers:
+        attention = [p for p in layer.self_attn.parameters() if p.dim() == 2]
+        moe = layer.block_sparse_moe
+        experts = [w for e in moe.experts[: moe.top_k] for w in (e.w1.weight, e.w3.weight, e.w2.weight)]
+        matrices += attention + [moe.gate.weight] + experts
+    per_token = sum(w.numel() * w.element_size() for w in matrices)
+    copies = max(2, -(-4 * l3_bytes // per_token))
+    pool = [[w.clone() for w in matrices] for _ in range(copies)]
+    rows = {w.shape[1]: torch.randn(1, w.shape[1], dtype=w.dtype, device=w.device) for w in matrices}
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(reps + 1):
+            start = time.perf_counter()
+            for ws in pool:
+                for w in ws:
+                    F.linear(rows[w.shape[1]], w)
+            best = min(best, (time.perf_counter() - start) / copies)
+    return 1000 * best, per_token / 1e6
 
 
 def random_ids(vocab: int, length: int, device, seed: int = 1):
@@ -264,7 +302,7 @@ def run(args):
               f"native {models['native'].config._attn_implementation}")
         check_same_function(models["project"], models["native"], args, device)
 
-        rows = []
+        rows, notes = [], []
         with torch.inference_mode():
             for tokens in args.prefill:
                 ids = random_ids(args.vocab, tokens, device)
@@ -273,6 +311,11 @@ def run(args):
             ids = random_ids(args.vocab, args.decode_context + args.decode_tokens, device)
             ms = time_decode_ms(models, ids, args.decode_context, args.reps, device)
             rows.append((f"decode at {args.decode_context} context (ms/token)", ms["native"], ms["project"], ".2f"))
+        if device.type == "cpu":
+            floor_ms, megabytes = decode_weight_floor_ms(models["project"], args.reps)
+            notes.append(f"decode weight-read floor: {floor_ms:.2f} ms/token ({megabytes:.1f} MB of weights per token "
+                         "read by 1-row matvecs from DRAM); best possible native / project = "
+                         f"{ms['native'] / floor_ms:.2f}x")
         del models
         if not args.skip_memory:
             for tokens in args.prefill:
@@ -284,10 +327,10 @@ def run(args):
                     mib = memory_in_subprocess(args, checkpoint, "project", tokens, chunk)
                     rows.append((f"prefill {tokens} peak memory, project prefill_chunk_size={chunk} (MiB)",
                                  native_mib, mib, ".0f"))
-    print_table(rows, args)
+    print_table(rows, notes, args)
 
 
-def print_table(rows, args):
+def print_table(rows, notes, args):
     print()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f} at the end; device {args.device}, "
@@ -297,6 +340,8 @@ def print_table(rows, args):
     print("|---|---|---|---|")
     for name, native, project, fmt in rows:
         print(f"| {name} | {native:{fmt}} | {project:{fmt}} | {native / project:.2f}x |")
+    for note in notes:
+        print(f"\n{note}")
 
 
 def parse_args(argv=None):

@@ -1,14 +1,17 @@
 """Every fast path equals a plain reference written here (float64 loops), on CPU.
 
-Fast paths: the MoE dispatch (grouped loop, single-token decode, grouped matmul math), the lightning prefill
-block length, the fla wrapper's argument plumbing (with a stand-in kernel), and chunked prefill
-(`prefill_chunk_size`). GPU-only selections are checked to stay off on CPU.
+Fast paths: the MoE dispatch (per-expert scatter, single-token decode, grouped matmul math; in-place products
+only without autograd), the lightning prefill block length, lightning layers run in token spans on CPU, the decode
+step with a precomputed decay, the fla wrapper's argument plumbing (with a stand-in kernel), the K/V cache layer
+with preallocated growing buffers, and chunked prefill (`prefill_chunk_size`). GPU-only selections are checked to
+stay off on CPU.
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.cache_utils import DynamicLayer
 
 from make_tiny_checkpoint import tiny_text_config
 from minimax_code import load
@@ -54,6 +57,24 @@ def test_moe_dispatch_matches_per_token_loop(tokens):
     torch.testing.assert_close(logits, x[0] @ moe.gate.weight.T)
 
 
+@pytest.mark.parametrize("tokens", [1, 13])
+def test_moe_dispatch_with_autograd_matches_reference_gradients(tokens):
+    """With autograd on, the dispatch takes its out-of-place branches: outputs and gradients (input and router)
+    equal autograd through the per-token reference."""
+    moe = tiny_model().model.layers[0].block_sparse_moe
+    x = torch.randn(1, tokens, moe.gate.in_features, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(1, tokens, moe.gate.in_features, dtype=torch.float64)
+    out, _ = moe(x)
+    (out * upstream).sum().backward()
+    x_grad, gate_grad = x.grad.clone(), moe.gate.weight.grad.clone()
+    x.grad = None
+    moe.gate.weight.grad = None
+    (moe_reference(moe, x[0]) * upstream[0]).sum().backward()
+    torch.testing.assert_close(out[0], moe_reference(moe, x[0]), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(x_grad, x.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gate_grad, moe.gate.weight.grad, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.skipif(mm._grouped_mm is None, reason="this torch has no grouped matmul")
 def test_grouped_experts_math_matches_per_expert_loop():
     moe = tiny_model().float().model.layers[0].block_sparse_moe
@@ -73,14 +94,16 @@ def test_grouped_experts_math_matches_per_expert_loop():
 
 def test_grouped_path_is_off_on_cpu_and_for_quantized_experts():
     moe = tiny_model().model.layers[0].block_sparse_moe
-    assert not mm.use_grouped_mm(moe, torch.zeros(1))
+    assert not moe.grouped_mm  # opt-in: the stacked weights are a second copy of the experts
+    moe.grouped_mm = True
+    assert not mm.use_grouped_mm(moe, torch.zeros(1))  # CPU tensors keep the per-expert loop
+    assert mm.experts_are_plain_linear(moe)
 
     class NotALinear(nn.Linear):  # what a quantizer's replacement layer looks like to the dispatcher
         pass
 
     moe.experts[1].w2 = NotALinear(64, 64, bias=False)
-    fake_cuda = torch.zeros(1)
-    assert not mm.use_grouped_mm(moe, fake_cuda)
+    assert not mm.experts_are_plain_linear(moe)
 
 
 # ------------------------------------------------------------------------------------------------ lightning
@@ -115,6 +138,23 @@ def test_chunked_prefill_with_capped_blocks_matches_recurrence(length):
     ref_out, ref_state = recurrence_reference(q, k, v, slopes)
     torch.testing.assert_close(out.transpose(1, 2), ref_out, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(state, ref_state, rtol=1e-10, atol=1e-10)
+
+
+def test_decode_step_with_the_layers_precomputed_decay_matches_recurrence():
+    """The lightning layer hands exp(-slopes), computed once, to the decode step: 5 steps equal the recurrence."""
+    layer = tiny_model().model.layers[1].self_attn
+    slopes = mm.lightning_slopes(layer.num_heads, layer.layer_idx, layer.num_layers)
+    B, H, T, d = 2, layer.num_heads, 5, 8
+    q, k, v = (torch.randn(B, T, H, d, dtype=torch.float64) for _ in range(3))
+    state, outputs = torch.zeros(B, H, d, d, dtype=torch.float64), []
+    for t in range(T):
+        step = [x[:, t : t + 1].transpose(1, 2) for x in (q, k, v)]
+        out, state = mm.lightning_attention_step(*step, slopes, state, layer.step_decay(q.device, torch.float64))
+        outputs.append(out.transpose(1, 2))
+    ref_out, ref_state = recurrence_reference(q, k, v, slopes)
+    torch.testing.assert_close(torch.cat(outputs, dim=1), ref_out, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(state, ref_state, rtol=1e-12, atol=1e-12)
+    assert layer.step_decay(q.device, torch.float64) is layer.step_decay(q.device, torch.float64)  # computed once
 
 
 def fake_chunk_simple_gla(q, k, v, g_gamma, scale, initial_state, output_final_state):
@@ -165,6 +205,31 @@ def test_prefill_chunk_size_equals_whole_prompt_with_left_padding():
             torch.testing.assert_close(layer_a.keys, layer_b.keys)
 
 
+def test_lightning_layers_in_cpu_spans_equal_whole_prompt(monkeypatch):
+    """Long inputs run through lightning layers in spans of LIGHTNING_CPU_SPAN tokens (state carried over): with a
+    5-token span the logits, lightning states and input gradients equal the unsplit layers (left padding too)."""
+    model = tiny_model()
+    ids = torch.randint(0, 512, (2, 23))
+    mask = torch.ones_like(ids)
+    mask[0, :7] = 0
+
+    def run():
+        embeds = model.model.embed_tokens(ids).detach().requires_grad_(True)
+        out = model(inputs_embeds=embeds, attention_mask=mask, use_cache=True)
+        out.logits[mask.bool()].sum().backward()
+        return out, embeds.grad
+
+    whole, whole_grad = run()
+    monkeypatch.setattr(mm, "LIGHTNING_CPU_SPAN", 5)
+    spans, spans_grad = run()
+    keep = mask.bool()
+    torch.testing.assert_close(spans.logits[keep], whole.logits[keep], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(spans_grad, whole_grad, rtol=1e-9, atol=1e-9)
+    for a, b in zip(getattr(spans, mm.CACHE_FIELD).layers, getattr(whole, mm.CACHE_FIELD).layers):
+        if isinstance(a, mm.LightningStateLayer):
+            torch.testing.assert_close(a.state, b.state, rtol=1e-9, atol=1e-9)
+
+
 def test_decode_steps_equal_one_forward():
     """Prefill 11 tokens, then 6 single-token steps (lightning recurrence step, single-token MoE, cached K/V):
     the logits equal one uncached forward over all 17 tokens."""
@@ -179,3 +244,65 @@ def test_decode_steps_equal_one_forward():
             out = model(ids[:, t : t + 1], past_key_values=getattr(out, field), use_cache=True)
             steps.append(out.logits[:, -1])
     torch.testing.assert_close(torch.stack(steps, dim=1), full[:, 10:], rtol=1e-9, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------------ K/V cache
+
+
+def test_growing_kv_layer_equals_concatenation_through_beam_and_batch_ops():
+    """Prefill, decode steps, a multi-token update, beam reorder, batch repeat / select and crop: keys and values
+    always equal the plain torch.cat history with the same operations applied; decode steps write in place."""
+    layer = mm.GrowingKVLayer()
+    expected_k = expected_v = None
+
+    def update(length):
+        nonlocal expected_k, expected_v
+        k, v = torch.randn(2 if expected_k is None else expected_k.shape[0], 3, length, 4), None
+        v = torch.randn_like(k)
+        keys, values = layer.update(k, v)
+        expected_k = k if expected_k is None else torch.cat((expected_k, k), dim=2)
+        expected_v = v if expected_v is None else torch.cat((expected_v, v), dim=2)
+        assert torch.equal(keys, expected_k) and torch.equal(values, expected_v)
+        assert layer.get_seq_length() == expected_k.shape[2]
+
+    update(5)
+    assert layer._buffers[0].shape[2] == 5  # the first fill is exact: a prefill allocates no spare room
+    update(1)
+    buffer = layer._buffers[0]
+    for _ in range(20):
+        update(1)
+    assert layer._buffers[0] is buffer and buffer.shape[2] >= 26  # grown once, then written in place
+    update(70)  # past the capacity: grows again
+    beams = torch.tensor([1, 1])
+    layer.reorder_cache(beams)
+    expected_k, expected_v = expected_k[beams], expected_v[beams]
+    update(1)
+    layer.batch_repeat_interleave(2)
+    expected_k, expected_v = expected_k.repeat_interleave(2, 0), expected_v.repeat_interleave(2, 0)
+    update(1)
+    keep = torch.tensor([0, 3])
+    layer.batch_select_indices(keep)
+    expected_k, expected_v = expected_k[keep], expected_v[keep]
+    update(2)
+    layer.crop(-3)
+    expected_k, expected_v = expected_k[:, :, :-3], expected_v[:, :, :-3]
+    update(1)
+
+
+def test_cache_uses_growing_kv_layers_and_generate_equals_plain_dynamic_layers(monkeypatch):
+    """Greedy and beam-search generate with the growing K/V layers give the same tokens and scores as with
+    transformers' torch.cat-based DynamicLayer."""
+    model = tiny_model().float()
+    ids = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(4))
+    kwargs = dict(max_new_tokens=12, do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=0)
+    cache = mm.MiniMaxText01Cache(model.config)
+    assert [type(layer) for layer in cache.layers] == [
+        mm.GrowingKVLayer if t == "full_attention" else mm.LightningStateLayer for t in model.config.layer_types
+    ]
+    with torch.no_grad():
+        ours = [model.generate(ids, num_beams=beams, **kwargs) for beams in (1, 3)]
+        monkeypatch.setattr(mm, "GrowingKVLayer", DynamicLayer)
+        plain = [model.generate(ids, num_beams=beams, **kwargs) for beams in (1, 3)]
+    for a, b in zip(ours, plain):
+        assert torch.equal(a.sequences, b.sequences)
+        torch.testing.assert_close(torch.stack(a.scores), torch.stack(b.scores), rtol=1e-5, atol=1e-5)
