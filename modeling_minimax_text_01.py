@@ -480,9 +480,8 @@ class MiniMaxText01Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)  # [B, H_kv, P+T, d]
 
-        implementation = self.config._attn_implementation or "eager"
-        attend: Callable = (
-            eager_attention_forward if implementation == "eager" else ALL_ATTENTION_FUNCTIONS[implementation]
+        attend: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation or "eager", eager_attention_forward
         )
         dropout = self.config.attention_dropout if self.training else 0.0
         out, _ = attend(self, q, k, v, attention_mask, scaling=self.scaling, dropout=dropout, **kwargs)

@@ -133,6 +133,29 @@ def test_fp32_left_padded_logits_match_float64_reference(model):
     assert max_rel < 1e-5
 
 
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_attention_backends_match_float64_reference_with_padding_and_cache(implementation):
+    """Both softmax-attention backends, left padding, a cached prefill and decode steps vs the float64 reference."""
+    model = tiny_model()
+    model.set_attn_implementation(implementation)
+    assert model.config._attn_implementation == implementation  # transformers refuses classes it cannot switch
+    ids = random_ids(2, 20, seed=3)
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0  # row 1 is left-padded by 5
+    expected = reference_text_logits(model.state_dict(), model.config, input_ids=ids, attention_mask=mask)
+    with torch.no_grad():
+        out = model(input_ids=ids[:, :14], attention_mask=mask[:, :14], use_cache=True)
+        steps, cache = [out.logits], cache_of(out)
+        for t in range(14, 20):
+            out = model(input_ids=ids[:, t : t + 1], attention_mask=mask[:, : t + 1], past_key_values=cache)
+            steps.append(out.logits)
+            cache = cache_of(out)
+    actual = torch.cat(steps, dim=1)
+    real = mask.bool()
+    _, max_rel, _ = errors(actual[real], expected[real])
+    assert max_rel < 1e-5
+
+
 def test_bf16_long_sequence_matches_float64_reference():
     """2,048 tokens, 1,536 prefilled and 512 decoded one by one, with the last layer lightning at the released near-1
     decays (slopes ~1e-5 s_h; exp(-s) is 1.0 in bf16). bf16 rounds each activation to within 2^-9 relative; ~10
