@@ -334,6 +334,10 @@ class MiniMaxVL01ImageProcessor(PilBackend):
     _AUTO_MAP = {"AutoImageProcessor": "image_processing_minimax_vl_01.MiniMaxVL01ImageProcessor"}
 
     def __init__(self, **kwargs: Unpack[MiniMaxVL01ImageProcessorKwargs]):
+        size = kwargs.get("size")
+        if isinstance(size, dict) and "shortest_edge" in size and "height" not in size:
+            # LLaVA/CLIP-style configs give {"shortest_edge": 336}: anyres tiles are square, so it is the tile side
+            kwargs["size"] = {"height": size["shortest_edge"], "width": size["shortest_edge"]}
         super().__init__(**kwargs)
         self.image_grid_pinpoints = _validate_geometry(
             (self.size.height, self.size.width), self.patch_size, self.image_grid_pinpoints

@@ -410,6 +410,16 @@ def test_save_load_round_trip(tmp_path):
         assert json.load(f)["auto_map"] == saved["auto_map"]
 
 
+def test_clip_style_shortest_edge_size_is_the_square_tile(tmp_path):
+    config = {"size": {"shortest_edge": 336}, "crop_size": {"height": 336, "width": 336}, "do_center_crop": True,
+              "image_grid_pinpoints": RELEASED_PINPOINTS, "patch_size": 14}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    loaded = MiniMaxVL01ImageProcessor.from_pretrained(tmp_path)
+    assert (loaded.size.height, loaded.size.width) == (336, 336)
+    image = random_rgb(600, 800, seed=5)
+    assert torch.equal(_pv(loaded, image), _pv(MiniMaxVL01ImageProcessor(), image))
+
+
 def copy_image_processor_code(folder):
     """The image processor module and the sibling config modules it imports, as in a Hub repo."""
     for name in ("image_processing_minimax_vl_01.py", "configuration_minimax_vl_01.py", "configuration_minimax_text_01.py"):
