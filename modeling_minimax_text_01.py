@@ -25,9 +25,9 @@ from transformers.utils import logging
 
 from .configuration_minimax_text_01 import SOFTMAX, MiniMaxText01Config
 
-try:  # optional GPU kernels (flash-linear-attention); the plain PyTorch paths below are the reference
+try:  # optional GPU kernels (flash-linear-attention >= 0.6: [B, T, H, d] layout, `g_gamma` log-decay per head)
     from fla.ops.simple_gla import chunk_simple_gla
-except ImportError:
+except (ImportError, RuntimeError):  # not installed, or Triton without a usable GPU driver
     chunk_simple_gla = None
 
 logger = logging.get_logger(__name__)
