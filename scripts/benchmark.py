@@ -35,7 +35,6 @@ import torch
 import torch.nn.functional as F
 import transformers
 from transformers import MiniMaxConfig, MiniMaxForCausalLM
-from transformers.modeling_outputs import MoeModelOutputWithPast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_tiny_checkpoint import tiny_text_config  # noqa: E402
@@ -43,8 +42,8 @@ from minimax_code import load  # noqa: E402
 
 modeling = load("modeling_minimax_text_01")
 
-# transformers >= 5.2x calls the cache argument `cache`; 5.17 `past_key_values` (both models accept the one used).
-CACHE_ARG = "cache" if "cache" in MoeModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+# the cache's name in outputs and forward kwargs for the installed transformers (both models accept it)
+CACHE_ARG = modeling.CACHE_FIELD
 
 
 # ------------------------------------------------------------------------------------------------ checkpoint
