@@ -1,21 +1,19 @@
 """MiniMax-Text-01: a hybrid lightning/softmax-attention MoE decoder, faithful to the released checkpoints.
 
-Reading order: RMSNorm -> lightning attention kernels (a plain recurrent reference, the chunked prefill, the
-decode step) -> the hybrid cache -> attention modules -> MoE -> decoder layer -> model -> causal-LM head.
+Reading order: RMSNorm -> attention modules -> MoE -> decoder layer -> model -> causal-LM head. The lightning
+attention kernels live in `lightning_attention.py`, the hybrid cache in `cache_minimax_text_01.py`.
 
 Conventions: B batch, T new tokens, P tokens already in the cache, H heads, d head_dim, D hidden_size.
 Every derived table (RoPE frequencies, lightning slopes) is computed in fp32 from the config, never stored in
 the checkpoint and never cast with the model, so `.to(bfloat16)` and `from_pretrained` cannot corrupt it.
 """
 
-import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicLayer
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
@@ -23,12 +21,17 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 from transformers.utils import logging
 
+from .cache_minimax_text_01 import MiniMaxText01Cache
 from .configuration_minimax_text_01 import SOFTMAX, MiniMaxText01Config
-
-try:  # optional GPU kernels (flash-linear-attention >= 0.6: [B, T, H, d] layout, `g_gamma` log-decay per head)
-    from fla.ops.simple_gla import chunk_simple_gla
-except (ImportError, RuntimeError):  # not installed, or Triton without a usable GPU driver
-    chunk_simple_gla = None
+from .lightning_attention import (
+    compute_dtype,
+    lightning_attention_chunked,
+    lightning_attention_fla,
+    lightning_attention_step,
+    lightning_block_length,
+    lightning_slopes,
+    use_fla_prefill,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -51,272 +54,6 @@ class MiniMaxText01RMSNorm(nn.Module):
 
     def extra_repr(self):
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Lightning attention. One contract for every implementation:
-#   (q, k, v [B, H, T, d], slopes [H] fp32, initial_state [B, H, d, d] fp32 or None) -> (out [B, H, T, d],
-#   final_state [B, H, d, d]), both in fp32 (fp64 for fp64 inputs), computing per head, with lambda = exp(-slope):
-#       S_t = lambda * S_{t-1} + k_t^T v_t,   o_t = q_t S_t.
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def lightning_slopes(num_heads: int, layer_idx: int, num_layers: int) -> torch.Tensor:
-    """Per-head decay rates of one layer, fp32 [H]: ALiBi slopes scaled by (1 - l/(L-1) + 1e-5).
-
-    `layer_idx` is the global index (softmax layers count). With a single layer the released formula divides by
-    zero; we use the factor 1 + 1e-5 there.
-    """
-
-    def power_of_two_slopes(n: int) -> list[float]:
-        start = 2.0 ** (-8.0 / n)
-        return [start ** (i + 1) for i in range(n)]
-
-    if math.log2(num_heads).is_integer():
-        base = power_of_two_slopes(num_heads)
-    else:
-        p = 2 ** math.floor(math.log2(num_heads))
-        base = power_of_two_slopes(p) + power_of_two_slopes(2 * p)[0::2][: num_heads - p]
-    factor = 1.0 + 1e-5 if num_layers == 1 else 1.0 - layer_idx / (num_layers - 1) + 1e-5
-    return torch.tensor(base, dtype=torch.float32) * factor
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """fp32 at least: bf16/fp16 activations never touch the decays or the state."""
-    return torch.promote_types(x.dtype, torch.float32)
-
-
-def lightning_attention_step(q, k, v, slopes, state, decay=None):
-    """O(1) decode: one recurrence step per token. q, k, v [B, H, 1, d]; state [B, H, d, d] fp32.
-    `decay` = exp(-slopes) [H, 1, 1] in the compute dtype may be passed in precomputed (decode runs this per token)."""
-    dtype = _compute_dtype(q)
-    if decay is None:
-        decay = torch.exp(-slopes.to(dtype))[:, None, None]
-    B, H, _, d = q.shape
-    q, k, v = (x.to(dtype).reshape(B * H, 1, -1) for x in (q, k, v))
-    # S = decay S + k^T v as one batched outer-product-accumulate over B * H
-    state = torch.baddbmm((decay * state.to(dtype)).view(B * H, d, -1), k.transpose(1, 2), v)
-    return torch.bmm(q, state).view(B, H, 1, -1), state.view(B, H, d, -1)
-
-
-def lightning_attention_recurrent(q, k, v, slopes, initial_state=None):
-    """Plain reference: the recurrence token by token (slow; the definition the fast paths are tested against)."""
-    B, H, T, d = q.shape
-    state = q.new_zeros(B, H, d, v.shape[-1], dtype=_compute_dtype(q)) if initial_state is None else initial_state
-    outputs = []
-    for t in range(T):
-        out, state = lightning_attention_step(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1], slopes, state)
-        outputs.append(out)
-    return torch.cat(outputs, dim=2), state
-
-
-def _lightning_blocks(q, k, v, slopes, state):
-    """Exact recurrence over n consecutive blocks of C tokens at once. q, k, v [B, H, n, C, d] fp32.
-
-    Inside a block: o_i = sum_{j<=i} (q_i . k_j) lambda^(i-j) v_j + lambda^(i+1) q_i S_start.
-    Block starts: S_start[b] = lambda^(C b) S_0 + sum_{b'<b} lambda^(C (b-1-b')) KV_b', with
-    KV_b = sum_j lambda^(C-1-j) k_j^T v_j. Powers are exp(-slope * n) with n >= 0: nothing can overflow.
-    """
-    H, n, C = q.shape[1], q.shape[2], q.shape[3]
-    s = slopes.view(H, 1, 1)
-    pos = torch.arange(C, device=q.device, dtype=q.dtype)
-    gap = pos[:, None] - pos[None, :]  # i - j
-    intra_decay = torch.where(gap >= 0, torch.exp(-s * gap.clamp(min=0)), 0.0)  # [H, C, C]
-    # in-place products on fresh matmul outputs (autograd-safe: matmul backward never reads its own output)
-    out = (q @ k.transpose(-1, -2)).mul_(intra_decay[:, None]) @ v  # [B, H, n, C, d]
-
-    q_decay = torch.exp(-s * (pos + 1)).view(1, H, 1, C, 1)
-    k_decay = torch.exp(-s * (C - 1 - pos)).view(1, H, 1, C, 1)
-    block_kv = (k * k_decay).transpose(-1, -2) @ v  # [B, H, n, d, d]
-    idx = torch.arange(n, device=q.device, dtype=q.dtype)
-    block_gap = idx[:, None] - 1 - idx[None, :]  # b - 1 - b'
-    carry = torch.where(block_gap >= 0, torch.exp(-s * C * block_gap.clamp(min=0)), 0.0)  # [H, n, n]
-    starts = torch.einsum("hbc,zhcde->zhbde", carry, block_kv)
-    starts = starts + torch.exp(-s * C * idx.view(1, n, 1)).view(1, H, n, 1, 1) * state[:, :, None]
-    out.add_((q @ starts).mul_(q_decay))  # q_decay scales rows: (q @ S) * q_decay == (q * q_decay) @ S
-    final_state = torch.exp(-slopes * C).view(1, H, 1, 1) * starts[:, :, -1] + block_kv[:, :, -1]
-    return out, final_state
-
-
-def lightning_attention_chunked(q, k, v, slopes, initial_state=None, block_size=256, blocks_per_step=16):
-    """Chunked parallel prefill: vectorised over blocks, `blocks_per_step` blocks at a time so memory stays bounded
-    (the per-block d x d states of a long sequence are never all materialised)."""
-    B, H, T, d = q.shape
-    dtype = _compute_dtype(q)
-    q, k, v, slopes = q.to(dtype), k.to(dtype), v.to(dtype), slopes.to(dtype)
-    state = q.new_zeros(B, H, d, v.shape[-1]) if initial_state is None else initial_state.to(dtype)
-    # written block by block, token-major: no concatenation, and the caller's [B, T, H * d] view needs no copy
-    out = q.new_empty(B, T, H, v.shape[-1])
-    step = block_size * blocks_per_step
-    for start in range(0, T, step):
-        length = min(step, T - start)
-        n_full, tail = divmod(length, block_size)
-        spans = [(start, n_full, block_size)] if n_full else []
-        if tail:  # a last, shorter block
-            spans.append((start + n_full * block_size, 1, tail))
-        for begin, n, C in spans:
-            sl = slice(begin, begin + n * C)
-            # one contiguous copy per operand (strided views would be copied again by every matmul using them)
-            blocks = [x[:, :, sl].reshape(B, H, n, C, x.shape[-1]).contiguous() for x in (q, k, v)]
-            block_out, state = _lightning_blocks(*blocks, slopes, state)
-            out[:, sl] = block_out.reshape(B, H, n * C, -1).transpose(1, 2)
-    return out.transpose(1, 2), state
-
-
-def lightning_block_length(block_size: int, head_dim: int) -> int:
-    """Block length of the plain chunked prefill: `block_size`, capped at 2 * head_dim. Per token the intra-block
-    term costs O(C d) and the inter-block term O(d^2), so C ~ 2d balances them (256 for the released d = 128; for
-    small heads smaller blocks are several times faster on CPU). The result is exact for any C."""
-    return min(block_size, 2 * head_dim)
-
-
-def use_fla_prefill(q: torch.Tensor) -> bool:
-    """The flash-linear-attention Triton kernel runs the prefill when it is installed and q is on CUDA."""
-    return chunk_simple_gla is not None and q.is_cuda
-
-
-def lightning_attention_fla(q, k, v, slopes, initial_state=None):
-    """GPU prefill through fla's `chunk_simple_gla`: per-head constant log-decay g_gamma = -slope, scale 1, fp32
-    state in and out. Same contract as `lightning_attention_chunked` (fla wants [B, T, H, d])."""
-    out, state = chunk_simple_gla(
-        *(x.transpose(1, 2) for x in (q, k, v)),
-        g_gamma=-slopes.float(),
-        scale=1.0,
-        initial_state=None if initial_state is None else initial_state.float(),
-        output_final_state=True,
-    )
-    return out.transpose(1, 2).float(), state.float()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Hybrid cache: an fp32 state per lightning layer, growing K/V per softmax layer, and the count of tokens seen
-# (positions come from it, so it is right even though layer 0 is a lightning layer).
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class GrowingKVLayer(DynamicLayer):
-    """transformers' DynamicLayer with K/V kept in buffers [B, H_kv, capacity, d] that grow by a quarter (at least
-    64 tokens) when full: a decode step writes one token instead of copying the whole cache with torch.cat, and the
-    amortised copy cost per token is O(1). The first fill is exact, so a prefill allocates no spare room.
-
-    `keys` / `values` are views of the filled part. Inherited methods that replace them (beam-search reorder, batch
-    select / repeat, crop, offload) keep working: the next update sees tensors it did not hand out and adopts them.
-    """
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._views: tuple[torch.Tensor, torch.Tensor] | None = None  # what `keys` / `values` were set to last
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        length = self.get_seq_length()
-        new_length = length + key_states.shape[-2]
-        owned = self._views is not None and self._views[0] is self.keys and self._views[1] is self.values
-        if not owned or new_length > self._buffers[0].shape[-2]:
-            capacity = new_length if length == 0 else max(new_length, length + max(length // 4, 64))
-            self._buffers = tuple(
-                self._allocate(old, new, length, capacity)
-                for old, new in ((self.keys, key_states), (self.values, value_states))
-            )
-        for buffer, new in zip(self._buffers, (key_states, value_states)):
-            buffer[:, :, length:new_length].copy_(new)
-        self.keys, self.values = (buffer[:, :, :new_length] for buffer in self._buffers)
-        self._views = (self.keys, self.values)
-        return self.keys, self.values
-
-    @staticmethod
-    def _allocate(old: torch.Tensor, new: torch.Tensor, length: int, capacity: int) -> torch.Tensor:
-        """Empty buffer [B, H_kv, capacity, d] shaped like `new`, holding the `length` cached tokens of `old`."""
-        buffer = new.new_empty(*new.shape[:-2], capacity, new.shape[-1])
-        if length:
-            buffer[:, :, :length].copy_(old)
-        return buffer
-
-
-class LightningStateLayer:
-    """Cache entry of one lightning layer: the fp32 state [B, H, d, d] (None before the first token)."""
-
-    is_sliding = False
-
-    def __init__(self):
-        self.state: torch.Tensor | None = None
-
-    def get_seq_length(self) -> int:
-        return 0
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        if self.state is not None:
-            self.state = self.state.index_select(0, beam_idx.to(self.state.device))
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        if self.state is not None:
-            self.state = self.state.repeat_interleave(repeats, dim=0)
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self.state is not None:
-            self.state = self.state[indices]
-
-    def reset(self) -> None:
-        self.state = None
-
-
-class MiniMaxText01Cache(Cache):
-    """K/V (`GrowingKVLayer`, a transformers `DynamicLayer`) for softmax layers, an fp32 state for lightning layers.
-
-    Built by the model itself when `use_cache=True` (transformers' `generate()` does not build a default cache for
-    classes named MiniMax). Beam search reorders every layer, states included. Cropping is impossible: a
-    lightning state cannot be rolled back.
-    """
-
-    is_compileable = False
-    is_croppable = False
-
-    def __init__(self, config: MiniMaxText01Config):
-        layers = [GrowingKVLayer() if t == SOFTMAX else LightningStateLayer() for t in config.attn_type_list]
-        super().__init__(layers=layers)
-        self.seen_tokens = 0
-
-    @property
-    def is_linear(self) -> list[bool]:
-        return [isinstance(layer, LightningStateLayer) for layer in self.layers]
-
-    @property
-    def is_sliding(self) -> list[bool]:
-        return [False] * len(self.layers)
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.seen_tokens
-
-    def get_lightning_state(self, layer_idx: int) -> torch.Tensor | None:
-        return self.layers[layer_idx].state
-
-    def set_lightning_state(self, layer_idx: int, state: torch.Tensor) -> None:
-        self.layers[layer_idx].state = state
-
-    def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
-        return self.layers[layer_idx].update(key_states, value_states)
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        for layer in self.layers:
-            layer.reorder_cache(beam_idx)
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        for layer in self.layers:
-            layer.batch_repeat_interleave(repeats)
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        for layer in self.layers:
-            layer.batch_select_indices(indices)
-
-    def reset(self) -> None:
-        for layer in self.layers:
-            layer.reset() if isinstance(layer, LightningStateLayer) else layer.__init__()
-        self.seen_tokens = 0
-
-    def crop(self, max_length: int) -> None:
-        raise NotImplementedError("MiniMaxText01Cache cannot be cropped: a lightning-attention state has no rollback.")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -388,7 +125,7 @@ class MiniMaxText01LightningAttention(nn.Module):
 
         slopes = self.slopes(x.device)
         if T == 1 and state is not None:
-            out, state = lightning_attention_step(q, k, v, slopes, state, self.step_decay(x.device, _compute_dtype(q)))
+            out, state = lightning_attention_step(q, k, v, slopes, state, self.step_decay(x.device, compute_dtype(q)))
         elif use_fla_prefill(q):
             out, state = lightning_attention_fla(q, k, v, slopes, state)
         else:
@@ -920,13 +657,4 @@ class MiniMaxText01ForCausalLM(MiniMaxText01PreTrainedModel, GenerationMixin):
         )
 
 
-__all__ = [
-    "MiniMaxText01Cache",
-    "MiniMaxText01ForCausalLM",
-    "MiniMaxText01Model",
-    "MiniMaxText01PreTrainedModel",
-    "lightning_attention_chunked",
-    "lightning_attention_recurrent",
-    "lightning_attention_step",
-    "lightning_slopes",
-]
+__all__ = ["MiniMaxText01ForCausalLM", "MiniMaxText01Model", "MiniMaxText01PreTrainedModel"]

@@ -25,7 +25,8 @@ from .image_processing_minimax_vl_01 import (
     select_best_resolution,
     unpadded_feature_grid,
 )
-from .modeling_minimax_text_01 import MiniMaxText01Cache, MiniMaxText01ForCausalLM
+from .cache_minimax_text_01 import MiniMaxText01Cache
+from .modeling_minimax_text_01 import MiniMaxText01ForCausalLM
 
 
 class MiniMaxVL01MultiModalProjector(nn.Module):

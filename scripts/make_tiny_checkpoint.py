@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig
 
-from minimax_code import REMOTE_CODE_FILES, REPO_ROOT, load
+from minimax_code import REMOTE_CODE_FILES, REPO_ROOT, TEXT_CODE_FILES, load
 from tiny_tokenizer import build_tiny_tokenizer, special_token_ids
 
 TEXT_AUTO_MAP = {
@@ -50,7 +50,6 @@ def tiny_text_config(vocab_size: int = 512, **overrides):
     return config_class(**values)
 
 
-TEXT_CODE_FILES = ["configuration_minimax_text_01.py", "modeling_minimax_text_01.py"]
 
 
 def copy_remote_code(out: Path, names=TEXT_CODE_FILES) -> None:

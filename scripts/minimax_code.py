@@ -12,9 +12,14 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "minimax01"
-REMOTE_CODE_FILES = [
+# the text model's files (what a Text-01 repo ships), then VL's on top
+TEXT_CODE_FILES = [
     "configuration_minimax_text_01.py",
     "modeling_minimax_text_01.py",
+    "lightning_attention.py",
+    "cache_minimax_text_01.py",
+]
+REMOTE_CODE_FILES = TEXT_CODE_FILES + [
     "configuration_minimax_vl_01.py",
     "modeling_minimax_vl_01.py",
     "processing_minimax_vl_01.py",

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from device_map import build_meta_model
 from generate import PROCESSOR_FILES
-from make_tiny_checkpoint import TEXT_AUTO_MAP, TEXT_CODE_FILES, VL_AUTO_MAP, copy_remote_code
-from minimax_code import REMOTE_CODE_FILES
+from make_tiny_checkpoint import TEXT_AUTO_MAP, VL_AUTO_MAP, copy_remote_code
+from minimax_code import REMOTE_CODE_FILES, TEXT_CODE_FILES
 from quanto_config import is_vl, load_config, text_part
 
 TOKENIZER_FILES = [

@@ -17,6 +17,8 @@ from make_tiny_checkpoint import tiny_text_config
 from minimax_code import load
 
 mm = load("modeling_minimax_text_01")
+mc = load("cache_minimax_text_01")
+la = load("lightning_attention")
 
 
 def tiny_model(**overrides):
@@ -123,9 +125,9 @@ def recurrence_reference(q, k, v, slopes):
 
 
 def test_lightning_block_length_caps_at_twice_head_dim():
-    assert mm.lightning_block_length(256, 128) == 256  # the released block
-    assert mm.lightning_block_length(256, 32) == 64
-    assert mm.lightning_block_length(16, 32) == 16
+    assert la.lightning_block_length(256, 128) == 256  # the released block
+    assert la.lightning_block_length(256, 32) == 64
+    assert la.lightning_block_length(16, 32) == 16
 
 
 @pytest.mark.parametrize("length", [1, 40, 70])
@@ -133,8 +135,8 @@ def test_chunked_prefill_with_capped_blocks_matches_recurrence(length):
     B, H, d = 2, 3, 8
     q, k, v = (torch.randn(B, length, H, d, dtype=torch.float64) for _ in range(3))
     slopes = torch.tensor([0.9, 0.3, 0.01])
-    block = mm.lightning_block_length(256, d)  # 16: several blocks and a short tail
-    out, state = mm.lightning_attention_chunked(*(x.transpose(1, 2) for x in (q, k, v)), slopes, None, block, 2)
+    block = la.lightning_block_length(256, d)  # 16: several blocks and a short tail
+    out, state = la.lightning_attention_chunked(*(x.transpose(1, 2) for x in (q, k, v)), slopes, None, block, 2)
     ref_out, ref_state = recurrence_reference(q, k, v, slopes)
     torch.testing.assert_close(out.transpose(1, 2), ref_out, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(state, ref_state, rtol=1e-10, atol=1e-10)
@@ -143,13 +145,13 @@ def test_chunked_prefill_with_capped_blocks_matches_recurrence(length):
 def test_decode_step_with_the_layers_precomputed_decay_matches_recurrence():
     """The lightning layer hands exp(-slopes), computed once, to the decode step: 5 steps equal the recurrence."""
     layer = tiny_model().model.layers[1].self_attn
-    slopes = mm.lightning_slopes(layer.num_heads, layer.layer_idx, layer.num_layers)
+    slopes = la.lightning_slopes(layer.num_heads, layer.layer_idx, layer.num_layers)
     B, H, T, d = 2, layer.num_heads, 5, 8
     q, k, v = (torch.randn(B, T, H, d, dtype=torch.float64) for _ in range(3))
     state, outputs = torch.zeros(B, H, d, d, dtype=torch.float64), []
     for t in range(T):
         step = [x[:, t : t + 1].transpose(1, 2) for x in (q, k, v)]
-        out, state = mm.lightning_attention_step(*step, slopes, state, layer.step_decay(q.device, torch.float64))
+        out, state = la.lightning_attention_step(*step, slopes, state, layer.step_decay(q.device, torch.float64))
         outputs.append(out.transpose(1, 2))
     ref_out, ref_state = recurrence_reference(q, k, v, slopes)
     torch.testing.assert_close(torch.cat(outputs, dim=1), ref_out, rtol=1e-12, atol=1e-12)
@@ -164,15 +166,15 @@ def fake_chunk_simple_gla(q, k, v, g_gamma, scale, initial_state, output_final_s
 
 
 def test_fla_wrapper_passes_layout_decay_and_scale(monkeypatch):
-    monkeypatch.setattr(mm, "chunk_simple_gla", fake_chunk_simple_gla)
+    monkeypatch.setattr(la, "chunk_simple_gla", fake_chunk_simple_gla)
     B, H, T, d = 1, 2, 5, 4
     q, k, v = (torch.randn(B, H, T, d, dtype=torch.float64) for _ in range(3))
     slopes = torch.tensor([0.5, 0.05])
-    out, state = mm.lightning_attention_fla(q, k, v, slopes)
+    out, state = la.lightning_attention_fla(q, k, v, slopes)
     ref_out, ref_state = recurrence_reference(*(x.transpose(1, 2) for x in (q, k, v)), slopes)
     torch.testing.assert_close(out.double(), ref_out.transpose(1, 2), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(state.double(), ref_state, rtol=1e-6, atol=1e-6)
-    assert not mm.use_fla_prefill(q)  # CPU tensors never take the Triton path
+    assert not la.use_fla_prefill(q)  # CPU tensors never take the Triton path
 
 
 # ------------------------------------------------------------------------------------------------ whole model
@@ -199,7 +201,7 @@ def test_prefill_chunk_size_equals_whole_prompt_with_left_padding():
     field = mm.CACHE_FIELD
     assert getattr(chunked, field).get_seq_length() == 23 and getattr(no_cache, field) is None
     for layer_a, layer_b in zip(getattr(chunked, field).layers, getattr(whole, field).layers):
-        if isinstance(layer_a, mm.LightningStateLayer):
+        if isinstance(layer_a, mc.LightningStateLayer):
             torch.testing.assert_close(layer_a.state, layer_b.state, rtol=1e-9, atol=1e-9)
         else:
             torch.testing.assert_close(layer_a.keys, layer_b.keys)
@@ -226,7 +228,7 @@ def test_lightning_layers_in_cpu_spans_equal_whole_prompt(monkeypatch):
     torch.testing.assert_close(spans.logits[keep], whole.logits[keep], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(spans_grad, whole_grad, rtol=1e-9, atol=1e-9)
     for a, b in zip(getattr(spans, mm.CACHE_FIELD).layers, getattr(whole, mm.CACHE_FIELD).layers):
-        if isinstance(a, mm.LightningStateLayer):
+        if isinstance(a, mc.LightningStateLayer):
             torch.testing.assert_close(a.state, b.state, rtol=1e-9, atol=1e-9)
 
 
@@ -252,7 +254,7 @@ def test_decode_steps_equal_one_forward():
 def test_growing_kv_layer_equals_concatenation_through_beam_and_batch_ops():
     """Prefill, decode steps, a multi-token update, beam reorder, batch repeat / select and crop: keys and values
     always equal the plain torch.cat history with the same operations applied; decode steps write in place."""
-    layer = mm.GrowingKVLayer()
+    layer = mc.GrowingKVLayer()
     expected_k = expected_v = None
 
     def update(length):
@@ -295,13 +297,13 @@ def test_cache_uses_growing_kv_layers_and_generate_equals_plain_dynamic_layers(m
     model = tiny_model().float()
     ids = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(4))
     kwargs = dict(max_new_tokens=12, do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=0)
-    cache = mm.MiniMaxText01Cache(model.config)
+    cache = mc.MiniMaxText01Cache(model.config)
     assert [type(layer) for layer in cache.layers] == [
-        mm.GrowingKVLayer if t == "full_attention" else mm.LightningStateLayer for t in model.config.layer_types
+        mc.GrowingKVLayer if t == "full_attention" else mc.LightningStateLayer for t in model.config.layer_types
     ]
     with torch.no_grad():
         ours = [model.generate(ids, num_beams=beams, **kwargs) for beams in (1, 3)]
-        monkeypatch.setattr(mm, "GrowingKVLayer", DynamicLayer)
+        monkeypatch.setattr(mc, "GrowingKVLayer", DynamicLayer)
         plain = [model.generate(ids, num_beams=beams, **kwargs) for beams in (1, 3)]
     for a, b in zip(ours, plain):
         assert torch.equal(a.sequences, b.sequences)

@@ -9,6 +9,7 @@ from minimax_code import load
 from reference import alibi_slopes, lightning_layer_slopes, lightning_recurrence
 
 mm = load("modeling_minimax_text_01")
+la = load("lightning_attention")
 
 B, H, D = 2, 3, 8
 # one fast-decaying head, one medium, one nearly 1 (the last layer of the release has slopes ~1e-5 s_h)
@@ -40,7 +41,7 @@ def rel_err(actual, expected):
 def test_chunked_matches_float64_recurrence(T, with_state, block_size):
     q, k, v = random_qkv(T)
     state = random_state() if with_state else None
-    out, final = mm.lightning_attention_chunked(q, k, v, SLOPES, state, block_size=block_size)
+    out, final = la.lightning_attention_chunked(q, k, v, SLOPES, state, block_size=block_size)
     ref_out, ref_final = lightning_recurrence(q, k, v, SLOPES, state)
 
     assert out.shape == (B, H, T, D) and final.shape == (B, H, D, D)
@@ -54,7 +55,7 @@ def test_chunked_matches_float64_recurrence(T, with_state, block_size):
 def test_recurrent_matches_float64_recurrence(T, with_state):
     q, k, v = random_qkv(T)
     state = random_state() if with_state else None
-    out, final = mm.lightning_attention_recurrent(q, k, v, SLOPES, state)
+    out, final = la.lightning_attention_recurrent(q, k, v, SLOPES, state)
     ref_out, ref_final = lightning_recurrence(q, k, v, SLOPES, state)
     assert out.dtype == final.dtype == torch.float32
     # a running fp32 sum: one rounding of the state per token, so the error grows like T * 2^-24
@@ -66,7 +67,7 @@ def test_recurrent_matches_float64_recurrence(T, with_state):
 def test_decode_step_is_one_recurrence_step():
     q, k, v = random_qkv(1)  # [B, H, 1, D]
     state = random_state()
-    out, new_state = mm.lightning_attention_step(q, k, v, SLOPES, state)
+    out, new_state = la.lightning_attention_step(q, k, v, SLOPES, state)
 
     decay = torch.exp(-SLOPES.double()).view(1, H, 1, 1)
     expected_state = decay * state.double() + k.double().transpose(-1, -2) @ v.double()  # lambda S + k^T v
@@ -78,11 +79,11 @@ def test_decode_step_is_one_recurrence_step():
 def test_decode_steps_continue_a_chunked_prefill():
     """Prefill 300 tokens in blocks, then decode 20 one at a time: equals the float64 recurrence over all 320."""
     q, k, v = random_qkv(320)
-    out, state = mm.lightning_attention_chunked(q[:, :, :300], k[:, :, :300], v[:, :, :300], SLOPES, block_size=64)
+    out, state = la.lightning_attention_chunked(q[:, :, :300], k[:, :, :300], v[:, :, :300], SLOPES, block_size=64)
     outputs = [out]
     for t in range(300, 320):
         step = slice(t, t + 1)
-        out, state = mm.lightning_attention_step(q[:, :, step], k[:, :, step], v[:, :, step], SLOPES, state)
+        out, state = la.lightning_attention_step(q[:, :, step], k[:, :, step], v[:, :, step], SLOPES, state)
         outputs.append(out)
     ref_out, ref_state = lightning_recurrence(q, k, v, SLOPES)
     assert rel_err(torch.cat(outputs, dim=2), ref_out) < 2e-6
@@ -95,7 +96,7 @@ def test_chunked_gradients_match_float64_autograd_recurrence():
     g = torch.Generator().manual_seed(5)
     w_out, w_state = torch.randn(B, H, 300, D, generator=g), torch.randn(B, H, D, D, generator=g)
 
-    out, final = mm.lightning_attention_chunked(q, k, v, SLOPES, state, block_size=64)
+    out, final = la.lightning_attention_chunked(q, k, v, SLOPES, state, block_size=64)
     ((out * w_out).sum() + (final * w_state).sum()).backward()
     grads = [x.grad for x in (q, k, v, state)]
 
@@ -122,7 +123,7 @@ def test_chunked_gradients_match_float64_autograd_recurrence():
 )
 def test_alibi_slopes_worked_examples(num_heads, expected):
     assert alibi_slopes(num_heads) == pytest.approx(expected, rel=1e-12)  # the test-side recipe itself
-    slopes = mm.lightning_slopes(num_heads, layer_idx=0, num_layers=2)  # factor 1 - 0 + 1e-5
+    slopes = la.lightning_slopes(num_heads, layer_idx=0, num_layers=2)  # factor 1 - 0 + 1e-5
     assert slopes.dtype == torch.float32
     torch.testing.assert_close(slopes.double(), torch.tensor(expected, dtype=torch.float64) * (1 + 1e-5),
                                rtol=1e-7, atol=0)
@@ -135,7 +136,7 @@ def test_alibi_slopes_worked_examples(num_heads, expected):
     ids=["first", "layer-7", "last", "tiny-layer-5", "single-layer"],
 )
 def test_layer_slopes_follow_the_spec(num_heads, layer_idx, num_layers, factor):
-    slopes = mm.lightning_slopes(num_heads, layer_idx, num_layers)
+    slopes = la.lightning_slopes(num_heads, layer_idx, num_layers)
     expected = torch.tensor(alibi_slopes(num_heads), dtype=torch.float64) * factor
     assert slopes.dtype == torch.float32
     torch.testing.assert_close(slopes.double(), expected, rtol=1e-7, atol=0)

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 pytestmark = pytest.mark.smoke
 
 mm = load("modeling_minimax_text_01")
+mc = load("cache_minimax_text_01")
 MiniMaxText01Config = load("configuration_minimax_text_01").MiniMaxText01Config
 # the spec folder sits beside the repository: /work/shared/spec next to /work/main
 RELEASED_CONFIG = Path(__file__).resolve().parents[2] / "shared/spec/released-configs/minimax-text-01.config.json"
@@ -224,7 +225,7 @@ def test_token_by_token_without_position_ids_equals_full_forward(model):
 def test_chunked_prefill_equals_whole_prompt(model, pieces):
     ids = random_ids(2, sum(pieces))
     full = logits(model, input_ids=ids)
-    cache, outputs, start = mm.MiniMaxText01Cache(model.config), [], 0
+    cache, outputs, start = mc.MiniMaxText01Cache(model.config), [], 0
     with torch.no_grad():
         for n in pieces:
             outputs.append(model(input_ids=ids[:, start : start + n], past_key_values=cache, use_cache=True).logits)
