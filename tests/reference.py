@@ -60,27 +60,41 @@ def swiglu(x, gate_w, up_w, down_w):
     return linear(torch.nn.functional.silu(linear(x, gate_w)) * linear(x, up_w), down_w)
 
 
-def lightning_recurrence(q, k, v, slopes, state=None):
-    """Per head, token by token: S_t = exp(-s) S_{t-1} + k_t^T v_t, o_t = q_t S_t. q, k, v [B, H, T, d].
+def lightning_recurrence(q, k, v, log_decay, state=None, resets=None):
+    """Per head, token by token: S_t = exp(g_t) S_{t-1} + k_t^T v_t, o_t = q_t S_t, with S_{t-1} taken as zero
+    where resets[b, t] is True (the first token of a packed sequence). q, k, v [B, H, T, d]; log_decay g is [H]
+    (the same for every token: -slope) or per token [B, T, H].
 
     Returns (o [B, H, T, d], S_T [B, H, d, d]) in float64. Out-of-place, so autograd flows through it.
     """
     q, k, v = q.double(), k.double(), v.double()
     B, H, T, d = q.shape
-    decay = torch.exp(-slopes.double()).view(1, H, 1, 1)
+    g = log_decay.double().expand(B, T, H) if log_decay.dim() == 1 else log_decay.double()
     S = q.new_zeros(B, H, d, v.shape[-1]) if state is None else state.double()
     outputs = []
     for t in range(T):
+        decay = torch.exp(g[:, t]).view(B, H, 1, 1)
+        if resets is not None:
+            decay = decay * (~resets[:, t]).double().view(B, 1, 1, 1)
         S = decay * S + k[:, :, t, :, None] * v[:, :, t, None, :]  # outer product k_t^T v_t
         outputs.append((q[:, :, t, :, None] * S).sum(-2))  # q_t S_t
     return torch.stack(outputs, dim=2), S
 
 
+def packed_segments(position_ids, real):
+    """Segment id [B, T] of every token: a new segment starts at each real token (after the first) whose position
+    id is 0, the layout of padding-free packed batches. Pads never start a segment."""
+    starts = (position_ids == 0) & real
+    starts[:, 0] = False
+    return starts.long().cumsum(-1), starts
+
+
 def rope(x, positions, rotary_dim, theta):
-    """NeoX RoPE on channels [0, rotary_dim) of x [B, T, H, d]: channel c pairs with c + rotary_dim/2."""
+    """NeoX RoPE on channels [0, rotary_dim) of x [B, T, H, d] at positions [B, T]: channel c pairs with
+    c + rotary_dim/2."""
     half = rotary_dim // 2
-    angle = positions.double()[:, None] * rope_inv_freq(rotary_dim, theta)[None, :]  # [T, half]
-    cos, sin = angle.cos()[None, :, None, :], angle.sin()[None, :, None, :]
+    angle = positions.double()[..., None] * rope_inv_freq(rotary_dim, theta)  # [B, T, half]
+    cos, sin = angle.cos()[:, :, None, :], angle.sin()[:, :, None, :]
     first, second, rest = x[..., :half], x[..., half:rotary_dim], x[..., rotary_dim:]
     return torch.cat((first * cos - second * sin, second * cos + first * sin, rest), dim=-1)
 
@@ -88,25 +102,27 @@ def rope(x, positions, rotary_dim, theta):
 # ------------------------------------------------------------------------------------------------ layers
 
 
-def lightning_attention(W, prefix, x, real, slopes, c):
-    """Spec 3.2. x [B, T, D] is the normed layer input; real [B, T] bool marks non-padded tokens."""
+def lightning_attention(W, prefix, x, real, starts, slopes, c):
+    """Spec 3.2. x [B, T, D] is the normed layer input; real [B, T] bool marks non-padded tokens, starts [B, T]
+    the first tokens of packed sequences (the state resets there)."""
     B, T, _ = x.shape
     H, d = c.num_attention_heads, c.head_dim
     qkv = torch.nn.functional.silu(linear(x, W(prefix + "qkv_proj.weight"))).view(B, T, H, 3 * d)
     q, k, v = (qkv[..., i * d : (i + 1) * d].transpose(1, 2) for i in range(3))  # [B, H, T, d] each
-    v = v * real[:, None, :, None]  # padded tokens add nothing to the state
-    o, _ = lightning_recurrence(q, k, v, slopes)
+    v = v * real[:, None, :, None]  # padded tokens add nothing to the state ...
+    log_decay = -slopes.view(1, 1, H) * real[..., None]  # ... and do not decay it (spec of the padding contract)
+    o, _ = lightning_recurrence(q, k, v, log_decay, resets=starts)
     o = o.transpose(1, 2).reshape(B, T, H * d)
     o = rms_norm(o, W(prefix + "norm.weight"), LIGHTNING_NORM_EPS)
     o = o * torch.sigmoid(linear(x, W(prefix + "output_gate.weight")))
     return linear(o, W(prefix + "out_proj.weight"))
 
 
-def softmax_attention(W, prefix, x, real, c):
-    """Spec 3.3: GQA, scale 1/sqrt(d), causal, padded keys masked, partial RoPE at positions 0..T-1."""
+def softmax_attention(W, prefix, x, real, positions, segments, c):
+    """Spec 3.3: GQA, scale 1/sqrt(d), causal within each packed segment, padded keys masked, partial RoPE at
+    `positions` [B, T]."""
     B, T, _ = x.shape
     H, H_kv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-    positions = torch.arange(T)
     q = rope(linear(x, W(prefix + "q_proj.weight")).view(B, T, H, d), positions, c.rotary_dim, c.rope_theta)
     k = rope(linear(x, W(prefix + "k_proj.weight")).view(B, T, H_kv, d), positions, c.rotary_dim, c.rope_theta)
     v = linear(x, W(prefix + "v_proj.weight")).view(B, T, H_kv, d)
@@ -116,7 +132,8 @@ def softmax_attention(W, prefix, x, real, c):
     scores = torch.einsum("bthd,bshd->bhts", q, k) / math.sqrt(d)
     t, s = torch.arange(T)[:, None], torch.arange(T)[None, :]
     # a padded query still sees itself, so its (unused) row stays finite
-    allowed = (s <= t)[None, None] & (real[:, None, None, :] | (s == t)[None, None])
+    same_segment = segments[:, None, :, None] == segments[:, None, None, :]
+    allowed = (s <= t)[None, None] & same_segment & (real[:, None, None, :] | (s == t)[None, None])
     scores = scores.masked_fill(~allowed, float("-inf"))
     weights = torch.exp(scores - scores.amax(-1, keepdim=True))
     weights = weights / weights.sum(-1, keepdim=True)
@@ -144,9 +161,12 @@ def shared_expert_size(c) -> int:
 # ------------------------------------------------------------------------------------------------ the whole model
 
 
-def reference_text_logits(state_dict, config, input_ids=None, inputs_embeds=None, attention_mask=None, prefix=""):
+def reference_text_logits(
+    state_dict, config, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None, prefix=""
+):
     """float64 logits [B, T, vocab] of MiniMax-Text-01 (spec 3). `config` is a config object or a dict of the
-    released keys; `prefix` is prepended to every key (e.g. "language_model." for VL-01)."""
+    released keys; `prefix` is prepended to every key (e.g. "language_model." for VL-01). `position_ids` default
+    to 0..T-1 (the mask does not shift them); where they restart at 0 a new packed sequence begins."""
     c = SimpleNamespace(**config) if isinstance(config, dict) else config
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
@@ -157,16 +177,18 @@ def reference_text_logits(state_dict, config, input_ids=None, inputs_embeds=None
     x = W("model.embed_tokens.weight")[input_ids.cpu()] if input_ids is not None else inputs_embeds.cpu().double()
     B, T, _ = x.shape
     real = torch.ones(B, T, dtype=torch.bool) if attention_mask is None else attention_mask.cpu().bool()
+    positions = torch.arange(T).expand(B, T) if position_ids is None else position_ids.cpu()
+    segments, starts = packed_segments(positions, real)
 
     for i, attn_type in enumerate(c.attn_type_list):
         p = f"model.layers.{i}."
         a = rms_norm(x, W(p + "input_layernorm.weight"), c.rms_norm_eps)
         if attn_type == 0:
             slopes = lightning_layer_slopes(c.num_attention_heads, i, c.num_hidden_layers)
-            attn = lightning_attention(W, p + "self_attn.", a, real, slopes, c)
+            attn = lightning_attention(W, p + "self_attn.", a, real, starts, slopes, c)
             alpha, beta = c.layernorm_linear_attention_alpha, c.layernorm_linear_attention_beta
         else:
-            attn = softmax_attention(W, p + "self_attn.", a, real, c)
+            attn = softmax_attention(W, p + "self_attn.", a, real, positions, segments, c)
             alpha, beta = c.layernorm_full_attention_alpha, c.layernorm_full_attention_beta
         y = alpha * (a if c.postnorm else x) + beta * attn
 

@@ -42,7 +42,7 @@ def test_chunked_matches_float64_recurrence(T, with_state, block_size):
     q, k, v = random_qkv(T)
     state = random_state() if with_state else None
     out, final = la.lightning_attention_chunked(q, k, v, SLOPES, state, block_size=block_size)
-    ref_out, ref_final = lightning_recurrence(q, k, v, SLOPES, state)
+    ref_out, ref_final = lightning_recurrence(q, k, v, -SLOPES, state)
 
     assert out.shape == (B, H, T, D) and final.shape == (B, H, D, D)
     assert out.dtype == final.dtype == torch.float32
@@ -56,7 +56,7 @@ def test_recurrent_matches_float64_recurrence(T, with_state):
     q, k, v = random_qkv(T)
     state = random_state() if with_state else None
     out, final = la.lightning_attention_recurrent(q, k, v, SLOPES, state)
-    ref_out, ref_final = lightning_recurrence(q, k, v, SLOPES, state)
+    ref_out, ref_final = lightning_recurrence(q, k, v, -SLOPES, state)
     assert out.dtype == final.dtype == torch.float32
     # a running fp32 sum: one rounding of the state per token, so the error grows like T * 2^-24
     tolerance = 2e-6 + T * 2.0**-24
@@ -85,7 +85,7 @@ def test_decode_steps_continue_a_chunked_prefill():
         step = slice(t, t + 1)
         out, state = la.lightning_attention_step(q[:, :, step], k[:, :, step], v[:, :, step], SLOPES, state)
         outputs.append(out)
-    ref_out, ref_state = lightning_recurrence(q, k, v, SLOPES)
+    ref_out, ref_state = lightning_recurrence(q, k, v, -SLOPES)
     assert rel_err(torch.cat(outputs, dim=2), ref_out) < 2e-6
     assert rel_err(state, ref_state) < 2e-6
 
@@ -101,7 +101,7 @@ def test_chunked_gradients_match_float64_autograd_recurrence():
     grads = [x.grad for x in (q, k, v, state)]
 
     leaves = [x.detach().double().requires_grad_(True) for x in (q, k, v, state)]
-    ref_out, ref_final = lightning_recurrence(*leaves[:3], SLOPES, leaves[3])
+    ref_out, ref_final = lightning_recurrence(*leaves[:3], -SLOPES, leaves[3])
     ((ref_out * w_out.double()).sum() + (ref_final * w_state.double()).sum()).backward()
 
     for name, grad, leaf in zip(["q", "k", "v", "initial_state"], grads, leaves):
