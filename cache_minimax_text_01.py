@@ -91,6 +91,31 @@ class MiniMaxText01Cache(Cache):
         layers = [GrowingKVLayer() if t == SOFTMAX else LightningStateLayer() for t in config.attn_type_list]
         super().__init__(layers=layers)
         self.seen_tokens = 0
+        self._continuation_problem: str | None = None  # why the next forward cannot continue exactly, if so
+        self.has_padding_holes = False  # some row has pads after real tokens (right padding or holes)
+
+    def record_layout(self, padding_mask: torch.Tensor | None, packed: bool) -> None:
+        """Note what the tokens being added leave behind: pads after real tokens, which later tokens must see
+        through the attention mask, or packed sequences, whose K/V no later token may attend to."""
+        if packed:
+            self._continuation_problem = (
+                "This cache was filled from packed sequences; it holds K/V of several sequences per row and cannot be "
+                "continued. Build the cache from one sequence per row (padding is fine)."
+            )
+        elif padding_mask is not None and not self.has_padding_holes:
+            seen_real = padding_mask.cummax(dim=-1).values
+            self.has_padding_holes = bool((seen_real[:, :-1] & ~padding_mask[:, 1:]).any())
+
+    def check_continuation(self, has_attention_mask: bool) -> None:
+        """Raise where continuing from this cache could not be exact (called before the next forward)."""
+        if self._continuation_problem is not None:
+            raise ValueError(self._continuation_problem)
+        if self.has_padding_holes and not has_attention_mask:
+            raise ValueError(
+                "This cache holds rows with pads after real tokens (right padding): pass the attention_mask covering "
+                "the cached and the new tokens, so that new tokens skip the pads and take positions after each row's "
+                "last real token."
+            )
 
     @property
     def is_linear(self) -> list[bool]:
@@ -128,6 +153,7 @@ class MiniMaxText01Cache(Cache):
         for layer in self.layers:
             layer.reset() if isinstance(layer, LightningStateLayer) else layer.__init__()
         self.seen_tokens = 0
+        self._continuation_problem, self.has_padding_holes = None, False
 
     def crop(self, max_length: int) -> None:
         raise NotImplementedError("MiniMaxText01Cache cannot be cropped: a lightning-attention state has no rollback.")

@@ -24,7 +24,6 @@ from transformers.utils import logging
 from .cache_minimax_text_01 import MiniMaxText01Cache
 from .configuration_minimax_text_01 import SOFTMAX, MiniMaxText01Config
 from .lightning_attention import (
-    compute_dtype,
     lightning_attention_chunked,
     lightning_attention_fla,
     lightning_attention_step,
@@ -84,54 +83,49 @@ class MiniMaxText01LightningAttention(nn.Module):
         self.norm = MiniMaxText01RMSNorm(inner, eps=config.lightning_norm_eps)
         self.out_proj = nn.Linear(inner, config.hidden_size, bias=False)
         self._slopes: torch.Tensor | None = None  # fp32, computed on first use per device
-        self._step_decay: torch.Tensor | None = None  # exp(-slopes), computed on first decode step per device/dtype
 
     def slopes(self, device: torch.device) -> torch.Tensor:
         if self._slopes is None or self._slopes.device != device:
             self._slopes = lightning_slopes(self.num_heads, self.layer_idx, self.num_layers).to(device)
         return self._slopes
 
-    def step_decay(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """exp(-slopes) [H, 1, 1] for the decode step, computed once instead of every token."""
-        decay = self._step_decay
-        if decay is None or (decay.device, decay.dtype) != (device, dtype):
-            self._step_decay = torch.exp(-self.slopes(device).to(dtype))[:, None, None]
-        return self._step_decay
-
-    def forward(self, x, token_mask=None, cache: MiniMaxText01Cache | None = None, **kwargs):
+    def forward(self, x, token_mask=None, resets=None, cache: MiniMaxText01Cache | None = None, **kwargs):
+        """x [B, T, D]; token_mask bool [B, T] (False = pad) or None; resets bool [B, T] (first tokens of packed
+        sequences) or None."""
         state = cache.get_lightning_state(self.layer_idx) if cache is not None else None
         T, span = x.shape[1], x.shape[1] if x.is_cuda else LIGHTNING_CPU_SPAN
         if T <= span:
-            out, state = self._forward_tokens(x, token_mask, state)
+            out, state = self._forward_tokens(x, token_mask, resets, state)
         else:  # exact: the state carries over from span to span
             out = x.new_empty(*x.shape[:2], self.out_proj.out_features)
             for start in range(0, T, span):
                 sl = slice(start, start + span)
-                span_mask = token_mask[:, sl] if token_mask is not None else None
-                out[:, sl], state = self._forward_tokens(x[:, sl], span_mask, state)
+                out[:, sl], state = self._forward_tokens(
+                    x[:, sl], *(m[:, sl] if m is not None else None for m in (token_mask, resets)), state
+                )
         if cache is not None:
             cache.set_lightning_state(self.layer_idx, state)
         return out
 
-    def _forward_tokens(self, x, token_mask, state):
+    def _forward_tokens(self, x, token_mask, resets, state):
         """The layer on x [B, T, D] from `state` (None = zeros) -> (output [B, T, D], final state)."""
         B, T, _ = x.shape
         H, d = self.num_heads, self.head_dim
         inplace = not torch.is_grad_enabled()  # fresh large buffers cost page faults on CPU; autograd needs copies
         qkv = F.silu(self.qkv_proj(x), inplace=inplace).view(B, T, H, 3 * d)  # SiLU on q, k and v alike
         q, k, v = qkv.transpose(1, 2).split(d, dim=-1)  # [B, H, T, d] each
-        if token_mask is not None:  # padded tokens add nothing to the state (they still decay it)
+        log_decay = -self.slopes(x.device)  # [H]: every token decays the state alike ...
+        if token_mask is not None:  # ... except pads, which neither add to the state nor decay it
             v = v.masked_fill(~token_mask[:, None, :, None], 0.0)
+            log_decay = log_decay * token_mask[..., None]  # [B, T, H]
 
-        slopes = self.slopes(x.device)
         if T == 1 and state is not None:
-            out, state = lightning_attention_step(q, k, v, slopes, state, self.step_decay(x.device, compute_dtype(q)))
+            out, state = lightning_attention_step(q, k, v, log_decay, state, resets)
         elif use_fla_prefill(q):
-            out, state = lightning_attention_fla(q, k, v, slopes, state)
+            out, state = lightning_attention_fla(q, k, v, log_decay, state, resets)
         else:
-            out, state = lightning_attention_chunked(
-                q, k, v, slopes, state, lightning_block_length(self.block_size, self.head_dim)
-            )
+            block = lightning_block_length(self.block_size, self.head_dim)
+            out, state = lightning_attention_chunked(q, k, v, log_decay, state, resets, block)
         out = out.transpose(1, 2).reshape(B, T, H * d)  # heads concatenated, fp32
         gate = self.output_gate(x)
         gate = gate.sigmoid_() if inplace else gate.sigmoid()
@@ -384,13 +378,13 @@ class MiniMaxText01DecoderLayer(GradientCheckpointingLayer):
             self.shared_mlp = MiniMaxText01SharedMLP(config.hidden_size, config.shared_expert_size, config.hidden_act)
             self.coefficient = nn.Linear(config.hidden_size, 1, bias=False)
 
-    def forward(self, hidden_states, rotary, softmax_mask=None, token_mask=None, cache=None, **kwargs):
+    def forward(self, hidden_states, rotary, softmax_mask=None, token_mask=None, resets=None, cache=None, **kwargs):
         normed = self.input_layernorm(hidden_states)
         residual = normed if self.postnorm else hidden_states
         if self.is_softmax:
             attn = self.self_attn(normed, rotary, attention_mask=softmax_mask, cache=cache, **kwargs)
         else:
-            attn = self.self_attn(normed, token_mask=token_mask, cache=cache)
+            attn = self.self_attn(normed, token_mask=token_mask, resets=resets, cache=cache)
         hidden_states = scaled_residual(residual, self.attn_alpha, attn, self.attn_beta)
 
         normed = self.post_attention_layernorm(hidden_states)
@@ -430,17 +424,43 @@ class MiniMaxText01PreTrainedModel(PreTrainedModel):
         return (model, info) if output_loading_info else model
 
 
-def softmax_attention_mask(padding_mask, batch_size, query_len, past_len, device):
+def packed_sequence_starts(position_ids: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """bool [B, T]: the real tokens (after the first) whose position id is 0, where a new sequence of a packed,
+    padding-free batch begins (the layout of TRL's flattening collators). None when no row is packed."""
+    if position_ids.shape[1] < 2:
+        return None
+    starts = position_ids == 0
+    starts[:, 0] = False
+    if token_mask is not None:  # generate() gives pads position 0 too: only a real token after real ones starts one
+        real_before = F.pad(token_mask[:, :-1], (1, 0)).cummax(dim=-1).values
+        starts = starts & token_mask & real_before
+    return starts if bool(starts.any()) else None
+
+
+def default_position_ids(padding_mask, past_len, batch_size, query_len, device) -> torch.LongTensor:
+    """[B, T]: without padding the tokens count on from the cache; with padding each real token's position counts
+    the real tokens before it (as generate() does), so a right-padded or holed row continues exactly. RoPE is
+    relative, so for left padding this is the released math (which counts pads) to rounding."""
+    if padding_mask is None:
+        return torch.arange(past_len, past_len + query_len, device=device).expand(batch_size, query_len)
+    return (padding_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -query_len:]
+
+
+def softmax_attention_mask(padding_mask, resets, batch_size, query_len, past_len, device):
     """bool [B, 1, T, P+T] (True = attend) for the softmax layers, or None when plain causal attention is exact.
+    Causal, padded keys masked, and block-diagonal over packed sequences (`resets`, only without cached tokens).
 
     A padded query always sees itself, so no row is fully masked (that would give NaN, and NaN times the zeroed
     lightning value is still NaN).
     """
-    if padding_mask is None and (past_len == 0 or query_len == 1):
+    if padding_mask is None and resets is None and (past_len == 0 or query_len == 1):
         return None
     q_pos = torch.arange(past_len, past_len + query_len, device=device)[:, None]
     k_pos = torch.arange(past_len + query_len, device=device)[None, :]
     allowed = (k_pos <= q_pos)[None, None].expand(batch_size, 1, -1, -1)
+    if resets is not None:
+        sequence = resets.cumsum(-1)  # [B, T]: index of each token's packed sequence
+        allowed = allowed & (sequence[:, None, :, None] == sequence[:, None, None, :])
     if padding_mask is not None:
         allowed = allowed & padding_mask[:, None, None, :]
     return allowed | (k_pos == q_pos)
@@ -501,19 +521,31 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
                 "the model runs, but quality beyond the trained context is not guaranteed."
             )
 
-        padding_mask = self._padding_mask(attention_mask, B, past_len + T, check_right_padding=use_cache and T > 1)
+        padding_mask = self._padding_mask(attention_mask, B, past_len + T)
+        if past_key_values is not None:
+            past_key_values.check_continuation(has_attention_mask=attention_mask is not None)
         if position_ids is None:
-            position_ids = torch.arange(past_len, past_len + T, device=inputs_embeds.device).expand(B, T)
+            position_ids = default_position_ids(padding_mask, past_len, B, T, inputs_embeds.device)
+        token_mask = padding_mask[:, -T:] if padding_mask is not None else None
+        resets = packed_sequence_starts(position_ids, token_mask)
         # Long prompts run in spans of `prefill_chunk_size` tokens through the cache: activation memory is bounded
         # by the span, total memory grows only with the K/V cache (linear in tokens).
         span = self.config.prefill_chunk_size or T
+        if resets is not None and (past_len > 0 or span < T):
+            raise ValueError(
+                "Packed sequences (position_ids restarting at 0 inside a row) cannot follow cached tokens or run in "
+                "prefill chunks. Run a packed batch without a cache, or unpack it into separate rows."
+            )
         if span < T and past_key_values is None:
             past_key_values = MiniMaxText01Cache(self.config)
+        if past_key_values is not None:
+            past_key_values.record_layout(padding_mask, packed=resets is not None)
         spans = [
             self._forward_span(
                 inputs_embeds[:, start : start + span],
                 position_ids[:, start : start + span],
                 padding_mask[:, : past_len + start + span] if padding_mask is not None else None,
+                resets,
                 past_key_values,
                 output_hidden_states,
                 **kwargs,
@@ -537,16 +569,21 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
             router_logits=tuple(all_router_logits) if output_router_logits else None,
         )
 
-    def _forward_span(self, inputs_embeds, position_ids, padding_mask, cache, output_hidden_states, **kwargs):
-        """The decoder stack on T consecutive new tokens; padding_mask bool [B, P+T] or None.
-        Returns (final-normed hidden states, per-layer inputs + final output if requested, router logits)."""
+    def _forward_span(self, inputs_embeds, position_ids, padding_mask, resets, cache, output_hidden_states, **kwargs):
+        """The decoder stack on T consecutive new tokens; padding_mask bool [B, P+T] or None; resets bool [B, T]
+        (starts of packed sequences) or None. Returns (final-normed hidden states, per-layer inputs + final output
+        if requested, router logits)."""
         B, T, _ = inputs_embeds.shape
         past_len = cache.get_seq_length() if cache is not None else 0
         rotary = self.rotary_emb(position_ids)
         if (self.config._attn_implementation or "").startswith("flash"):
-            softmax_mask = padding_mask  # flash backends take the 2-D padding mask and apply causality themselves
+            # flash backends take the 2-D padding mask and apply causality themselves; packed sequences they find
+            # from the position ids
+            softmax_mask = padding_mask
+            if resets is not None:
+                kwargs = {**kwargs, "position_ids": position_ids}
         else:
-            softmax_mask = softmax_attention_mask(padding_mask, B, T, past_len, inputs_embeds.device)
+            softmax_mask = softmax_attention_mask(padding_mask, resets, B, T, past_len, inputs_embeds.device)
         token_mask = padding_mask[:, -T:] if padding_mask is not None else None
 
         hidden_states = inputs_embeds
@@ -555,7 +592,7 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
             hidden_states, router_logits = layer(
-                hidden_states, rotary, softmax_mask=softmax_mask, token_mask=token_mask, cache=cache, **kwargs
+                hidden_states, rotary, softmax_mask, token_mask, resets, cache=cache, **kwargs
             )
             all_router_logits.append(router_logits)
         hidden_states = self.norm(hidden_states)
@@ -566,8 +603,8 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         return hidden_states, all_hidden_states, all_router_logits
 
     @staticmethod
-    def _padding_mask(attention_mask, batch_size, total_len, check_right_padding):
-        """2-D attention mask -> bool [B, P+T], or None when nothing is padded."""
+    def _padding_mask(attention_mask, batch_size, total_len):
+        """2-D attention mask (any padding: left, right, holes) -> bool [B, P+T], or None when nothing is padded."""
         if attention_mask is None:
             return None
         if attention_mask.dim() != 2 or attention_mask.shape != (batch_size, total_len):
@@ -576,14 +613,7 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
                 f"{tuple(attention_mask.shape)}. Pass the 2-D padding mask covering the cached tokens too."
             )
         mask = attention_mask.bool()
-        if bool(mask.all()):
-            return None
-        if check_right_padding and not bool(mask[:, -1].all()):
-            raise ValueError(
-                "Right padding is not supported with a cache: a lightning-attention state would keep decaying over the "
-                "pad tokens. Use left padding (tokenizer.padding_side = 'left'), or use_cache=False for scoring."
-            )
-        return mask
+        return None if bool(mask.all()) else mask
 
 
 class MiniMaxText01ForCausalLM(MiniMaxText01PreTrainedModel, GenerationMixin):
