@@ -21,6 +21,7 @@ class GrowingKVLayer(DynamicLayer):
         super().__init__(**kwargs)
         self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
         self._views: tuple[torch.Tensor, torch.Tensor] | None = None  # what `keys` / `values` were set to last
+        self.reserved = 0  # tokens to make room for at the next allocation (a chunked prefill's whole prompt)
 
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
@@ -30,6 +31,7 @@ class GrowingKVLayer(DynamicLayer):
         owned = self._views is not None and self._views[0] is self.keys and self._views[1] is self.values
         if not owned or new_length > self._buffers[0].shape[-2]:
             capacity = new_length if length == 0 else max(new_length, length + max(length // 4, 64))
+            capacity = max(capacity, self.reserved)
             self._buffers = tuple(
                 self._allocate(old, new, length, capacity)
                 for old, new in ((self.keys, key_states), (self.values, value_states))
@@ -127,6 +129,13 @@ class MiniMaxText01Cache(Cache):
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen_tokens
+
+    def reserve(self, total_tokens: int) -> None:
+        """Make room for `total_tokens` cached tokens at once: a prompt fed in chunks then never regrows (and never
+        copies) its K/V buffers."""
+        for layer in self.layers:
+            if isinstance(layer, GrowingKVLayer):
+                layer.reserved = max(layer.reserved, total_tokens)
 
     def get_lightning_state(self, layer_idx: int) -> torch.Tensor | None:
         return self.layers[layer_idx].state

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 from transformers.activations import ACT2FN
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -183,6 +184,34 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     return (weights @ value).transpose(1, 2).contiguous(), weights
 
 
+def sdpa_chunk_after_cache(query, key, value, scaling):
+    """Causal attention of T queries that follow S - T cached keys (the last query sees every key), with no mask.
+    query [B, H, T, d], key / value [B, H_kv, S, d] -> [B, T, H, d].
+
+    CUDA: sdpa with PyTorch's lower-right causal bias, which its fused kernels apply without a mask. CPU: the cached
+    prefix (every query sees all of it) and the chunk's own causal square are attended separately by the CPU flash
+    kernel, which returns their log-sum-exps, and merged; GQA folds the query heads of one K/V head into the query
+    length, so K/V are never repeated. Memory: O(T) per head, never O(T x S)."""
+    B, H, T, d = query.shape
+    H_kv, S = key.shape[1], key.shape[2]
+    groups = H // H_kv
+    if query.is_cuda:
+        bias = causal_lower_right(T, S)
+        key, value = (x.repeat_interleave(groups, dim=1) for x in (key, value))
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scaling).transpose(1, 2)
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    prefix = S - T
+    folded = query.reshape(B, H_kv, groups * T, d)  # query heads h = g * groups + i share K/V head g
+    out_prefix, lse_prefix = flash(folded, key[:, :, :prefix], value[:, :, :prefix], 0.0, False, scale=scaling)
+    own_key, own_value = (x[:, :, prefix:].repeat_interleave(groups, dim=1) for x in (key, value))  # [B, H, T, d]
+    out_own, lse_own = flash(query, own_key, own_value, 0.0, True, scale=scaling)
+    out_prefix, lse_prefix = out_prefix.reshape(B, H, T, d), lse_prefix.reshape(B, H, T)
+    top = torch.maximum(lse_prefix, lse_own)
+    w_prefix, w_own = torch.exp(lse_prefix - top)[..., None], torch.exp(lse_own - top)[..., None]
+    out = (w_prefix * out_prefix.float() + w_own * out_own.float()) / (w_prefix + w_own)
+    return out.to(query.dtype).transpose(1, 2)
+
+
 class MiniMaxText01Attention(nn.Module):
     """Softmax attention: GQA, RoPE on the first `rotary_dim` channels, any transformers attention backend."""
 
@@ -211,11 +240,14 @@ class MiniMaxText01Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)  # [B, H_kv, P+T, d]
 
-        attend: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation or "eager", eager_attention_forward
-        )
+        implementation = self.config._attn_implementation or "eager"
         dropout = self.config.attention_dropout if self.training else 0.0
-        out, _ = attend(self, q, k, v, attention_mask, scaling=self.scaling, dropout=dropout, **kwargs)
+        if implementation == "sdpa" and attention_mask is None and 1 < T < k.shape[2] and dropout == 0.0:
+            # a prefill chunk after cached tokens: transformers' sdpa would align causality to the first key
+            out = sdpa_chunk_after_cache(q, k, v, self.scaling)
+        else:
+            attend: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+            out, _ = attend(self, q, k, v, attention_mask, scaling=self.scaling, dropout=dropout, **kwargs)
         return self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim))
 
 
@@ -447,13 +479,14 @@ def default_position_ids(padding_mask, past_len, batch_size, query_len, device) 
 
 
 def softmax_attention_mask(padding_mask, resets, batch_size, query_len, past_len, device):
-    """bool [B, 1, T, P+T] (True = attend) for the softmax layers, or None when plain causal attention is exact.
-    Causal, padded keys masked, and block-diagonal over packed sequences (`resets`, only without cached tokens).
+    """bool [B, 1, T, P+T] (True = attend) for the softmax layers, or None when plain causal attention (the last
+    query sees every key, so a chunk after cached tokens needs no mask) is exact. Causal, padded keys masked, and
+    block-diagonal over packed sequences (`resets`, only without cached tokens).
 
     A padded query always sees itself, so no row is fully masked (that would give NaN, and NaN times the zeroed
     lightning value is still NaN).
     """
-    if padding_mask is None and resets is None and (past_len == 0 or query_len == 1):
+    if padding_mask is None and resets is None:  # causal, aligned to the last key: the backends apply it themselves
         return None
     q_pos = torch.arange(past_len, past_len + query_len, device=device)[:, None]
     k_pos = torch.arange(past_len + query_len, device=device)[None, :]
@@ -494,8 +527,16 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         output_hidden_states: bool | None = None,
         output_router_logits: bool | None = None,
         cache: MiniMaxText01Cache | None = None,  # the name transformers >= 5.2x uses for past_key_values
+        prefill_chunk_size: int | None = None,
+        hidden_states_to_keep: int = 0,
         **kwargs,
     ) -> MoeModelOutputWithPast:
+        r"""
+        prefill_chunk_size (`int`, *optional*): run prompts longer than this through the cache in chunks of this
+            many tokens (default `config.prefill_chunk_size`); memory is then bounded by the chunk plus the cache.
+        hidden_states_to_keep (`int`, defaults to 0): return the last hidden state of only the last this many
+            tokens (0 = all); with chunking, the others are never held at once.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if cache is not None and past_key_values is not None:
@@ -509,9 +550,8 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
             )
         if use_cache and past_key_values is None:
             past_key_values = MiniMaxText01Cache(self.config)
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
-        B, T, _ = inputs_embeds.shape
+        B, T = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        device = (input_ids if input_ids is not None else inputs_embeds).device
         if T == 0:
             raise ValueError("Empty input: the sequence has no tokens.")
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
@@ -525,42 +565,48 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         if past_key_values is not None:
             past_key_values.check_continuation(has_attention_mask=attention_mask is not None)
         if position_ids is None:
-            position_ids = default_position_ids(padding_mask, past_len, B, T, inputs_embeds.device)
+            position_ids = default_position_ids(padding_mask, past_len, B, T, device)
         token_mask = padding_mask[:, -T:] if padding_mask is not None else None
         resets = packed_sequence_starts(position_ids, token_mask)
         # Long prompts run in spans of `prefill_chunk_size` tokens through the cache: activation memory is bounded
-        # by the span, total memory grows only with the K/V cache (linear in tokens).
-        span = self.config.prefill_chunk_size or T
+        # by the span (each span is embedded on its own), total memory grows only with the K/V cache.
+        span = prefill_chunk_size or self.config.prefill_chunk_size or T
+        if span <= 0:
+            raise ValueError(f"prefill_chunk_size must be a positive token count, got {span}.")
         if resets is not None and (past_len > 0 or span < T):
             raise ValueError(
                 "Packed sequences (position_ids restarting at 0 inside a row) cannot follow cached tokens or run in "
                 "prefill chunks. Run a packed batch without a cache, or unpack it into separate rows."
             )
-        if span < T and past_key_values is None:
-            past_key_values = MiniMaxText01Cache(self.config)
+        if span < T:
+            past_key_values = past_key_values if past_key_values is not None else MiniMaxText01Cache(self.config)
+            past_key_values.reserve(past_len + T)
         if past_key_values is not None:
             past_key_values.record_layout(padding_mask, packed=resets is not None)
-        spans = [
-            self._forward_span(
-                inputs_embeds[:, start : start + span],
-                position_ids[:, start : start + span],
+        keep_from = T - hidden_states_to_keep if 0 < hidden_states_to_keep < T else 0
+        hidden_parts, hidden_state_parts, router_logit_parts = [], [], []
+        for start in range(0, T, span):
+            sl = slice(start, start + span)
+            hidden, states, router_logits = self._forward_span(
+                self.embed_tokens(input_ids[:, sl]) if inputs_embeds is None else inputs_embeds[:, sl],
+                position_ids[:, sl],
                 padding_mask[:, : past_len + start + span] if padding_mask is not None else None,
                 resets,
                 past_key_values,
                 output_hidden_states,
+                output_router_logits,
                 **kwargs,
             )
-            for start in range(0, T, span)
+            if start + hidden.shape[1] > keep_from:  # only the kept tail of the prompt outlives its span
+                hidden_parts.append(hidden[:, max(keep_from - start, 0) :])
+            hidden_state_parts.append(states)
+            router_logit_parts.append(router_logits)
+        hidden_states = torch.cat(hidden_parts, dim=1) if len(hidden_parts) > 1 else hidden_parts[0]
+        all_hidden_states = [torch.cat(states, dim=1) for states in zip(*hidden_state_parts)]
+        all_router_logits = [  # [B * T, E] per layer, batch-major like an unchunked forward
+            torch.cat([logits.view(B, -1, logits.shape[-1]) for logits in per_span], dim=1).flatten(0, 1)
+            for per_span in zip(*router_logit_parts)
         ]
-        if len(spans) == 1:
-            hidden_states, all_hidden_states, all_router_logits = spans[0]
-        else:
-            hidden_states = torch.cat([out for out, _, _ in spans], dim=1)
-            all_hidden_states = [torch.cat(states, dim=1) for states in zip(*(states for _, states, _ in spans))]
-            all_router_logits = [  # [B * T, E] per layer, batch-major like an unchunked forward
-                torch.cat([logits.view(B, -1, logits.shape[-1]) for logits in per_span], dim=1).flatten(0, 1)
-                for per_span in zip(*(logits for _, _, logits in spans))
-            ]
 
         return MoeModelOutputWithPast(
             last_hidden_state=hidden_states,
@@ -569,7 +615,10 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
             router_logits=tuple(all_router_logits) if output_router_logits else None,
         )
 
-    def _forward_span(self, inputs_embeds, position_ids, padding_mask, resets, cache, output_hidden_states, **kwargs):
+    def _forward_span(
+        self, inputs_embeds, position_ids, padding_mask, resets, cache, output_hidden_states, output_router_logits,
+        **kwargs,
+    ):
         """The decoder stack on T consecutive new tokens; padding_mask bool [B, P+T] or None; resets bool [B, T]
         (starts of packed sequences) or None. Returns (final-normed hidden states, per-layer inputs + final output
         if requested, router logits)."""
@@ -594,7 +643,8 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
             hidden_states, router_logits = layer(
                 hidden_states, rotary, softmax_mask, token_mask, resets, cache=cache, **kwargs
             )
-            all_router_logits.append(router_logits)
+            if output_router_logits:
+                all_router_logits.append(router_logits)
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden_states.append(hidden_states)
@@ -645,8 +695,13 @@ class MiniMaxText01ForCausalLM(MiniMaxText01PreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         cache: MiniMaxText01Cache | None = None,
+        prefill_chunk_size: int | None = None,
         **kwargs,
     ) -> MoeCausalLMOutputWithPast:
+        r"""
+        prefill_chunk_size (`int`, *optional*): run prompts longer than this through the cache in chunks of this
+            many tokens (default `config.prefill_chunk_size`); also accepted by `generate()`.
+        """
         output_router_logits = (
             output_router_logits if output_router_logits is not None else self.config.output_router_logits
         )
@@ -661,6 +716,8 @@ class MiniMaxText01ForCausalLM(MiniMaxText01PreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
             output_router_logits=output_router_logits,
             cache=cache,
+            prefill_chunk_size=prefill_chunk_size,
+            hidden_states_to_keep=logits_to_keep if isinstance(logits_to_keep, int) else 0,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
