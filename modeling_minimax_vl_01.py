@@ -26,7 +26,7 @@ from .image_processing_minimax_vl_01 import (
     unpadded_feature_grid,
 )
 from .cache_minimax_text_01 import MiniMaxText01Cache
-from .modeling_minimax_text_01 import MiniMaxText01ForCausalLM
+from .modeling_minimax_text_01 import MiniMaxText01ForCausalLM, check_loading_info
 
 
 class MiniMaxVL01MultiModalProjector(nn.Module):
@@ -65,6 +65,14 @@ class MiniMaxVL01PreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False
+
+    @classmethod
+    def from_pretrained(cls, *args, ignore_mismatched_sizes: bool = False, output_loading_info: bool = False, **kwargs):
+        """As transformers', but a checkpoint that does not fit the config raises an error naming the keys, as for
+        MiniMax-Text-01 (`check_loading_info`)."""
+        model, info = super().from_pretrained(*args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
+        check_loading_info(model, info, ignore_mismatched_sizes)
+        return (model, info) if output_loading_info else model
 
     def _init_weights(self, module):
         super()._init_weights(module)
