@@ -29,6 +29,14 @@ from .cache_minimax_text_01 import MiniMaxText01Cache
 from .modeling_minimax_text_01 import MiniMaxText01ForCausalLM, check_loading_info
 
 
+# The two ways the processor's output can disagree with the model's image geometry.
+PROCESSOR_MISMATCH_FIX = (
+    "Either the image processor's image_grid_pinpoints / tile size differ from the model config's (load the processor "
+    "from the model's folder, or give it image_grid_pinpoints=model.config.image_grid_pinpoints), or the "
+    "pixel_values, image_sizes and input_ids come from different processor calls."
+)
+
+
 class MiniMaxVL01MultiModalProjector(nn.Module):
     """linear_1 -> act (GELU, erf form) -> linear_2, both with biases: vision width -> text width."""
 
@@ -160,8 +168,8 @@ class MiniMaxVL01ForConditionalGeneration(MiniMaxVL01PreTrainedModel, Generation
         if sum(expected) != pixel_values.shape[0]:
             raise ValueError(
                 f"pixel_values holds {pixel_values.shape[0]} crops, but image_sizes {sizes} need {sum(expected)} "
-                f"(per image {expected}: one thumbnail plus the tiles of its canvas). Pass the pixel_values and "
-                "image_sizes produced together by the image processor."
+                f"under this model's image_grid_pinpoints (per image {expected}: one thumbnail plus the tiles of its "
+                f"canvas). {PROCESSOR_MISMATCH_FIX}"
             )
         return sizes, expected
 
@@ -178,8 +186,9 @@ class MiniMaxVL01ForConditionalGeneration(MiniMaxVL01PreTrainedModel, Generation
         if num_tokens != features.shape[0]:
             raise ValueError(
                 f"input_ids contain {num_tokens} image tokens, but the {len(image_features)} images give "
-                f"{features.shape[0]} features (per image {[f.shape[0] for f in image_features]}). Each <image> "
-                "must be expanded to its image's token count: build the inputs with the MiniMax-VL-01 processor."
+                f"{features.shape[0]} features under this model's image_grid_pinpoints (per image "
+                f"{[f.shape[0] for f in image_features]}). Each <image> must be expanded to its image's token count "
+                f"by the MiniMax-VL-01 processor. {PROCESSOR_MISMATCH_FIX}"
             )
         mask = image_mask[..., None].to(inputs_embeds.device)
         return inputs_embeds.masked_scatter(mask, features.to(inputs_embeds.device, inputs_embeds.dtype))
