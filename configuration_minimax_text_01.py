@@ -135,7 +135,8 @@ class MiniMaxText01Config(PreTrainedConfig):
                  "(its softmax layers see the whole context); set it to null.")
         for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, key)
-            if any(i is not None and not 0 <= i < self.vocab_size for i in (value if isinstance(value, list) else [value])):
+            ids = value if isinstance(value, list) else [value]
+            if any(i is not None and not 0 <= i < self.vocab_size for i in ids):
                 fail(key, f"({value}) is outside the vocabulary (size {self.vocab_size})",
                      "Use a token id of the tokenizer, or null.")
 

@@ -247,10 +247,10 @@ def _wide_gray_to_8bit(image: Image.Image) -> Image.Image:
     values = np.asarray(image).astype(np.float64)
     low, high = (0.0, 1.0) if image.mode == "F" else (0.0, 65535.0)
     if values.size and not (np.isfinite(values).all() and low <= values.min() and values.max() <= high):
+        reading = "float grayscale" if image.mode == "F" else "16-bit grayscale"
         raise ValueError(
-            f"A PIL image in mode {image.mode!r} must hold values in {low:g}..{high:g} (read as "
-            f"{'floats in [0, 1]' if image.mode == 'F' else '16-bit'} grayscale); found {values.min():g}..{values.max():g}. "
-            "Convert it to an 8-bit image (mode 'L' or 'RGB') first."
+            f"A PIL image in mode {image.mode!r} must hold values in {low:g}..{high:g} (read as {reading}); found "
+            f"{values.min():g}..{values.max():g}. Convert it to an 8-bit image (mode 'L' or 'RGB') first."
         )
     return Image.fromarray(np.round(values * (255.0 / high)).astype(np.uint8))  # mode "L"
 

@@ -448,7 +448,7 @@ def check_loading_info(model: PreTrainedModel, info: dict, ignore_mismatched_siz
     if missing:
         hint = ""
         if any(".shared_mlp." in key or key.endswith(".coefficient.weight") for key in missing):
-            hint = " The config asks for a shared expert (shared_intermediate_size > 0) the checkpoint lacks; set it to 0."
+            hint = " The config asks for a shared expert (shared_intermediate_size > 0) that the checkpoint lacks."
         raise ValueError(
             f"The checkpoint lacks {len(missing)} weights the model needs, which would be left at random: "
             f"{summarize_keys(missing)}.{hint} {fix}"
@@ -637,7 +637,9 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
                 raise ValueError(f"`position_ids` must have shape [{B}, {T}] (or [1, {T}]) like the input, got "
                                  f"{tuple(position_ids.shape)}.")
         if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):
-            raise TypeError(f"`attention_mask` must be a torch tensor [batch, tokens], got {type(attention_mask).__name__}.")
+            raise TypeError(
+                f"`attention_mask` must be a torch tensor [batch, tokens], got {type(attention_mask).__name__}."
+            )
         capturing = tokens.is_cuda and torch.cuda.is_current_stream_capturing()
         if torch.compiler.is_compiling() or capturing:
             return
