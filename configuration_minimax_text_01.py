@@ -13,6 +13,7 @@ from transformers.configuration_utils import PreTrainedConfig
 
 LIGHTNING, SOFTMAX = 0, 1
 _LAYER_TYPE_NAMES = {LIGHTNING: "linear_attention", SOFTMAX: "full_attention"}
+LEGACY_MODEL_TYPE = "MiniMaxText01"
 
 
 def released_attn_type_list(num_hidden_layers: int) -> list[int]:
@@ -98,6 +99,15 @@ class MiniMaxText01Config(PreTrainedConfig):
             raise ValueError(
                 "`layer_types` disagrees with `attn_type_list`; drop `layer_types` (it is derived from `attn_type_list`)."
             )
+
+    @classmethod
+    def get_config_dict(cls, *args, **kwargs):
+        """Older released files name the model type "MiniMaxText01": read them as this class, without transformers'
+        warning about loading another model type."""
+        config_dict, kwargs = super().get_config_dict(*args, **kwargs)
+        if config_dict.get("model_type") == LEGACY_MODEL_TYPE:
+            config_dict = {**config_dict, "model_type": cls.model_type}
+        return config_dict, kwargs
 
     @property
     def layer_types(self) -> list[str]:

@@ -215,14 +215,13 @@ def _pil_to_rgb(image: Image.Image, do_convert_rgb: bool) -> Image.Image:
     not composited."""
     try:
         image.load()  # lazily opened files decode here; truncated data fails here
-    except ValueError as err:
-        if "closed" not in str(err):
-            raise ValueError(f"Could not decode the image (ValueError: {err}); the file may be corrupt.") from err
-        raise ValueError(
-            "The PIL image was closed before processing (for example opened in a `with Image.open(...)` block that "
-            "has ended). Process it inside the block, or keep a loaded copy: `image.copy()` within the block."
-        ) from err
     except Exception as err:
+        # closed before decoding (its file is gone, tiles are left), or after (PIL released the pixels)
+        if (getattr(image, "tile", None) and getattr(image, "fp", True) is None) or "closed image" in str(err):
+            raise ValueError(
+                "The PIL image was closed before processing (for example opened in a `with Image.open(...)` block "
+                "that has ended). Process it inside the block, or keep a loaded copy: `image.copy()` within the block."
+            ) from err
         reason = f"{type(err).__name__}: {err}"
         raise ValueError(f"Could not decode the image ({reason}); the file may be corrupt or truncated.") from err
     if image.getexif().get(EXIF_ORIENTATION, 1) != 1:  # a phone photo stored sideways: show it as a viewer would

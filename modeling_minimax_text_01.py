@@ -9,6 +9,7 @@ the checkpoint and never cast with the model, so `.to(bfloat16)` and `from_pretr
 """
 
 import re
+from collections import Counter
 from collections.abc import Callable
 
 import torch
@@ -447,8 +448,11 @@ def check_loading_info(model: PreTrainedModel, info: dict, ignore_mismatched_siz
     missing = sorted(info["missing_keys"])
     if missing:
         hint = ""
+        if absent := _absent_layers(model, missing):
+            hint += (f" Decoder layers {_ranges(absent)} are absent altogether: the config has more layers "
+                     f"({len(absent)} more) than the checkpoint.")
         if any(".shared_mlp." in key or key.endswith(".coefficient.weight") for key in missing):
-            hint = " The config asks for a shared expert (shared_intermediate_size > 0) that the checkpoint lacks."
+            hint += " The config asks for a shared expert (shared_intermediate_size > 0) that the checkpoint lacks."
         raise ValueError(
             f"The checkpoint lacks {len(missing)} weights the model needs, which would be left at random: "
             f"{summarize_keys(missing)}.{hint} {fix}"
@@ -459,6 +463,20 @@ def check_loading_info(model: PreTrainedModel, info: dict, ignore_mismatched_siz
             f"The checkpoint holds {len(unexpected)} tensors this model does not use: {summarize_keys(unexpected)}. "
             f"{fix}"
         )
+
+
+_DECODER_LAYER = re.compile(r"^(?:language_model\.)?(?:model\.)?layers\.(\d+)\.")
+
+
+def _absent_layers(model: PreTrainedModel, missing: list[str]) -> list[int]:
+    """Decoder layers none of whose weights are in the checkpoint."""
+    def layer_of(key):
+        match = _DECODER_LAYER.match(key)
+        return int(match.group(1)) if match else None
+
+    counts = Counter(layer_of(key) for key in model.state_dict())
+    missing_counts = Counter(layer_of(key) for key in missing)
+    return sorted(i for i, n in missing_counts.items() if i is not None and n == counts[i])
 
 
 def _is_head_tensor(model: PreTrainedModel, key: str) -> bool:
