@@ -666,14 +666,20 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         mask = attention_mask.bool() if attention_mask is not None and attention_mask.dim() == 2 else None
         vocab = self.config.vocab_size
         bad_ids = ((input_ids < 0) | (input_ids >= vocab)).any() if input_ids is not None else None
+        not_binary = ((attention_mask != 0) & (attention_mask != 1)).any() if mask is not None else None
         empty_rows = ~mask.any(-1) if mask is not None else None
         restarts = None
         if position_ids is not None and past_len > 0:  # the first new token must come after the cached ones
             cached = mask[:, :past_len].sum(-1) if mask is not None and mask.shape[-1] > past_len else past_len
             restarts = position_ids[:, 0] < torch.as_tensor(cached, device=position_ids.device)
         flags = [f.any().to(tokens.device) if f is not None else tokens.new_zeros((), dtype=torch.bool)
-                 for f in (bad_ids, empty_rows, restarts)]
-        bad_ids, empty_rows_found, restart_found = torch.stack(flags).tolist()  # the one host sync
+                 for f in (bad_ids, not_binary, empty_rows, restarts)]
+        bad_ids, not_binary, empty_rows_found, restart_found = torch.stack(flags).tolist()  # the one host sync
+        if not_binary:
+            raise ValueError(
+                f"`attention_mask` must hold 1 for real tokens and 0 for padding, found the values "
+                f"{attention_mask.unique()[:6].tolist()}. Pass the tokenizer's mask, not an additive (0 / -inf) one."
+            )
         if bad_ids:
             raise ValueError(
                 f"`input_ids` hold token ids outside the vocabulary 0..{vocab - 1} (smallest {int(input_ids.min())}, "

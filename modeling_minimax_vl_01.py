@@ -161,6 +161,11 @@ class MiniMaxVL01ForConditionalGeneration(MiniMaxVL01PreTrainedModel, Generation
                 f"pixel_values must have shape [total_crops, 3, {S}, {S}], got {tuple(pixel_values.shape)}. Use the "
                 "MiniMax-VL-01 image processor, which returns the crops of all images concatenated."
             )
+        if not pixel_values.is_floating_point():
+            raise TypeError(
+                f"pixel_values must be the image processor's normalised float crops, got {pixel_values.dtype}. Pass "
+                "the images through the MiniMax-VL-01 image processor."
+            )
         if image_sizes is None:
             raise ValueError("pixel_values need image_sizes (the original (height, width) of each image); pass both.")
         sizes = [tuple(int(v) for v in hw) for hw in torch.as_tensor(image_sizes).reshape(-1, 2).tolist()]

@@ -72,7 +72,6 @@ def edited_checkpoint(source: Path, out: Path, config=None, tensors=None) -> Pat
 # ================================================================================================== configs
 
 
-@pytest.mark.smoke
 @pytest.mark.parametrize(
     "overrides, key",
     [
@@ -107,6 +106,7 @@ def test_impossible_text_config_names_the_key(overrides, key):
         tiny_text_config(**overrides)
 
 
+@pytest.mark.smoke
 def test_head_dim_zero_is_reported_as_head_dim_not_rotary_dim():
     with pytest.raises(ValueError) as error:
         tiny_text_config(head_dim=0)
@@ -366,6 +366,13 @@ def test_left_padded_batch_matches_each_row_alone(text_model):
     torch.testing.assert_close(batched[0, 2:], alone[0], atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("mask", [torch.tensor([[0.0, 0.0, 0.0, -float("inf"), -float("inf")]]),
+                                  torch.tensor([[1, 1, 2, 1, 1]])], ids=["additive", "two"])
+def test_attention_mask_that_is_not_zeros_and_ones(text_model, mask):
+    with pytest.raises(ValueError, match=r"`attention_mask` must hold 1 for real tokens and 0 for padding"):
+        text_model(input_ids=ids_of(1, 5), attention_mask=mask)
+
+
 def decode_setup(model):
     ids = ids_of(1, 6)
     with torch.no_grad():
@@ -531,6 +538,15 @@ def test_image_token_count_mismatch_mentions_the_pinpoints(vl_model_and_ids):
     with pytest.raises(ValueError, match=r"contain 1000 image tokens, but the 1 images give 1176 features under "
                                          r"this model's image_grid_pinpoints"):
         model(input_ids=torch.full((1, 1000), image_token), **inputs)
+
+
+def test_raw_uint8_crops_are_refused(vl_model_and_ids):
+    model, image_token = vl_model_and_ids
+    inputs = image_processing.MiniMaxVL01ImageProcessor(do_rescale=False, do_normalize=False)(rgb(336, 336),
+                                                                                             return_tensors="pt")
+    with pytest.raises(TypeError, match=r"pixel_values must be the image processor's normalised float crops"):
+        model(input_ids=torch.full((1, 1176), image_token), pixel_values=inputs["pixel_values"].to(torch.uint8),
+              image_sizes=inputs["image_sizes"])
 
 
 def test_generate_script_refuses_a_processor_with_other_pinpoints_before_loading_weights(tiny_vl, tmp_path, monkeypatch):
