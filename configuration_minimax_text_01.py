@@ -5,6 +5,7 @@ released key is a field here (`attn_type_list`, the DeepNorm `layernorm_*_alpha/
 `layer_types` is derived from `attn_type_list` for transformers and is not written back to disk.
 """
 
+import difflib
 import math
 
 from huggingface_hub.dataclasses import strict
@@ -87,6 +88,7 @@ class MiniMaxText01Config(PreTrainedConfig):
         # `layer_types` is derived; a config that carries it (e.g. converted from transformers' native `minimax`)
         # must agree with `attn_type_list`, or define it when `attn_type_list` is absent.
         layer_types = kwargs.pop("layer_types", None)
+        _refuse_misspelt_keys(kwargs, type(self))
         if self.attn_type_list is None and layer_types is not None:
             self.attn_type_list = [_layer_type_to_int(t) for t in layer_types]
         if self.attn_type_list is None:
@@ -179,6 +181,16 @@ class MiniMaxText01Config(PreTrainedConfig):
             fail("prefill_chunk_size", f"is {self.prefill_chunk_size}", "Use a positive token count, or None.")
         if self.block_size <= 0:
             fail("block_size", f"is {self.block_size}", "Use a positive block length (256 in the release).")
+
+
+def _refuse_misspelt_keys(extra_keys, config_class) -> None:
+    """Unknown config keys are kept and ignored (transformers' rule), so `rope_thetha` would quietly leave the default
+    rope_theta in place: refuse an unknown key that is one typo away from a MiniMax-Text-01 field."""
+    own_fields = [name for name in config_class.__annotations__ if name not in PreTrainedConfig.__annotations__]
+    for key in extra_keys:
+        if key not in own_fields and (close := difflib.get_close_matches(key, own_fields, n=1, cutoff=0.9)):
+            raise ValueError(f"MiniMaxText01Config: unknown key `{key}`, which would be ignored. Did you mean "
+                             f"`{close[0]}`?")
 
 
 def _layer_type_to_int(name: str) -> int:

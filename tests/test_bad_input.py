@@ -113,6 +113,20 @@ def test_head_dim_zero_is_reported_as_head_dim_not_rotary_dim():
     assert "`head_dim` is 0" in str(error.value) and "rotary_dim" not in str(error.value)
 
 
+@pytest.mark.parametrize("typo, field", [("rope_thetha", "rope_theta"), ("num_experts_per_token", "num_experts_per_tok"),
+                                         ("num_hidden_layer", "num_hidden_layers")])
+def test_misspelt_config_key_is_not_quietly_ignored(typo, field):
+    with pytest.raises(ValueError, match=rf"unknown key `{typo}`, which would be ignored\. Did you mean `{field}`\?"):
+        # checked first: with num_hidden_layer=8 the 8-entry attn_type_list is not blamed on the layer count
+        text_config_module.MiniMaxText01Config(attn_type_list=[0] * 7 + [1], **{typo: 8})
+
+
+def test_unrelated_extra_keys_are_still_kept():
+    """transformers' rule for unknown keys stays: kept as attributes (e.g. keys of other tools' configs)."""
+    config = text_config_module.MiniMaxText01Config(use_sliding_window=False, moe_intermediate_size=3)
+    assert config.use_sliding_window is False and config.moe_intermediate_size == 3
+
+
 def test_unknown_hidden_act_lists_the_choices():
     with pytest.raises(ValueError, match=r"`hidden_act` is 'swiglu'.*'silu' in the release.*gelu.*silu"):
         tiny_text_config(hidden_act="swiglu")
