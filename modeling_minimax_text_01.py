@@ -558,7 +558,7 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         cache: MiniMaxText01Cache | None = None,  # the name transformers >= 5.2x uses for past_key_values
         **kwargs,
     ) -> MoeModelOutputWithPast:
-        self._check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cache)
+        self.check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cache)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if cache is not None and past_key_values is not None:
@@ -620,11 +620,11 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
             router_logits=tuple(all_router_logits) if output_router_logits else None,
         )
 
-    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, *caches) -> None:
+    def check_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cache) -> None:
         """Refuse inputs that would fail obscurely inside torch or quietly give wrong numbers.
 
-        The value checks (token ids inside the vocabulary, no empty row, positions continuing the cache) cost one
-        host sync together; they are skipped while compiling or capturing a CUDA graph.
+        The value checks (token ids inside the vocabulary, a 0/1 attention mask without empty rows, positions that
+        continue the cache) cost one host sync together; they are skipped while compiling or capturing a CUDA graph.
         """
         def check_integer_tensor(name, value, shape_text):
             if not isinstance(value, torch.Tensor):
@@ -662,7 +662,8 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         if torch.compiler.is_compiling() or capturing:
             return
 
-        past_len = max((c.get_seq_length() for c in caches if hasattr(c, "get_seq_length")), default=0)
+        cache = past_key_values if past_key_values is not None else cache
+        past_len = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
         mask = attention_mask.bool() if attention_mask is not None and attention_mask.dim() == 2 else None
         vocab = self.config.vocab_size
         bad_ids = ((input_ids < 0) | (input_ids >= vocab)).any() if input_ids is not None else None
@@ -671,7 +672,8 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         restarts = None
         if position_ids is not None and past_len > 0:  # the first new token must come after the cached ones
             cached = mask[:, :past_len].sum(-1) if mask is not None and mask.shape[-1] > past_len else past_len
-            restarts = position_ids[:, 0] < torch.as_tensor(cached, device=position_ids.device)
+            cached = torch.as_tensor(cached, device=position_ids.device).expand(B)  # real cached tokens per row
+            restarts = position_ids[:, 0] < cached
         flags = [f.any().to(tokens.device) if f is not None else tokens.new_zeros((), dtype=torch.bool)
                  for f in (bad_ids, not_binary, empty_rows, restarts)]
         bad_ids, not_binary, empty_rows_found, restart_found = torch.stack(flags).tolist()  # the one host sync
@@ -693,11 +695,11 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
                 "prompts, or give each at least one token."
             )
         if restart_found:
-            row = int(restarts.reshape(-1).nonzero()[0])
+            row = int(restarts.nonzero()[0])
             raise ValueError(
                 f"`position_ids` restart while the cache holds earlier tokens: row {row} starts at position "
-                f"{int(position_ids[min(row, position_ids.shape[0] - 1), 0])} with {past_len} tokens cached. Continue "
-                "the positions after the cached tokens (or omit position_ids), or start a new sequence with "
+                f"{int(position_ids[min(row, position_ids.shape[0] - 1), 0])} with {int(cached[row])} tokens cached. "
+                "Continue the positions after the cached tokens (or omit position_ids), or start a new sequence with "
                 "past_key_values=None."
             )
 

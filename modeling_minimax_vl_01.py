@@ -263,6 +263,9 @@ class MiniMaxVL01ForConditionalGeneration(MiniMaxVL01PreTrainedModel, Generation
                     "pixel_values need input_ids (the image tokens mark where the features go); pass input_ids "
                     "instead of inputs_embeds."
                 )
+            # the language model only sees the merged embeddings: its checks of the token ids run here
+            text_model = self.language_model.model
+            text_model.check_inputs(input_ids, None, attention_mask, position_ids, past_key_values, cache)
             image_features = self.get_image_features(pixel_values, image_sizes)
             text_embeds = self.get_input_embeddings()(input_ids)
             inputs_embeds = self._merge_image_features(input_ids, text_embeds, image_features)
