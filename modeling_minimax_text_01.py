@@ -8,6 +8,8 @@ Every derived table (RoPE frequencies, lightning slopes) is computed in fp32 fro
 the checkpoint and never cast with the model, so `.to(bfloat16)` and `from_pretrained` cannot corrupt it.
 """
 
+import re
+from collections import Counter
 from collections.abc import Callable
 
 import torch
@@ -441,19 +443,99 @@ class MiniMaxText01PreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, ignore_mismatched_sizes: bool = False, output_loading_info: bool = False, **kwargs):
-        """As transformers', but a checkpoint tensor of the wrong shape raises an error naming the key and both shapes
-        (transformers' own error only points at a logged report)."""
+        """As transformers', but a checkpoint that does not fit the config raises an error naming the keys (see
+        `check_loading_info`) instead of leaving weights at random behind a logged report."""
         model, info = super().from_pretrained(*args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
-        if info["mismatched_keys"] and not ignore_mismatched_sizes:
-            details = "; ".join(
-                f"{key}: checkpoint {tuple(ckpt_shape)} vs model {tuple(model_shape)}"
-                for key, ckpt_shape, model_shape in sorted(info["mismatched_keys"], key=lambda m: m[0])
-            )
-            raise ValueError(
-                f"Checkpoint tensors of the wrong shape: {details}. Check that config.json belongs to these weights "
-                "(or pass ignore_mismatched_sizes=True to re-initialise them)."
-            )
+        check_loading_info(model, info, ignore_mismatched_sizes)
         return (model, info) if output_loading_info else model
+
+
+def check_loading_info(model: PreTrainedModel, info: dict, ignore_mismatched_sizes: bool) -> None:
+    """Raise unless every weight of `model` came from the checkpoint and every checkpoint tensor was used.
+
+    `info` is transformers' loading info (already free of what quantizers add and of what tensor- or
+    pipeline-parallel loading skips on purpose). Tolerated: wrong shapes with `ignore_mismatched_sizes` (those are
+    re-initialised, as the flag asks), and a model head's tensors when only the base model is loaded.
+    """
+    fix = (
+        "Check that config.json belongs to these weights: num_hidden_layers, attn_type_list, num_local_experts and "
+        "shared_intermediate_size (text_config.* for VL-01) decide which tensors exist; or re-download an incomplete "
+        "checkpoint."
+    )
+    if info["mismatched_keys"] and not ignore_mismatched_sizes:
+        details = "; ".join(
+            f"{key}: checkpoint {tuple(ckpt_shape)} vs model {tuple(model_shape)}"
+            for key, ckpt_shape, model_shape in sorted(info["mismatched_keys"], key=lambda m: m[0])
+        )
+        raise ValueError(
+            f"Checkpoint tensors of the wrong shape: {details}. Check that config.json belongs to these weights "
+            "(or pass ignore_mismatched_sizes=True to re-initialise them)."
+        )
+    missing = sorted(info["missing_keys"])
+    if missing:
+        hint = ""
+        if absent := _absent_layers(model, missing):
+            hint += (f" Decoder layers {_ranges(absent)} are absent altogether: the config has more layers "
+                     f"({len(absent)} more) than the checkpoint.")
+        if any(".shared_mlp." in key or key.endswith(".coefficient.weight") for key in missing):
+            hint += " The config asks for a shared expert (shared_intermediate_size > 0) that the checkpoint lacks."
+        raise ValueError(
+            f"The checkpoint lacks {len(missing)} weights the model needs, which would be left at random: "
+            f"{summarize_keys(missing)}.{hint} {fix}"
+        )
+    unexpected = sorted(key for key in info["unexpected_keys"] if not _is_head_tensor(model, key))
+    if unexpected:
+        raise ValueError(
+            f"The checkpoint holds {len(unexpected)} tensors this model does not use: {summarize_keys(unexpected)}. "
+            f"{fix}"
+        )
+
+
+_DECODER_LAYER = re.compile(r"^(?:language_model\.)?(?:model\.)?layers\.(\d+)\.")
+
+
+def _absent_layers(model: PreTrainedModel, missing: list[str]) -> list[int]:
+    """Decoder layers none of whose weights are in the checkpoint."""
+    def layer_of(key):
+        match = _DECODER_LAYER.match(key)
+        return int(match.group(1)) if match else None
+
+    counts = Counter(layer_of(key) for key in model.state_dict())
+    missing_counts = Counter(layer_of(key) for key in missing)
+    return sorted(i for i, n in missing_counts.items() if i is not None and n == counts[i])
+
+
+def _is_head_tensor(model: PreTrainedModel, key: str) -> bool:
+    """A head's tensor (e.g. `lm_head.weight`) seen while loading just the base model from a full checkpoint."""
+    is_base_model = not hasattr(model, model.base_model_prefix)
+    top = key.split(".")[0]
+    return is_base_model and top != model.base_model_prefix and not hasattr(model, top)
+
+
+def summarize_keys(keys: list[str], limit: int = 12) -> str:
+    """Checkpoint keys with the layer index folded: `model.layers.{0-3,6}.mlp.w1.weight`, at most `limit` lines."""
+    groups: dict[str, list[int]] = {}
+    for key in keys:
+        layer = re.search(r"(?:^|\.)layers\.(\d+)\.", key)
+        pattern = key[: layer.start(1)] + "{}" + key[layer.end(1) :] if layer else key
+        groups.setdefault(pattern, []).append(int(layer.group(1)) if layer else -1)
+    shown = [
+        pattern.replace("{}", str(numbers[0]) if len(numbers) == 1 else "{" + _ranges(numbers) + "}")
+        for pattern, numbers in list(groups.items())[:limit]
+    ]
+    more = len(groups) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more else "")
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5"."""
+    numbers, runs = sorted(numbers), []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ",".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
 
 
 def packed_sequence_starts(position_ids: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -537,6 +619,7 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         hidden_states_to_keep (`int`, defaults to 0): return the last hidden state of only the last this many
             tokens (0 = all); with chunking, the others are never held at once.
         """
+        self.check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cache)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if cache is not None and past_key_values is not None:
@@ -615,6 +698,89 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
             router_logits=tuple(all_router_logits) if output_router_logits else None,
         )
 
+    def check_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cache) -> None:
+        """Refuse inputs that would fail obscurely inside torch or quietly give wrong numbers.
+
+        The value checks (token ids inside the vocabulary, a 0/1 attention mask without empty rows, positions that
+        continue the cache) cost one host sync together; they are skipped while compiling or capturing a CUDA graph.
+        """
+        def check_integer_tensor(name, value, shape_text):
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"`{name}` must be a torch tensor {shape_text}, got {type(value).__name__}. Use "
+                                f"the tokenizer with return_tensors='pt', or torch.tensor([...]).")
+            if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+                raise TypeError(f"`{name}` must hold integers (torch.long), got {value.dtype}. Convert with "
+                                f"`{name}.long()`.")
+
+        if input_ids is not None:
+            check_integer_tensor("input_ids", input_ids, "[batch, tokens]")
+            if input_ids.dim() != 2:
+                fix = " Add the batch dimension: input_ids[None]." if input_ids.dim() == 1 else ""
+                raise ValueError(f"`input_ids` must be 2-D [batch, tokens], got shape {tuple(input_ids.shape)}.{fix}")
+        if inputs_embeds is not None:
+            if not isinstance(inputs_embeds, torch.Tensor) or not inputs_embeds.is_floating_point():
+                raise TypeError("`inputs_embeds` must be a floating-point tensor [batch, tokens, hidden_size].")
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
+                raise ValueError(f"`inputs_embeds` must have shape [batch, tokens, {self.config.hidden_size}], got "
+                                 f"{tuple(inputs_embeds.shape)}.")
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        if tokens is None:
+            return  # reported by the caller
+        B, T = tokens.shape[:2]
+        if position_ids is not None:
+            check_integer_tensor("position_ids", position_ids, "[batch, tokens]")
+            if position_ids.dim() != 2 or position_ids.shape[0] not in (1, B) or position_ids.shape[1] != T:
+                raise ValueError(f"`position_ids` must have shape [{B}, {T}] (or [1, {T}]) like the input, got "
+                                 f"{tuple(position_ids.shape)}.")
+        if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):
+            raise TypeError(
+                f"`attention_mask` must be a torch tensor [batch, tokens], got {type(attention_mask).__name__}."
+            )
+        capturing = tokens.is_cuda and torch.cuda.is_current_stream_capturing()
+        if torch.compiler.is_compiling() or capturing:
+            return
+
+        cache = past_key_values if past_key_values is not None else cache
+        past_len = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
+        mask = attention_mask.bool() if attention_mask is not None and attention_mask.dim() == 2 else None
+        vocab = self.config.vocab_size
+        bad_ids = ((input_ids < 0) | (input_ids >= vocab)).any() if input_ids is not None else None
+        not_binary = ((attention_mask != 0) & (attention_mask != 1)).any() if mask is not None else None
+        empty_rows = ~mask.any(-1) if mask is not None else None
+        restarts = None
+        if position_ids is not None and past_len > 0:  # the first new token must come after the cached ones
+            cached = mask[:, :past_len].sum(-1) if mask is not None and mask.shape[-1] > past_len else past_len
+            cached = torch.as_tensor(cached, device=position_ids.device).expand(B)  # real cached tokens per row
+            restarts = position_ids[:, 0] < cached
+        flags = [f.any().to(tokens.device) if f is not None else tokens.new_zeros((), dtype=torch.bool)
+                 for f in (bad_ids, not_binary, empty_rows, restarts)]
+        bad_ids, not_binary, empty_rows_found, restart_found = torch.stack(flags).tolist()  # the one host sync
+        if not_binary:
+            raise ValueError(
+                f"`attention_mask` must hold 1 for real tokens and 0 for padding, found the values "
+                f"{attention_mask.unique()[:6].tolist()}. Pass the tokenizer's mask, not an additive (0 / -inf) one."
+            )
+        if bad_ids:
+            raise ValueError(
+                f"`input_ids` hold token ids outside the vocabulary 0..{vocab - 1} (smallest {int(input_ids.min())}, "
+                f"largest {int(input_ids.max())}). Use the tokenizer of this checkpoint, and pad with a real token id "
+                "(not -100 or -1, which are for labels)."
+            )
+        if empty_rows_found:
+            rows = empty_rows.nonzero().flatten().tolist()
+            raise ValueError(
+                f"Rows {rows} of `attention_mask` have no real token: an empty prompt in the batch. Drop empty "
+                "prompts, or give each at least one token."
+            )
+        if restart_found:
+            row = int(restarts.nonzero()[0])
+            raise ValueError(
+                f"`position_ids` restart while the cache holds earlier tokens: row {row} starts at position "
+                f"{int(position_ids[min(row, position_ids.shape[0] - 1), 0])} with {int(cached[row])} tokens cached. "
+                "Continue the positions after the cached tokens (or omit position_ids), or start a new sequence with "
+                "past_key_values=None."
+            )
+
     def _forward_span(
         self, inputs_embeds, position_ids, padding_mask, resets, cache, output_hidden_states, output_router_logits,
         **kwargs,
@@ -666,7 +832,20 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         return None if bool(mask.all()) else mask
 
 
-class MiniMaxText01ForCausalLM(MiniMaxText01PreTrainedModel, GenerationMixin):
+class MiniMaxText01GenerationMixin(GenerationMixin):
+    """generate() continues positions by one from each row's last position, pads included; after a right-padded
+    prompt (or one that ends in the pad id, which transformers then masks) that skips the row's real tokens, so
+    there the model derives the positions from the attention mask instead."""
+
+    def prepare_inputs_for_generation(self, *args, **kwargs):
+        inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        cache = inputs.get(CACHE_FIELD)
+        if getattr(cache, "has_padding_holes", False):
+            inputs["position_ids"] = None
+        return inputs
+
+
+class MiniMaxText01ForCausalLM(MiniMaxText01PreTrainedModel, MiniMaxText01GenerationMixin):
     _tied_weights_keys = {}
 
     def __init__(self, config: MiniMaxText01Config):

@@ -216,5 +216,6 @@ def test_packed_sequences_after_cached_tokens_are_refused(model):
     with torch.no_grad():
         cache = getattr(model(input_ids=ids_of(4, 52)), mm.CACHE_FIELD)
         ids, positions, _ = packed([[ids_of(3, 53)[0], ids_of(3, 54)[0]]])
+        positions[:, :3] += 4  # the first sequence continues the cached one, the second is packed after it
         with pytest.raises(ValueError, match="cannot follow cached tokens"):
-            model(input_ids=ids, position_ids=positions + 0, **{mm.CACHE_FIELD: cache})
+            model(input_ids=ids, position_ids=positions, **{mm.CACHE_FIELD: cache})
