@@ -19,7 +19,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
-from transformers.utils import logging
+from transformers.utils import can_return_tuple, logging
 
 from .cache_minimax_text_01 import MiniMaxText01Cache
 from .configuration_minimax_text_01 import SOFTMAX, MiniMaxText01Config
@@ -111,7 +111,7 @@ class MiniMaxText01LightningAttention(nn.Module):
                 out[:, sl], state = self._forward_tokens(x[:, sl], span_mask, state)
         if cache is not None:
             cache.set_lightning_state(self.layer_idx, state)
-        return out
+        return out, None  # no attention matrix: (output, weights) like the softmax layers, with weights None
 
     def _forward_tokens(self, x, token_mask, state):
         """The layer on x [B, T, D] from `state` (None = zeros) -> (output [B, T, D], final state)."""
@@ -221,8 +221,9 @@ class MiniMaxText01Attention(nn.Module):
             self.config._attn_implementation or "eager", eager_attention_forward
         )
         dropout = self.config.attention_dropout if self.training else 0.0
-        out, _ = attend(self, q, k, v, attention_mask, scaling=self.scaling, dropout=dropout, **kwargs)
-        return self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim))
+        # weights [B, H, T, P+T] from eager; None from backends that cannot return them (sdpa warns, as in transformers)
+        out, weights = attend(self, q, k, v, attention_mask, scaling=self.scaling, dropout=dropout, **kwargs)
+        return self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim)), weights
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -385,12 +386,14 @@ class MiniMaxText01DecoderLayer(GradientCheckpointingLayer):
             self.coefficient = nn.Linear(config.hidden_size, 1, bias=False)
 
     def forward(self, hidden_states, rotary, softmax_mask=None, token_mask=None, cache=None, **kwargs):
+        """-> (hidden states, router logits [B * T, E], attention weights [B, H, T, P+T] or None: lightning layers
+        and backends other than eager have none)."""
         normed = self.input_layernorm(hidden_states)
         residual = normed if self.postnorm else hidden_states
         if self.is_softmax:
-            attn = self.self_attn(normed, rotary, attention_mask=softmax_mask, cache=cache, **kwargs)
+            attn, attn_weights = self.self_attn(normed, rotary, attention_mask=softmax_mask, cache=cache, **kwargs)
         else:
-            attn = self.self_attn(normed, token_mask=token_mask, cache=cache)
+            attn, attn_weights = self.self_attn(normed, token_mask=token_mask, cache=cache)
         hidden_states = scaled_residual(residual, self.attn_alpha, attn, self.attn_beta)
 
         normed = self.post_attention_layernorm(hidden_states)
@@ -399,7 +402,7 @@ class MiniMaxText01DecoderLayer(GradientCheckpointingLayer):
         if hasattr(self, "shared_mlp"):
             gate = torch.sigmoid(self.coefficient(normed).float())
             ffn = ((1 - gate) * ffn.float() + gate * self.shared_mlp(normed).float()).to(normed.dtype)
-        return scaled_residual(residual, self.mlp_alpha, ffn, self.mlp_beta), router_logits
+        return scaled_residual(residual, self.mlp_alpha, ffn, self.mlp_beta), router_logits, attn_weights
 
 
 class MiniMaxText01PreTrainedModel(PreTrainedModel):
@@ -412,6 +415,9 @@ class MiniMaxText01PreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False
+    # a lightning state cannot be rolled back to an earlier token: transformers refuses assisted generation and
+    # prompt lookup (which verify drafts and undo the rejected ones) with its own message
+    _is_stateful = True
 
     @classmethod
     def from_pretrained(cls, *args, ignore_mismatched_sizes: bool = False, output_loading_info: bool = False, **kwargs):
@@ -446,7 +452,38 @@ def softmax_attention_mask(padding_mask, batch_size, query_len, past_len, device
     return allowed | (k_pos == q_pos)
 
 
+def concat_span_outputs(spans, batch_size):
+    """The outputs of consecutive spans of one forward (each as `_forward_span` returns them) joined into those of
+    one unchunked forward."""
+    hidden_states = torch.cat([out for out, _, _, _ in spans], dim=1)
+    all_hidden_states = [torch.cat(states, dim=1) for states in zip(*(states for _, states, _, _ in spans))]
+    all_router_logits = [  # [B * T, E] per layer, batch-major like an unchunked forward
+        torch.cat([logits.view(batch_size, -1, logits.shape[-1]) for logits in per_span], dim=1).flatten(0, 1)
+        for per_span in zip(*(logits for _, _, logits, _ in spans))
+    ]
+    # span s's weights [B, H, T_s, P + end_s] -> zero columns for the later keys (causal: weight 0), then along T
+    total_keys = spans[-1][3][0].shape[-1] if spans[-1][3] else 0
+    all_attentions = [
+        torch.cat([F.pad(weights, (0, total_keys - weights.shape[-1])) for weights in per_span], dim=2)
+        for per_span in zip(*(weights for _, _, _, weights in spans))
+    ]
+    return hidden_states, all_hidden_states, all_router_logits, all_attentions
+
+
 class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
+    """The decoder stack without the LM head. Optional outputs, as in transformers' native models (each flag defaults
+    to the config's `output_hidden_states` / `output_attentions` / `output_router_logits`; `return_dict=False`, or
+    `config.return_dict = False`, gives `output.to_tuple()`, which leaves out the fields that are None):
+
+    - `hidden_states`: num_hidden_layers + 1 tensors [B, T, D]: the embeddings, every layer's output, and the last
+      one after the final norm (equal to `last_hidden_state`).
+    - `attentions`: one tensor [B, H, T, P+T] per *softmax* layer, in layer order
+      (`config.attn_type_list[i] == 1`): lightning layers have no attention matrix and are left out, as transformers'
+      output recorder leaves out layers that return None. Only the eager backend computes the weights
+      (`attn_implementation="eager"`); sdpa and flash warn and return none, as in transformers.
+    - `router_logits`: num_hidden_layers tensors [B * T, num_local_experts], the router's logits before softmax.
+    """
+
     def __init__(self, config: MiniMaxText01Config):
         super().__init__(config)
         self.padding_idx = config.pad_token_id
@@ -463,6 +500,7 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -471,11 +509,17 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         past_key_values: MiniMaxText01Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         output_router_logits: bool | None = None,
         cache: MiniMaxText01Cache | None = None,  # the name transformers >= 5.2x uses for past_key_values
         **kwargs,
     ) -> MoeModelOutputWithPast:
+        output_attentions, output_hidden_states, output_router_logits = self.config_defaults(
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            output_router_logits=output_router_logits,
+        )
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if cache is not None and past_key_values is not None:
@@ -516,30 +560,31 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
                 padding_mask[:, : past_len + start + span] if padding_mask is not None else None,
                 past_key_values,
                 output_hidden_states,
+                output_attentions=output_attentions,
                 **kwargs,
             )
             for start in range(0, T, span)
         ]
-        if len(spans) == 1:
-            hidden_states, all_hidden_states, all_router_logits = spans[0]
-        else:
-            hidden_states = torch.cat([out for out, _, _ in spans], dim=1)
-            all_hidden_states = [torch.cat(states, dim=1) for states in zip(*(states for _, states, _ in spans))]
-            all_router_logits = [  # [B * T, E] per layer, batch-major like an unchunked forward
-                torch.cat([logits.view(B, -1, logits.shape[-1]) for logits in per_span], dim=1).flatten(0, 1)
-                for per_span in zip(*(logits for _, _, logits in spans))
-            ]
+        hidden_states, all_hidden_states, all_router_logits, all_attentions = (
+            spans[0] if len(spans) == 1 else concat_span_outputs(spans, B)
+        )
 
         return MoeModelOutputWithPast(
             last_hidden_state=hidden_states,
             **{CACHE_FIELD: past_key_values if use_cache else None},
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
             router_logits=tuple(all_router_logits) if output_router_logits else None,
         )
 
+    def config_defaults(self, **flags: bool | None) -> tuple[bool, ...]:
+        """Each output flag as passed, or the config's value of the same name when it is None."""
+        return tuple(bool(getattr(self.config, name)) if flag is None else flag for name, flag in flags.items())
+
     def _forward_span(self, inputs_embeds, position_ids, padding_mask, cache, output_hidden_states, **kwargs):
         """The decoder stack on T consecutive new tokens; padding_mask bool [B, P+T] or None.
-        Returns (final-normed hidden states, per-layer inputs + final output if requested, router logits)."""
+        Returns (final-normed hidden states, per-layer inputs + final output if requested, router logits, the
+        softmax layers' attention weights when eager attention computed them)."""
         B, T, _ = inputs_embeds.shape
         past_len = cache.get_seq_length() if cache is not None else 0
         rotary = self.rotary_emb(position_ids)
@@ -550,20 +595,22 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         token_mask = padding_mask[:, -T:] if padding_mask is not None else None
 
         hidden_states = inputs_embeds
-        all_hidden_states, all_router_logits = [], []
+        all_hidden_states, all_router_logits, all_attentions = [], [], []
         for layer in self.layers:
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
-            hidden_states, router_logits = layer(
+            hidden_states, router_logits, attn_weights = layer(
                 hidden_states, rotary, softmax_mask=softmax_mask, token_mask=token_mask, cache=cache, **kwargs
             )
             all_router_logits.append(router_logits)
+            if attn_weights is not None:
+                all_attentions.append(attn_weights)
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden_states.append(hidden_states)
         if cache is not None:
             cache.seen_tokens += T
-        return hidden_states, all_hidden_states, all_router_logits
+        return hidden_states, all_hidden_states, all_router_logits, all_attentions
 
     @staticmethod
     def _padding_mask(attention_mask, batch_size, total_len, check_right_padding):
@@ -602,6 +649,7 @@ class MiniMaxText01ForCausalLM(MiniMaxText01PreTrainedModel, GenerationMixin):
     def set_input_embeddings(self, value):
         self.model.embed_tokens = value
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -615,12 +663,11 @@ class MiniMaxText01ForCausalLM(MiniMaxText01PreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         cache: MiniMaxText01Cache | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> MoeCausalLMOutputWithPast:
-        output_router_logits = (
-            output_router_logits if output_router_logits is not None else self.config.output_router_logits
-        )
-        kwargs.pop("return_dict", None)
+        """Logits (fp32) over the vocabulary; the optional outputs are the base model's (see MiniMaxText01Model)."""
+        (output_router_logits,) = self.model.config_defaults(output_router_logits=output_router_logits)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -628,9 +675,11 @@ class MiniMaxText01ForCausalLM(MiniMaxText01PreTrainedModel, GenerationMixin):
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             output_router_logits=output_router_logits,
             cache=cache,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -653,6 +702,7 @@ class MiniMaxText01ForCausalLM(MiniMaxText01PreTrainedModel, GenerationMixin):
             logits=logits,
             **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
             hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
             router_logits=outputs.router_logits,
         )
 

@@ -24,6 +24,7 @@ from tiny_tokenizer import build_tiny_tokenizer, special_token_ids
 
 TEXT_AUTO_MAP = {
     "AutoConfig": "configuration_minimax_text_01.MiniMaxText01Config",
+    "AutoModel": "modeling_minimax_text_01.MiniMaxText01Model",
     "AutoModelForCausalLM": "modeling_minimax_text_01.MiniMaxText01ForCausalLM",
 }
 
@@ -79,6 +80,7 @@ def build_text_checkpoint(out: Path, seed: int = 0) -> Path:
 
 VL_AUTO_MAP = {
     "AutoConfig": "configuration_minimax_vl_01.MiniMaxVL01Config",
+    "AutoModel": "modeling_minimax_vl_01.MiniMaxVL01Model",
     "AutoModelForCausalLM": "modeling_minimax_vl_01.MiniMaxVL01ForConditionalGeneration",
     "AutoModelForImageTextToText": "modeling_minimax_vl_01.MiniMaxVL01ForConditionalGeneration",
 }
