@@ -581,10 +581,12 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         """Each output flag as passed, or the config's value of the same name when it is None."""
         return tuple(bool(getattr(self.config, name)) if flag is None else flag for name, flag in flags.items())
 
-    def _forward_span(self, inputs_embeds, position_ids, padding_mask, cache, output_hidden_states, **kwargs):
+    def _forward_span(
+        self, inputs_embeds, position_ids, padding_mask, cache, output_hidden_states, output_attentions=False, **kwargs
+    ):
         """The decoder stack on T consecutive new tokens; padding_mask bool [B, P+T] or None.
         Returns (final-normed hidden states, per-layer inputs + final output if requested, router logits, the
-        softmax layers' attention weights when eager attention computed them)."""
+        softmax layers' attention weights if requested and the backend computed them)."""
         B, T, _ = inputs_embeds.shape
         past_len = cache.get_seq_length() if cache is not None else 0
         rotary = self.rotary_emb(position_ids)
@@ -600,10 +602,11 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
             hidden_states, router_logits, attn_weights = layer(
-                hidden_states, rotary, softmax_mask=softmax_mask, token_mask=token_mask, cache=cache, **kwargs
-            )
+                hidden_states, rotary, softmax_mask=softmax_mask, token_mask=token_mask, cache=cache,
+                output_attentions=output_attentions, **kwargs,
+            )  # fmt: skip
             all_router_logits.append(router_logits)
-            if attn_weights is not None:
+            if output_attentions and attn_weights is not None:  # kept only on request: [B, H, T, P+T] each
                 all_attentions.append(attn_weights)
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
@@ -667,7 +670,9 @@ class MiniMaxText01ForCausalLM(MiniMaxText01PreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> MoeCausalLMOutputWithPast:
         """Logits (fp32) over the vocabulary; the optional outputs are the base model's (see MiniMaxText01Model)."""
-        (output_router_logits,) = self.model.config_defaults(output_router_logits=output_router_logits)
+        output_router_logits = (
+            output_router_logits if output_router_logits is not None else self.config.output_router_logits
+        )
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
