@@ -15,6 +15,8 @@ import json
 import shutil
 from pathlib import Path
 
+from huggingface_hub import ModelCard, ModelCardData, metadata_load
+
 from device_map import build_meta_model
 from generate import PROCESSOR_FILES
 from make_tiny_checkpoint import TEXT_AUTO_MAP, VL_AUTO_MAP, copy_remote_code
@@ -145,8 +147,6 @@ def prepare_repo(checkpoint, out) -> Path:
 
 def source_card_metadata(checkpoint: Path) -> dict:
     """The YAML metadata of the checkpoint's own README.md (empty when it has none)."""
-    from huggingface_hub import metadata_load
-
     readme = checkpoint / "README.md"
     return (metadata_load(readme) or {}) if readme.is_file() else {}
 
@@ -166,8 +166,6 @@ def card_metadata(vl: bool, source: dict) -> dict:
 def check_card_metadata(card: str) -> None:
     """Parse the card as huggingface_hub does (its ModelCard, strict) and check the fields the Hub requires of this
     repo. The Hub's own check (`ModelCard.validate`, online) runs before `--push` uploads."""
-    from huggingface_hub import ModelCard
-
     data = ModelCard(card, ignore_metadata_errors=False).data
     missing = [key for key in ("license", "base_model", "library_name", "pipeline_tag") if not data.get(key)]
     if data.get("license") == "other":
@@ -178,7 +176,7 @@ def check_card_metadata(card: str) -> None:
 
 def push(out: Path, repo_id: str, private: bool = False) -> str:
     """Create the Hub repo if needed and upload OUT; returns the commit URL."""
-    from huggingface_hub import ModelCard, create_repo, upload_folder
+    from huggingface_hub import create_repo, upload_folder
 
     ModelCard.load(out / "README.md").validate()  # the Hub's metadata check, before anything is created
     create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
@@ -188,8 +186,6 @@ def push(out: Path, repo_id: str, private: bool = False) -> str:
 
 
 def model_card(config, files: list[str], source_metadata: dict | None = None) -> str:
-    from huggingface_hub import ModelCardData
-
     vl = is_vl(config)
     text_config, prefix = text_part(config)
     n_params = sum(p.numel() for p in build_meta_model(config).parameters())
@@ -217,7 +213,8 @@ def model_card(config, files: list[str], source_metadata: dict | None = None) ->
         device_map=DEVICE_MAP_USAGE.format(
             prefix=prefix,
             layers=text_config.num_hidden_layers,
-            first='device_map.update({"vision_tower": 0, "multi_modal_projector": 0, "image_newline": 0})\n' if vl else "",
+            vision='device_map.update({"vision_tower": 0, "multi_modal_projector": 0, "image_newline": 0})\n'
+            if vl else "",
         ),
         processor="`AutoTokenizer` and `AutoProcessor`" if vl else "`AutoTokenizer`",
         skip=f'skip = ["{prefix}lm_head", "{prefix}model.embed_tokens"' + skip,
@@ -271,7 +268,7 @@ from transformers import AutoModelForCausalLM
 gpus, layers = torch.cuda.device_count(), {layers}
 device_map = {{f"{prefix}model.layers.{{i}}": i * gpus // layers for i in range(layers)}}
 device_map.update({{"{prefix}model.embed_tokens": 0, "{prefix}model.norm": gpus - 1, "{prefix}lm_head": gpus - 1}})
-{first}model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype="bfloat16", device_map=device_map)
+{vision}model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype="bfloat16", device_map=device_map)
 ```"""
 
 CARD = """\
