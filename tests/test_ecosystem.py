@@ -21,7 +21,7 @@ from device_map import build_meta_model
 from make_tiny_checkpoint import build_text_checkpoint, build_vl_checkpoint, tiny_text_config, tiny_vl_config
 from minimax_code import load
 from quanto_config import load_config
-from reference import reference_text_logits, rms_norm, linear, rope
+from reference import linear, reference_text_logits, rms_norm, rope
 from tiny_tokenizer import build_tiny_tokenizer
 
 # Also on the oldest supported transformers (make test-oldest): generation outputs, the sdpa warning, auto classes,
@@ -34,14 +34,28 @@ VOCAB = 512
 
 
 def tiny_model(**overrides):
+    """Random weights of about unit scale (std 0.15 at width 64), so attention is far from uniform."""
     torch.manual_seed(0)
     overrides.setdefault("block_size", 8)
+    overrides.setdefault("initializer_range", 0.15)
     return mm.MiniMaxText01ForCausalLM(tiny_text_config(vocab_size=VOCAB, **overrides)).eval()
 
 
 def tiny_vl_model(**overrides):
     torch.manual_seed(0)
     return vl_modeling.MiniMaxVL01ForConditionalGeneration(tiny_vl_config(image_token_index=VOCAB - 1, **overrides)).eval()
+
+
+def vl_base_of(vl):
+    """The VL base model with the weights of `vl` (all but the LM head)."""
+    base = vl_modeling.MiniMaxVL01Model(vl.config).eval()
+    missing, unexpected = base.load_state_dict(vl.state_dict(), strict=False)
+    assert not missing and unexpected == ["language_model.lm_head.weight"]
+    return base
+
+
+def cache_of(output):
+    return getattr(output, mm.CACHE_FIELD)
 
 
 def random_ids(batch, length, seed=0):
@@ -87,6 +101,7 @@ def test_eager_attention_weights_of_softmax_layers_match_float64_formula():
     assert len(layers) == 2 and len(out.attentions) == len(layers)
     for weights, layer in zip(out.attentions, layers):
         assert weights.shape == (2, model.config.num_attention_heads, 13, 13)
+        assert weights[:, :, 4:].amax() > 0.5  # not near-uniform: the comparison below can tell rows apart
         expected = reference_attention_weights(model.state_dict(), model.config, layer, out.hidden_states[layer])
         torch.testing.assert_close(weights.double(), expected, rtol=0, atol=1e-5)
 
@@ -141,7 +156,7 @@ def test_outputs_through_chunked_prefill_and_cache_equal_one_forward():
         chunked = model(ids, use_cache=False, **flags)
         model.config.prefill_chunk_size = None
         prefill = model(ids[:, :10], use_cache=True, **flags)
-        step = model(ids[:, 10:], past_key_values=mm_cache(prefill), use_cache=True, **flags)
+        step = model(ids[:, 10:], past_key_values=cache_of(prefill), use_cache=True, **flags)
     for name in flags:
         field = name.removeprefix("output_")
         for a, b in zip(getattr(whole, field), getattr(chunked, field), strict=True):
@@ -152,10 +167,6 @@ def test_outputs_through_chunked_prefill_and_cache_equal_one_forward():
             model.state_dict(), model.config, layer, step.hidden_states[layer], past=prefill.hidden_states[layer]
         )
         torch.testing.assert_close(weights.double(), expected, rtol=0, atol=1e-5)
-
-
-def mm_cache(output):
-    return getattr(output, mm.CACHE_FIELD)
 
 
 def test_generate_returns_attentions_and_hidden_states_per_step():
@@ -235,12 +246,6 @@ def test_return_dict_false_gives_the_tuple_of_the_fields_set(how):
         assert isinstance(result, tuple) and len(result) == len(expected)
         assert torch.equal(result[0], expected[0])  # logits or last_hidden_state
         assert all(torch.equal(a, b) for a, b in zip(result[-1], expected[-1]))  # hidden states
-
-
-def vl_base_of(vl):
-    base = vl_modeling.MiniMaxVL01Model(vl.config).eval()
-    base.load_state_dict(vl.state_dict(), strict=False)
-    return base
 
 
 # ------------------------------------------------------------------------------------------------------------------
