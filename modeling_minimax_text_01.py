@@ -482,6 +482,9 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
       output recorder leaves out layers that return None. Only the eager backend computes the weights
       (`attn_implementation="eager"`); sdpa and flash warn and return none, as in transformers.
     - `router_logits`: num_hidden_layers tensors [B * T, num_local_experts], the router's logits before softmax.
+
+    They are collected in the layer loop rather than by transformers' output-capturing hooks (`capture_outputs`),
+    because a chunked prefill runs every layer once per span and the spans' outputs are joined afterwards.
     """
 
     def __init__(self, config: MiniMaxText01Config):
