@@ -452,22 +452,15 @@ def softmax_attention_mask(padding_mask, batch_size, query_len, past_len, device
     return allowed | (k_pos == q_pos)
 
 
-def concat_span_outputs(spans, batch_size):
-    """The outputs of consecutive spans of one forward (each as `_forward_span` returns them) joined into those of
-    one unchunked forward."""
-    hidden_states = torch.cat([out for out, _, _, _ in spans], dim=1)
-    all_hidden_states = [torch.cat(states, dim=1) for states in zip(*(states for _, states, _, _ in spans))]
-    all_router_logits = [  # [B * T, E] per layer, batch-major like an unchunked forward
-        torch.cat([logits.view(batch_size, -1, logits.shape[-1]) for logits in per_span], dim=1).flatten(0, 1)
-        for per_span in zip(*(logits for _, _, logits, _ in spans))
-    ]
-    # span s's weights [B, H, T_s, P + end_s] -> zero columns for the later keys (causal: weight 0), then along T
-    total_keys = spans[-1][3][0].shape[-1] if spans[-1][3] else 0
-    all_attentions = [
+def join_span_attentions(span_attentions: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """Per-span attention weights (span s: one [B, H, T_s, P + end_s] tensor per softmax layer) -> one
+    [B, H, T, P + T] tensor per layer, as an unchunked forward gives: the keys a span has not reached yet get weight
+    0 (causal), then the spans' rows are stacked."""
+    total_keys = span_attentions[-1][0].shape[-1] if span_attentions[-1] else 0
+    return [
         torch.cat([F.pad(weights, (0, total_keys - weights.shape[-1])) for weights in per_span], dim=2)
-        for per_span in zip(*(weights for _, _, _, weights in spans))
+        for per_span in zip(*span_attentions)
     ]
-    return hidden_states, all_hidden_states, all_router_logits, all_attentions
 
 
 class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
@@ -568,9 +561,16 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
             )
             for start in range(0, T, span)
         ]
-        hidden_states, all_hidden_states, all_router_logits, all_attentions = (
-            spans[0] if len(spans) == 1 else concat_span_outputs(spans, B)
-        )
+        if len(spans) == 1:
+            hidden_states, all_hidden_states, all_router_logits, all_attentions = spans[0]
+        else:
+            hidden_states = torch.cat([out for out, _, _, _ in spans], dim=1)
+            all_hidden_states = [torch.cat(states, dim=1) for states in zip(*(states for _, states, _, _ in spans))]
+            all_router_logits = [  # [B * T, E] per layer, batch-major like an unchunked forward
+                torch.cat([logits.view(B, -1, logits.shape[-1]) for logits in per_span], dim=1).flatten(0, 1)
+                for per_span in zip(*(logits for _, _, logits, _ in spans))
+            ]
+            all_attentions = join_span_attentions([attentions for _, _, _, attentions in spans])
 
         return MoeModelOutputWithPast(
             last_hidden_state=hidden_states,
