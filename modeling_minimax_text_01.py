@@ -127,7 +127,7 @@ class MiniMaxText01LightningAttention(nn.Module):
         if T == 1 and state is not None:
             out, state = lightning_attention_step(q, k, v, slopes, state, self.step_decay(x.device, compute_dtype(q)))
         elif use_fla_prefill(q):
-            out, state = lightning_attention_fla(q, k, v, slopes, state)
+            out, state = lightning_attention_fla(q, k, v, -slopes, state)
         else:
             out, state = lightning_attention_chunked(
                 q, k, v, slopes, state, lightning_block_length(self.block_size, self.head_dim)
