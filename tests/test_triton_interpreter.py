@@ -12,6 +12,7 @@ import pytest
 triton_interpreter = pytest.importorskip("triton_interpreter", reason="needs triton (make test-triton)")
 pytest.importorskip("fla.ops.simple_gla", reason="needs flash-linear-attention (make test-triton)")
 
+import gpu_check  # noqa: E402
 import torch  # noqa: E402
 from minimax_code import load  # noqa: E402
 from reference import lightning_recurrence  # noqa: E402
@@ -22,7 +23,6 @@ pytestmark = pytest.mark.triton
 
 mm = load("modeling_minimax_text_01")
 la = load("lightning_attention")
-mc = load("cache_minimax_text_01")
 
 B, H, D = 2, 3, 16  # fla's tl.dot needs head dims >= 16 on a GPU; keep the interpreter run to the same shapes
 TOLERANCE = 1e-5  # fp32 kernel vs float64 recurrence: measured ~2e-7 (outputs, states), ~1e-6 (gradients)
@@ -112,27 +112,11 @@ def test_fla_prefill_gradients_match_float64_recurrence(T, packed, report_error)
 def test_model_with_fla_prefill_equals_plain_path_padded_and_cached(monkeypatch, report_error):
     """The tiny model (fp32) with its lightning prefill routed through fla (the model files select it only for CUDA
     tensors; the test lets CPU tensors take it) vs the plain chunked path: a left-padded batch prefilled with a
-    cache, a 28-token cached continuation (fla from the cached state), then 2 decode steps."""
+    cache, a 28-token cached continuation (fla from the cached state), then 2 decode steps (scripts/gpu_check.py
+    runs the same comparison on a GPU)."""
     model = tiny_model().float()
-    g = torch.Generator().manual_seed(3)
-    ids = torch.randint(0, 512, (2, 70), generator=g)
-    mask = torch.ones_like(ids)
-    mask[0, :9] = 0  # left padding
-
-    def run():
-        with torch.no_grad():
-            out = model(ids[:, :40], attention_mask=mask[:, :40], use_cache=True)
-            logits = [out.logits]
-            for stop in (70 - 2, 70 - 1, 70):  # a 28-token continuation, then single-token steps
-                start = getattr(out, mm.CACHE_FIELD).get_seq_length()
-                out = model(ids[:, start:stop], attention_mask=mask[:, :stop],
-                            past_key_values=getattr(out, mm.CACHE_FIELD), use_cache=True)
-                logits.append(out.logits)
-        states = [layer.state for layer in getattr(out, mm.CACHE_FIELD).layers
-                  if isinstance(layer, mc.LightningStateLayer)]
-        return torch.cat(logits, dim=1), states
-
-    plain_logits, plain_states = run()
+    ids, mask = gpu_check.padded_batch(torch.device("cpu"))  # 70 tokens, row 0 left-padded
+    plain_logits, plain_states = gpu_check.padded_prefill_continuation_decode(model, ids, mask, prefill=40)
     fla_calls = []
 
     def counted_fla(*args):
@@ -141,7 +125,7 @@ def test_model_with_fla_prefill_equals_plain_path_padded_and_cached(monkeypatch,
 
     monkeypatch.setattr(mm, "use_fla_prefill", lambda q: True)
     monkeypatch.setattr(mm, "lightning_attention_fla", counted_fla)
-    fla_logits, fla_states = run()
+    fla_logits, fla_states = gpu_check.padded_prefill_continuation_decode(model, ids, mask, prefill=40)
 
     lightning_layers = len(plain_states)
     assert fla_calls == [40] * lightning_layers + [28] * lightning_layers  # prefill and continuation took fla
