@@ -21,6 +21,7 @@ class GrowingKVLayer(DynamicLayer):
         super().__init__(**kwargs)
         self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
         self._views: tuple[torch.Tensor, torch.Tensor] | None = None  # what `keys` / `values` were set to last
+        self.reserved = 0  # tokens to make room for at the next allocation (a chunked prefill's whole prompt)
 
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
@@ -30,6 +31,7 @@ class GrowingKVLayer(DynamicLayer):
         owned = self._views is not None and self._views[0] is self.keys and self._views[1] is self.values
         if not owned or new_length > self._buffers[0].shape[-2]:
             capacity = new_length if length == 0 else max(new_length, length + max(length // 4, 64))
+            capacity = max(capacity, self.reserved)
             self._buffers = tuple(
                 self._allocate(old, new, length, capacity)
                 for old, new in ((self.keys, key_states), (self.values, value_states))
@@ -91,6 +93,31 @@ class MiniMaxText01Cache(Cache):
         layers = [GrowingKVLayer() if t == SOFTMAX else LightningStateLayer() for t in config.attn_type_list]
         super().__init__(layers=layers)
         self.seen_tokens = 0
+        self._continuation_problem: str | None = None  # why the next forward cannot continue exactly, if so
+        self.has_padding_holes = False  # some row has pads after real tokens (right padding or holes)
+
+    def record_layout(self, padding_mask: torch.Tensor | None, packed: bool) -> None:
+        """Note what the tokens being added leave behind: pads after real tokens, which later tokens must see
+        through the attention mask, or packed sequences, whose K/V no later token may attend to."""
+        if packed:
+            self._continuation_problem = (
+                "This cache was filled from packed sequences; it holds K/V of several sequences per row and cannot be "
+                "continued. Build the cache from one sequence per row (padding is fine)."
+            )
+        elif padding_mask is not None and not self.has_padding_holes:
+            seen_real = padding_mask.cummax(dim=-1).values
+            self.has_padding_holes = bool((seen_real[:, :-1] & ~padding_mask[:, 1:]).any())
+
+    def check_continuation(self, has_attention_mask: bool) -> None:
+        """Raise where continuing from this cache could not be exact (called before the next forward)."""
+        if self._continuation_problem is not None:
+            raise ValueError(self._continuation_problem)
+        if self.has_padding_holes and not has_attention_mask:
+            raise ValueError(
+                "This cache holds rows with pads after real tokens (right padding): pass the attention_mask covering "
+                "the cached and the new tokens, so that new tokens skip the pads and take positions after each row's "
+                "last real token."
+            )
 
     @property
     def is_linear(self) -> list[bool]:
@@ -102,6 +129,13 @@ class MiniMaxText01Cache(Cache):
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen_tokens
+
+    def reserve(self, total_tokens: int) -> None:
+        """Make room for `total_tokens` cached tokens at once: a prompt fed in chunks then never regrows (and never
+        copies) its K/V buffers."""
+        for layer in self.layers:
+            if isinstance(layer, GrowingKVLayer):
+                layer.reserved = max(layer.reserved, total_tokens)
 
     def get_lightning_state(self, layer_idx: int) -> torch.Tensor | None:
         return self.layers[layer_idx].state
@@ -128,6 +162,7 @@ class MiniMaxText01Cache(Cache):
         for layer in self.layers:
             layer.reset() if isinstance(layer, LightningStateLayer) else layer.__init__()
         self.seen_tokens = 0
+        self._continuation_problem, self.has_padding_holes = None, False
 
     def crop(self, max_length: int) -> None:
         raise NotImplementedError("MiniMaxText01Cache cannot be cropped: a lightning-attention state has no rollback.")

@@ -5,11 +5,16 @@ released key is a field here (`attn_type_list`, the DeepNorm `layernorm_*_alpha/
 `layer_types` is derived from `attn_type_list` for transformers and is not written back to disk.
 """
 
+import difflib
+import math
+
 from huggingface_hub.dataclasses import strict
+from transformers.activations import ACT2FN
 from transformers.configuration_utils import PreTrainedConfig
 
 LIGHTNING, SOFTMAX = 0, 1
 _LAYER_TYPE_NAMES = {LIGHTNING: "linear_attention", SOFTMAX: "full_attention"}
+LEGACY_MODEL_TYPE = "MiniMaxText01"
 
 
 def released_attn_type_list(num_hidden_layers: int) -> list[int]:
@@ -83,11 +88,12 @@ class MiniMaxText01Config(PreTrainedConfig):
         # `layer_types` is derived; a config that carries it (e.g. converted from transformers' native `minimax`)
         # must agree with `attn_type_list`, or define it when `attn_type_list` is absent.
         layer_types = kwargs.pop("layer_types", None)
+        _refuse_misspelt_keys(kwargs, type(self))
         if self.attn_type_list is None and layer_types is not None:
             self.attn_type_list = [_layer_type_to_int(t) for t in layer_types]
         if self.attn_type_list is None:
             self.attn_type_list = released_attn_type_list(self.num_hidden_layers)
-        if self.head_dim is None:
+        if self.head_dim is None and self.num_attention_heads > 0:  # a non-positive count is reported below
             self.head_dim = self.hidden_size // self.num_attention_heads
         self._validate()  # before the base class, which already reads `layer_types`
         super().__post_init__(**kwargs)
@@ -95,6 +101,15 @@ class MiniMaxText01Config(PreTrainedConfig):
             raise ValueError(
                 "`layer_types` disagrees with `attn_type_list`; drop `layer_types` (it is derived from `attn_type_list`)."
             )
+
+    @classmethod
+    def get_config_dict(cls, *args, **kwargs):
+        """Older released files name the model type "MiniMaxText01": read them as this class, without transformers'
+        warning about loading another model type."""
+        config_dict, kwargs = super().get_config_dict(*args, **kwargs)
+        if config_dict.get("model_type") == LEGACY_MODEL_TYPE:
+            config_dict = {**config_dict, "model_type": cls.model_type}
+        return config_dict, kwargs
 
     @property
     def layer_types(self) -> list[str]:
@@ -110,6 +125,33 @@ class MiniMaxText01Config(PreTrainedConfig):
         def fail(key, problem, fix):
             raise ValueError(f"MiniMaxText01Config: `{key}` {problem}. {fix}")
 
+        # sizes that would otherwise fail deep inside torch, or (rope_theta, eps) give NaN quietly
+        for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                    "head_dim", "intermediate_size", "num_local_experts", "max_position_embeddings"):
+            if getattr(self, key) <= 0:
+                fail(key, f"is {getattr(self, key)}", "It must be a positive integer"
+                     + (" (hidden_size // num_attention_heads when head_dim is null)." if key == "head_dim" else "."))
+        if not (math.isfinite(self.rope_theta) and self.rope_theta > 0):
+            fail("rope_theta", f"is {self.rope_theta}", "RoPE needs a positive base (1e7 in the release).")
+        for key in ("rms_norm_eps", "lightning_norm_eps"):
+            if not getattr(self, key) > 0:
+                fail(key, f"is {getattr(self, key)}", "Use a small positive number (1e-5 / 1e-6 in the release); "
+                     "an all-zero input, such as a zero pad embedding, would divide by zero.")
+        if self.hidden_act not in ACT2FN:
+            fail("hidden_act", f"is {self.hidden_act!r}", f"Use one of transformers' activations ('silu' in the "
+                 f"release): {', '.join(sorted(ACT2FN))}.")
+        if not 0 <= self.attention_dropout < 1:
+            fail("attention_dropout", f"is {self.attention_dropout}", "Use a probability in [0, 1).")
+        if self.sliding_window is not None:
+            fail("sliding_window", f"is {self.sliding_window}", "MiniMax-Text-01 has no sliding-window attention "
+                 "(its softmax layers see the whole context); set it to null.")
+        for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(self, key)
+            ids = value if isinstance(value, list) else [value]
+            if any(i is not None and not 0 <= i < self.vocab_size for i in ids):
+                fail(key, f"({value}) is outside the vocabulary (size {self.vocab_size})",
+                     "Use a token id of the tokenizer, or null.")
+
         types = self.attn_type_list
         if len(types) != self.num_hidden_layers:
             fail("attn_type_list", f"has {len(types)} entries but num_hidden_layers is {self.num_hidden_layers}",
@@ -118,7 +160,7 @@ class MiniMaxText01Config(PreTrainedConfig):
         if bad:
             fail("attn_type_list", f"contains unknown layer types {bad}",
                  "Use 0 for lightning attention and 1 for softmax attention.")
-        if self.head_dim <= 0 or self.rotary_dim <= 0 or self.rotary_dim % 2:
+        if self.rotary_dim <= 0 or self.rotary_dim % 2:
             fail("rotary_dim", f"is {self.rotary_dim}", "It must be a positive even number.")
         if self.rotary_dim > self.head_dim:
             fail("rotary_dim", f"({self.rotary_dim}) exceeds head_dim ({self.head_dim})", "Use rotary_dim <= head_dim.")
@@ -139,6 +181,16 @@ class MiniMaxText01Config(PreTrainedConfig):
             fail("prefill_chunk_size", f"is {self.prefill_chunk_size}", "Use a positive token count, or None.")
         if self.block_size <= 0:
             fail("block_size", f"is {self.block_size}", "Use a positive block length (256 in the release).")
+
+
+def _refuse_misspelt_keys(extra_keys, config_class) -> None:
+    """Unknown config keys are kept and ignored (transformers' rule), so `rope_thetha` would quietly leave the default
+    rope_theta in place: refuse an unknown key that is one typo away from a MiniMax-Text-01 field."""
+    own_fields = [name for name in config_class.__annotations__ if name not in PreTrainedConfig.__annotations__]
+    for key in extra_keys:
+        if key not in own_fields and (close := difflib.get_close_matches(key, own_fields, n=1, cutoff=0.9)):
+            raise ValueError(f"MiniMaxText01Config: unknown key `{key}`, which would be ignored. Did you mean "
+                             f"`{close[0]}`?")
 
 
 def _layer_type_to_int(name: str) -> int:

@@ -8,6 +8,7 @@ same code on every supported transformers version: 5.17 lists sub-configs in `su
 
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPVisionConfig
+from transformers.activations import ACT2FN
 from transformers.configuration_utils import PreTrainedConfig
 
 from .configuration_minimax_text_01 import MiniMaxText01Config
@@ -105,6 +106,11 @@ class MiniMaxVL01Config(PreTrainedConfig):
             fail("vision_config.image_size",
                  f"({vision.image_size}) is not a multiple of patch_size ({vision.patch_size})",
                  "The crop must split into whole patches (336 / 14 in the release).")
+        activations = {"projector_hidden_act": self.projector_hidden_act, "vision_config.hidden_act": vision.hidden_act}
+        for key, act in activations.items():
+            if act not in ACT2FN:
+                fail(key, f"is {act!r}", f"Use one of transformers' activations ('gelu' in the release): "
+                     f"{', '.join(sorted(ACT2FN))}.")
         if self.vision_feature_select_strategy != "default":
             fail("vision_feature_select_strategy", f"is {self.vision_feature_select_strategy!r}",
                  'Only "default" (drop the CLS token) is supported: the anyres merge needs a square patch grid.')

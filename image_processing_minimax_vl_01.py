@@ -17,7 +17,7 @@ torchvision is installed.
 import os
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_base import BatchFeature
@@ -45,6 +45,8 @@ DEFAULT_IMAGE_GRID_PINPOINTS = RELEASED_IMAGE_GRID_PINPOINTS
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
 
 _CHANNEL_COUNTS = (1, 3, 4)
+
+EXIF_ORIENTATION = 0x0112  # the EXIF tag a camera sets when the photo is stored rotated or mirrored
 
 __all__ = [
     "DEFAULT_IMAGE_GRID_PINPOINTS",
@@ -209,22 +211,47 @@ def _array_to_rgb(array: np.ndarray, prefer_first: bool, data_format, do_convert
 
 
 def _pil_to_rgb(image: Image.Image, do_convert_rgb: bool) -> Image.Image:
-    """Decode a PIL image and convert it to RGB; transparency is dropped, not composited."""
+    """Decode a PIL image, turn it upright by its EXIF orientation and convert it to RGB; transparency is dropped,
+    not composited."""
     try:
         image.load()  # lazily opened files decode here; truncated data fails here
     except Exception as err:
+        # closed before decoding (its file is gone, tiles are left), or after (PIL released the pixels)
+        if (getattr(image, "tile", None) and getattr(image, "fp", True) is None) or "closed image" in str(err):
+            raise ValueError(
+                "The PIL image was closed before processing (for example opened in a `with Image.open(...)` block "
+                "that has ended). Process it inside the block, or keep a loaded copy: `image.copy()` within the block."
+            ) from err
         reason = f"{type(err).__name__}: {err}"
         raise ValueError(f"Could not decode the image ({reason}); the file may be corrupt or truncated.") from err
+    if image.getexif().get(EXIF_ORIENTATION, 1) != 1:  # a phone photo stored sideways: show it as a viewer would
+        image = ImageOps.exif_transpose(image)
     if image.mode == "RGB":
         return image
     if not do_convert_rgb:
         raise ValueError(f"Got a PIL image in mode {image.mode!r} with do_convert_rgb=False; pass RGB or enable it.")
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _wide_gray_to_8bit(image)
     try:
         if image.mode in ("P", "PA"):
             image = image.convert("RGBA")  # palette transparency lives in the alpha band; dropped below
         return image.convert("RGB")
     except Exception as err:
         raise ValueError(f"Cannot convert a PIL image in mode {image.mode!r} to RGB: {err}") from err
+
+
+def _wide_gray_to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit and 32-bit integer grayscale (modes I;16*, I) read as 0..65535, float grayscale (mode F) as 0..1,
+    rescaled to 8 bits. PIL's own conversion clips them to 0..255 instead (nearly all white, or all black)."""
+    values = np.asarray(image).astype(np.float64)
+    low, high = (0.0, 1.0) if image.mode == "F" else (0.0, 65535.0)
+    if values.size and not (np.isfinite(values).all() and low <= values.min() and values.max() <= high):
+        reading = "float grayscale" if image.mode == "F" else "16-bit grayscale"
+        raise ValueError(
+            f"A PIL image in mode {image.mode!r} must hold values in {low:g}..{high:g} (read as {reading}); found "
+            f"{values.min():g}..{values.max():g}. Convert it to an 8-bit image (mode 'L' or 'RGB') first."
+        )
+    return Image.fromarray(np.round(values * (255.0 / high)).astype(np.uint8))  # mode "L"
 
 
 def _open_path(source) -> Image.Image:
@@ -306,14 +333,17 @@ class MiniMaxVL01ImageProcessor(PilBackend):
     or HWC; CHW wins when ambiguous), or a file path/URL. `input_data_format` forces the channel axis.
     With `do_convert_rgb` (default), grayscale, palette and CMYK become RGB; alpha is **dropped** (the colour
     channels are kept as stored, not composited on any background), matching `PIL.Image.convert("RGB")`.
+    16-bit / 32-bit integer grayscale PIL images (modes I;16, I) are read as 0..65535 and float ones (mode F) as
+    0..1, both rescaled to 8 bits. A PIL image with an EXIF orientation tag is first turned upright, as a photo
+    viewer shows it (`PIL.ImageOps.exif_transpose`); `image_sizes` are then the upright (height, width).
 
     Canvas: the best pinpoint (see `select_best_resolution`); the image is resized with PIL bicubic keeping its
     aspect ratio (the limiting side fills the canvas, the other is floored, at least 1 pixel) and pasted
     centred on black with offset `free // 2`. Crops are then scaled by `rescale_factor` (1/255) and normalised
     with the CLIP mean/std in float32.
 
-    Bad inputs (empty images, unsupported types/shapes/dtypes, undecodable files, more than `max_image_pixels`
-    pixels; 0 disables that guard) raise `ValueError`.
+    Bad inputs (empty images, unsupported types/shapes/dtypes, undecodable files, closed PIL images, more than
+    `max_image_pixels` pixels; 0 disables that guard) raise `ValueError`.
     """
 
     model_input_names = ["pixel_values", "image_sizes"]

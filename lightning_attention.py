@@ -16,9 +16,12 @@ except (ImportError, RuntimeError):  # not installed, or Triton without a usable
 
 
 # One contract for every implementation:
-#   (q, k, v [B, H, T, d], slopes [H] fp32, initial_state [B, H, d, d] fp32 or None) -> (out [B, H, T, d],
-#   final_state [B, H, d, d]), both in fp32 (fp64 for fp64 inputs), computing per head, with lambda = exp(-slope):
-#       S_t = lambda * S_{t-1} + k_t^T v_t,   o_t = q_t S_t.
+#   fn(q, k, v [B, H, T, d], log_decay, initial_state [B, H, d, d] or None, resets [B, T] bool or None)
+#       -> (out [B, H, T, d], final_state [B, H, d, d]), both fp32 (fp64 for fp64 inputs), per head:
+#   S_t = a_t * S_{t-1} + k_t^T v_t,  o_t = q_t S_t,  a_t = 0 where resets[b, t] else exp(g_t).
+# The log-decay g is [H] (every token alike: -slopes, the released model) or per token [B, T, H] (<= 0). A pad is
+# g_t = 0 with v_t = 0: it neither adds to nor decays the state, wherever it sits. A reset marks the first token of a
+# packed sequence: the state of the previous sequence is dropped.
 
 
 def lightning_slopes(num_heads: int, layer_idx: int, num_layers: int) -> torch.Tensor:
@@ -46,64 +49,88 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def lightning_attention_step(q, k, v, slopes, state, decay=None):
-    """O(1) decode: one recurrence step per token. q, k, v [B, H, 1, d]; state [B, H, d, d] fp32.
-    `decay` = exp(-slopes) [H, 1, 1] in the compute dtype may be passed in precomputed (decode runs this per token)."""
+def lightning_attention_step(q, k, v, log_decay, state, resets=None):
+    """O(1) decode: one recurrence step. q, k, v [B, H, 1, d]; log_decay [H] or [B, 1, H]; state [B, H, d, d]."""
     dtype = compute_dtype(q)
-    if decay is None:
-        decay = torch.exp(-slopes.to(dtype))[:, None, None]
     B, H, _, d = q.shape
+    decay = torch.exp(log_decay.to(dtype)).view(-1, H, 1, 1)  # [1 or B, H, 1, 1]
+    if resets is not None:
+        decay = decay * ~resets.view(B, 1, 1, 1)
     q, k, v = (x.to(dtype).reshape(B * H, 1, -1) for x in (q, k, v))
     # S = decay S + k^T v as one batched outer-product-accumulate over B * H
     state = torch.baddbmm((decay * state.to(dtype)).view(B * H, d, -1), k.transpose(1, 2), v)
     return torch.bmm(q, state).view(B, H, 1, -1), state.view(B, H, d, -1)
 
 
-def lightning_attention_recurrent(q, k, v, slopes, initial_state=None):
+def lightning_attention_recurrent(q, k, v, log_decay, initial_state=None, resets=None):
     """Plain reference: the recurrence token by token (slow; the definition the fast paths are tested against)."""
     B, H, T, d = q.shape
     state = q.new_zeros(B, H, d, v.shape[-1], dtype=compute_dtype(q)) if initial_state is None else initial_state
     outputs = []
     for t in range(T):
-        out, state = lightning_attention_step(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1], slopes, state)
+        g = log_decay if log_decay.dim() == 1 else log_decay[:, t : t + 1]
+        reset = None if resets is None else resets[:, t]
+        out, state = lightning_attention_step(*(x[:, :, t : t + 1] for x in (q, k, v)), g, state, reset)
         outputs.append(out)
     return torch.cat(outputs, dim=2), state
 
 
-def _lightning_blocks(q, k, v, slopes, state):
-    """Exact recurrence over n consecutive blocks of C tokens at once. q, k, v [B, H, n, C, d] fp32.
+def _lightning_blocks(q, k, v, log_decay, state, resets):
+    """Exact recurrence over n consecutive blocks of C tokens at once. q, k, v [B, H, n, C, d] fp32; log_decay
+    float64 [1, H, 1, C] (constant per head) or [B, H, n, C]; resets None or bool [B, 1, n, C].
 
-    Inside a block: o_i = sum_{j<=i} (q_i . k_j) lambda^(i-j) v_j + lambda^(i+1) q_i S_start.
-    Block starts: S_start[b] = lambda^(C b) S_0 + sum_{b'<b} lambda^(C (b-1-b')) KV_b', with
-    KV_b = sum_j lambda^(C-1-j) k_j^T v_j. Powers are exp(-slope * n) with n >= 0: nothing can overflow.
+    With G_i = g_0 + ... + g_i the running log-decay inside a block (float64: differences stay exact):
+      o_i = sum_{j<=i} (q_i . k_j) e^(G_i - G_j) v_j + e^(G_i) q_i S_start,
+      KV_b = sum_j e^(G_last - G_j) k_j^T v_j,   S_start[b] = e^(A_b-1) S_start[b-1] + KV_b-1  (A_b = G_last of block b).
+    A reset at token r removes every term that reaches across it (masks, never -inf in a running sum). Exponents
+    are differences G_i - G_j <= 0: nothing overflows.
     """
-    H, n, C = q.shape[1], q.shape[2], q.shape[3]
-    s = slopes.view(H, 1, 1)
-    pos = torch.arange(C, device=q.device, dtype=q.dtype)
-    gap = pos[:, None] - pos[None, :]  # i - j
-    intra_decay = torch.where(gap >= 0, torch.exp(-s * gap.clamp(min=0)), 0.0)  # [H, C, C]
-    # in-place products on fresh matmul outputs (autograd-safe: matmul backward never reads its own output)
-    out = (q @ k.transpose(-1, -2)).mul_(intra_decay[:, None]) @ v  # [B, H, n, C, d]
+    n, C, dtype = q.shape[2], q.shape[3], q.dtype
+    G = log_decay.cumsum(-1)  # [., H, n or 1, C]
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    intra = torch.exp((G[..., :, None] - G[..., None, :]).masked_fill(~causal, float("-inf")))  # [., H, ., C, C]
+    q_decay, k_decay = torch.exp(G), torch.exp(G[..., -1:] - G)  # [., H, ., C]
+    block_log_decay = G[..., -1].expand(-1, -1, n)  # [., H, n]
+    if resets is not None:
+        count = resets.cumsum(-1)  # resets so far inside the block, [B, 1, n, C]
+        intra = intra * (count[..., :, None] == count[..., None, :])  # no reset in (j, i]
+        q_decay = q_decay * (count == 0)  # no reset in [block start, i]
+        k_decay = k_decay * (count == count[..., -1:])  # no reset in (j, block end]
+        crossed = count[..., -1] > 0  # [B, 1, n]: the state does not pass this block
+    out = (q @ k.transpose(-1, -2)).mul_(intra.to(dtype)) @ v  # [B, H, n, C, d]
+    block_kv = (k * k_decay.to(dtype)[..., None]).transpose(-1, -2) @ v  # [B, H, n, d, d]
 
-    q_decay = torch.exp(-s * (pos + 1)).view(1, H, 1, C, 1)
-    k_decay = torch.exp(-s * (C - 1 - pos)).view(1, H, 1, C, 1)
-    block_kv = (k * k_decay).transpose(-1, -2) @ v  # [B, H, n, d, d]
-    idx = torch.arange(n, device=q.device, dtype=q.dtype)
-    block_gap = idx[:, None] - 1 - idx[None, :]  # b - 1 - b'
-    carry = torch.where(block_gap >= 0, torch.exp(-s * C * block_gap.clamp(min=0)), 0.0)  # [H, n, n]
-    starts = torch.einsum("hbc,zhcde->zhbde", carry, block_kv)
-    starts = starts + torch.exp(-s * C * idx.view(1, n, 1)).view(1, H, n, 1, 1) * state[:, :, None]
-    out.add_((q @ starts).mul_(q_decay))  # q_decay scales rows: (q @ S) * q_decay == (q * q_decay) @ S
-    final_state = torch.exp(-slopes * C).view(1, H, 1, 1) * starts[:, :, -1] + block_kv[:, :, -1]
+    # carry[b, b'] = decay from the end of block b' to the start of block b (through blocks b'+1 .. b-1)
+    inclusive = block_log_decay.cumsum(-1)
+    exclusive = inclusive - block_log_decay
+    later = torch.ones(n, n, dtype=torch.bool, device=q.device).tril(-1)  # b' < b
+    carry = torch.exp((exclusive[..., :, None] - inclusive[..., None, :]).masked_fill(~later, float("-inf")))
+    from_initial = torch.exp(exclusive)  # decay of S_0 up to the start of block b, [., H, n]
+    if resets is not None:
+        crossed_incl = crossed.cumsum(-1)
+        crossed_excl = crossed_incl - crossed.long()
+        carry = carry * (crossed_excl[..., :, None] == crossed_incl[..., None, :])
+        from_initial = from_initial * (crossed_excl == 0)
+    starts = torch.einsum("zhbc,zhcde->zhbde", carry.to(dtype), block_kv)
+    starts = starts + from_initial.to(dtype)[..., None, None] * state[:, :, None]
+    out.add_((q @ starts).mul_(q_decay.to(dtype)[..., None]))  # (q @ S) * q_decay == (q * q_decay) @ S
+    last_decay = torch.exp(block_log_decay[..., -1])  # [., H]
+    if resets is not None:
+        last_decay = last_decay * ~crossed[..., -1]
+    final_state = last_decay.to(dtype)[..., None, None] * starts[:, :, -1] + block_kv[:, :, -1]
     return out, final_state
 
 
-def lightning_attention_chunked(q, k, v, slopes, initial_state=None, block_size=256, blocks_per_step=16):
+def lightning_attention_chunked(
+    q, k, v, log_decay, initial_state=None, resets=None, block_size=256, blocks_per_step=16
+):
     """Chunked parallel prefill: vectorised over blocks, `blocks_per_step` blocks at a time so memory stays bounded
     (the per-block d x d states of a long sequence are never all materialised)."""
     B, H, T, d = q.shape
     dtype = compute_dtype(q)
-    q, k, v, slopes = q.to(dtype), k.to(dtype), v.to(dtype), slopes.to(dtype)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    per_token = log_decay.dim() == 3
+    g = log_decay.double().transpose(1, 2) if per_token else log_decay.double().view(1, H, 1)  # [B, H, T] or [1, H, 1]
     state = q.new_zeros(B, H, d, v.shape[-1]) if initial_state is None else initial_state.to(dtype)
     # written block by block, token-major: no concatenation, and the caller's [B, T, H * d] view needs no copy
     out = q.new_empty(B, T, H, v.shape[-1])
@@ -118,7 +145,9 @@ def lightning_attention_chunked(q, k, v, slopes, initial_state=None, block_size=
             sl = slice(begin, begin + n * C)
             # one contiguous copy per operand (strided views would be copied again by every matmul using them)
             blocks = [x[:, :, sl].reshape(B, H, n, C, x.shape[-1]).contiguous() for x in (q, k, v)]
-            block_out, state = _lightning_blocks(*blocks, slopes, state)
+            block_g = g[:, :, sl].reshape(B, H, n, C) if per_token else g.expand(1, H, C)[:, :, None]
+            block_resets = None if resets is None else resets[:, None, sl].reshape(B, 1, n, C)
+            block_out, state = _lightning_blocks(*blocks, block_g, state, block_resets)
             out[:, sl] = block_out.reshape(B, H, n * C, -1).transpose(1, 2)
     return out.transpose(1, 2), state
 

@@ -8,11 +8,14 @@ Every derived table (RoPE frequencies, lightning slopes) is computed in fp32 fro
 the checkpoint and never cast with the model, so `.to(bfloat16)` and `from_pretrained` cannot corrupt it.
 """
 
+import re
+from collections import Counter
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 from transformers.activations import ACT2FN
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -24,7 +27,6 @@ from transformers.utils import logging
 from .cache_minimax_text_01 import MiniMaxText01Cache
 from .configuration_minimax_text_01 import SOFTMAX, MiniMaxText01Config
 from .lightning_attention import (
-    compute_dtype,
     lightning_attention_chunked,
     lightning_attention_fla,
     lightning_attention_step,
@@ -84,54 +86,49 @@ class MiniMaxText01LightningAttention(nn.Module):
         self.norm = MiniMaxText01RMSNorm(inner, eps=config.lightning_norm_eps)
         self.out_proj = nn.Linear(inner, config.hidden_size, bias=False)
         self._slopes: torch.Tensor | None = None  # fp32, computed on first use per device
-        self._step_decay: torch.Tensor | None = None  # exp(-slopes), computed on first decode step per device/dtype
 
     def slopes(self, device: torch.device) -> torch.Tensor:
         if self._slopes is None or self._slopes.device != device:
             self._slopes = lightning_slopes(self.num_heads, self.layer_idx, self.num_layers).to(device)
         return self._slopes
 
-    def step_decay(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """exp(-slopes) [H, 1, 1] for the decode step, computed once instead of every token."""
-        decay = self._step_decay
-        if decay is None or (decay.device, decay.dtype) != (device, dtype):
-            self._step_decay = torch.exp(-self.slopes(device).to(dtype))[:, None, None]
-        return self._step_decay
-
-    def forward(self, x, token_mask=None, cache: MiniMaxText01Cache | None = None, **kwargs):
+    def forward(self, x, token_mask=None, resets=None, cache: MiniMaxText01Cache | None = None, **kwargs):
+        """x [B, T, D]; token_mask bool [B, T] (False = pad) or None; resets bool [B, T] (first tokens of packed
+        sequences) or None."""
         state = cache.get_lightning_state(self.layer_idx) if cache is not None else None
         T, span = x.shape[1], x.shape[1] if x.is_cuda else LIGHTNING_CPU_SPAN
         if T <= span:
-            out, state = self._forward_tokens(x, token_mask, state)
+            out, state = self._forward_tokens(x, token_mask, resets, state)
         else:  # exact: the state carries over from span to span
             out = x.new_empty(*x.shape[:2], self.out_proj.out_features)
             for start in range(0, T, span):
                 sl = slice(start, start + span)
-                span_mask = token_mask[:, sl] if token_mask is not None else None
-                out[:, sl], state = self._forward_tokens(x[:, sl], span_mask, state)
+                out[:, sl], state = self._forward_tokens(
+                    x[:, sl], *(m[:, sl] if m is not None else None for m in (token_mask, resets)), state
+                )
         if cache is not None:
             cache.set_lightning_state(self.layer_idx, state)
         return out
 
-    def _forward_tokens(self, x, token_mask, state):
+    def _forward_tokens(self, x, token_mask, resets, state):
         """The layer on x [B, T, D] from `state` (None = zeros) -> (output [B, T, D], final state)."""
         B, T, _ = x.shape
         H, d = self.num_heads, self.head_dim
         inplace = not torch.is_grad_enabled()  # fresh large buffers cost page faults on CPU; autograd needs copies
         qkv = F.silu(self.qkv_proj(x), inplace=inplace).view(B, T, H, 3 * d)  # SiLU on q, k and v alike
         q, k, v = qkv.transpose(1, 2).split(d, dim=-1)  # [B, H, T, d] each
-        if token_mask is not None:  # padded tokens add nothing to the state (they still decay it)
+        log_decay = -self.slopes(x.device)  # [H]: every token decays the state alike ...
+        if token_mask is not None:  # ... except pads, which neither add to the state nor decay it
             v = v.masked_fill(~token_mask[:, None, :, None], 0.0)
+            log_decay = log_decay * token_mask[..., None]  # [B, T, H]
 
-        slopes = self.slopes(x.device)
         if T == 1 and state is not None:
-            out, state = lightning_attention_step(q, k, v, slopes, state, self.step_decay(x.device, compute_dtype(q)))
+            out, state = lightning_attention_step(q, k, v, log_decay, state, resets)
         elif use_fla_prefill(q):
-            out, state = lightning_attention_fla(q, k, v, -slopes, state)
+            out, state = lightning_attention_fla(q, k, v, log_decay, state, resets)
         else:
-            out, state = lightning_attention_chunked(
-                q, k, v, slopes, state, lightning_block_length(self.block_size, self.head_dim)
-            )
+            block = lightning_block_length(self.block_size, self.head_dim)
+            out, state = lightning_attention_chunked(q, k, v, log_decay, state, resets, block)
         out = out.transpose(1, 2).reshape(B, T, H * d)  # heads concatenated, fp32
         gate = self.output_gate(x)
         gate = gate.sigmoid_() if inplace else gate.sigmoid()
@@ -189,6 +186,34 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     return (weights @ value).transpose(1, 2).contiguous(), weights
 
 
+def sdpa_chunk_after_cache(query, key, value, scaling):
+    """Causal attention of T queries that follow S - T cached keys (the last query sees every key), with no mask.
+    query [B, H, T, d], key / value [B, H_kv, S, d] -> [B, T, H, d].
+
+    CUDA: sdpa with PyTorch's lower-right causal bias, which its fused kernels apply without a mask. CPU: the cached
+    prefix (every query sees all of it) and the chunk's own causal square are attended separately by the CPU flash
+    kernel, which returns their log-sum-exps, and merged; GQA folds the query heads of one K/V head into the query
+    length, so K/V are never repeated. Memory: O(T) per head, never O(T x S)."""
+    B, H, T, d = query.shape
+    H_kv, S = key.shape[1], key.shape[2]
+    groups = H // H_kv
+    if query.is_cuda:
+        bias = causal_lower_right(T, S)
+        key, value = (x.repeat_interleave(groups, dim=1) for x in (key, value))
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scaling).transpose(1, 2)
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    prefix = S - T
+    folded = query.reshape(B, H_kv, groups * T, d)  # query heads h = g * groups + i share K/V head g
+    out_prefix, lse_prefix = flash(folded, key[:, :, :prefix], value[:, :, :prefix], 0.0, False, scale=scaling)
+    own_key, own_value = (x[:, :, prefix:].repeat_interleave(groups, dim=1) for x in (key, value))  # [B, H, T, d]
+    out_own, lse_own = flash(query, own_key, own_value, 0.0, True, scale=scaling)
+    out_prefix, lse_prefix = out_prefix.reshape(B, H, T, d), lse_prefix.reshape(B, H, T)
+    top = torch.maximum(lse_prefix, lse_own)
+    w_prefix, w_own = torch.exp(lse_prefix - top)[..., None], torch.exp(lse_own - top)[..., None]
+    out = (w_prefix * out_prefix.float() + w_own * out_own.float()) / (w_prefix + w_own)
+    return out.to(query.dtype).transpose(1, 2)
+
+
 class MiniMaxText01Attention(nn.Module):
     """Softmax attention: GQA, RoPE on the first `rotary_dim` channels, any transformers attention backend."""
 
@@ -217,11 +242,14 @@ class MiniMaxText01Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)  # [B, H_kv, P+T, d]
 
-        attend: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation or "eager", eager_attention_forward
-        )
+        implementation = self.config._attn_implementation or "eager"
         dropout = self.config.attention_dropout if self.training else 0.0
-        out, _ = attend(self, q, k, v, attention_mask, scaling=self.scaling, dropout=dropout, **kwargs)
+        if implementation == "sdpa" and attention_mask is None and 1 < T < k.shape[2] and dropout == 0.0:
+            # a prefill chunk after cached tokens: transformers' sdpa would align causality to the first key
+            out = sdpa_chunk_after_cache(q, k, v, self.scaling)
+        else:
+            attend: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+            out, _ = attend(self, q, k, v, attention_mask, scaling=self.scaling, dropout=dropout, **kwargs)
         return self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim))
 
 
@@ -384,13 +412,13 @@ class MiniMaxText01DecoderLayer(GradientCheckpointingLayer):
             self.shared_mlp = MiniMaxText01SharedMLP(config.hidden_size, config.shared_expert_size, config.hidden_act)
             self.coefficient = nn.Linear(config.hidden_size, 1, bias=False)
 
-    def forward(self, hidden_states, rotary, softmax_mask=None, token_mask=None, cache=None, **kwargs):
+    def forward(self, hidden_states, rotary, softmax_mask=None, token_mask=None, resets=None, cache=None, **kwargs):
         normed = self.input_layernorm(hidden_states)
         residual = normed if self.postnorm else hidden_states
         if self.is_softmax:
             attn = self.self_attn(normed, rotary, attention_mask=softmax_mask, cache=cache, **kwargs)
         else:
-            attn = self.self_attn(normed, token_mask=token_mask, cache=cache)
+            attn = self.self_attn(normed, token_mask=token_mask, resets=resets, cache=cache)
         hidden_states = scaled_residual(residual, self.attn_alpha, attn, self.attn_beta)
 
         normed = self.post_attention_layernorm(hidden_states)
@@ -415,32 +443,139 @@ class MiniMaxText01PreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, ignore_mismatched_sizes: bool = False, output_loading_info: bool = False, **kwargs):
-        """As transformers', but a checkpoint tensor of the wrong shape raises an error naming the key and both shapes
-        (transformers' own error only points at a logged report)."""
+        """As transformers', but a checkpoint that does not fit the config raises an error naming the keys (see
+        `check_loading_info`) instead of leaving weights at random behind a logged report."""
         model, info = super().from_pretrained(*args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
-        if info["mismatched_keys"] and not ignore_mismatched_sizes:
-            details = "; ".join(
-                f"{key}: checkpoint {tuple(ckpt_shape)} vs model {tuple(model_shape)}"
-                for key, ckpt_shape, model_shape in sorted(info["mismatched_keys"], key=lambda m: m[0])
-            )
-            raise ValueError(
-                f"Checkpoint tensors of the wrong shape: {details}. Check that config.json belongs to these weights "
-                "(or pass ignore_mismatched_sizes=True to re-initialise them)."
-            )
+        check_loading_info(model, info, ignore_mismatched_sizes)
         return (model, info) if output_loading_info else model
 
 
-def softmax_attention_mask(padding_mask, batch_size, query_len, past_len, device):
-    """bool [B, 1, T, P+T] (True = attend) for the softmax layers, or None when plain causal attention is exact.
+def check_loading_info(model: PreTrainedModel, info: dict, ignore_mismatched_sizes: bool) -> None:
+    """Raise unless every weight of `model` came from the checkpoint and every checkpoint tensor was used.
+
+    `info` is transformers' loading info (already free of what quantizers add and of what tensor- or
+    pipeline-parallel loading skips on purpose). Tolerated: wrong shapes with `ignore_mismatched_sizes` (those are
+    re-initialised, as the flag asks), and a model head's tensors when only the base model is loaded.
+    """
+    fix = (
+        "Check that config.json belongs to these weights: num_hidden_layers, attn_type_list, num_local_experts and "
+        "shared_intermediate_size (text_config.* for VL-01) decide which tensors exist; or re-download an incomplete "
+        "checkpoint."
+    )
+    if info["mismatched_keys"] and not ignore_mismatched_sizes:
+        details = "; ".join(
+            f"{key}: checkpoint {tuple(ckpt_shape)} vs model {tuple(model_shape)}"
+            for key, ckpt_shape, model_shape in sorted(info["mismatched_keys"], key=lambda m: m[0])
+        )
+        raise ValueError(
+            f"Checkpoint tensors of the wrong shape: {details}. Check that config.json belongs to these weights "
+            "(or pass ignore_mismatched_sizes=True to re-initialise them)."
+        )
+    missing = sorted(info["missing_keys"])
+    if missing:
+        hint = ""
+        if absent := _absent_layers(model, missing):
+            hint += (f" Decoder layers {_ranges(absent)} are absent altogether: the config has more layers "
+                     f"({len(absent)} more) than the checkpoint.")
+        if any(".shared_mlp." in key or key.endswith(".coefficient.weight") for key in missing):
+            hint += " The config asks for a shared expert (shared_intermediate_size > 0) that the checkpoint lacks."
+        raise ValueError(
+            f"The checkpoint lacks {len(missing)} weights the model needs, which would be left at random: "
+            f"{summarize_keys(missing)}.{hint} {fix}"
+        )
+    unexpected = sorted(key for key in info["unexpected_keys"] if not _is_head_tensor(model, key))
+    if unexpected:
+        raise ValueError(
+            f"The checkpoint holds {len(unexpected)} tensors this model does not use: {summarize_keys(unexpected)}. "
+            f"{fix}"
+        )
+
+
+_DECODER_LAYER = re.compile(r"^(?:language_model\.)?(?:model\.)?layers\.(\d+)\.")
+
+
+def _absent_layers(model: PreTrainedModel, missing: list[str]) -> list[int]:
+    """Decoder layers none of whose weights are in the checkpoint."""
+    def layer_of(key):
+        match = _DECODER_LAYER.match(key)
+        return int(match.group(1)) if match else None
+
+    counts = Counter(layer_of(key) for key in model.state_dict())
+    missing_counts = Counter(layer_of(key) for key in missing)
+    return sorted(i for i, n in missing_counts.items() if i is not None and n == counts[i])
+
+
+def _is_head_tensor(model: PreTrainedModel, key: str) -> bool:
+    """A head's tensor (e.g. `lm_head.weight`) seen while loading just the base model from a full checkpoint."""
+    is_base_model = not hasattr(model, model.base_model_prefix)
+    top = key.split(".")[0]
+    return is_base_model and top != model.base_model_prefix and not hasattr(model, top)
+
+
+def summarize_keys(keys: list[str], limit: int = 12) -> str:
+    """Checkpoint keys with the layer index folded: `model.layers.{0-3,6}.mlp.w1.weight`, at most `limit` lines."""
+    groups: dict[str, list[int]] = {}
+    for key in keys:
+        layer = re.search(r"(?:^|\.)layers\.(\d+)\.", key)
+        pattern = key[: layer.start(1)] + "{}" + key[layer.end(1) :] if layer else key
+        groups.setdefault(pattern, []).append(int(layer.group(1)) if layer else -1)
+    shown = [
+        pattern.replace("{}", str(numbers[0]) if len(numbers) == 1 else "{" + _ranges(numbers) + "}")
+        for pattern, numbers in list(groups.items())[:limit]
+    ]
+    more = len(groups) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more else "")
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5"."""
+    numbers, runs = sorted(numbers), []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ",".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
+
+
+def packed_sequence_starts(position_ids: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """bool [B, T]: the real tokens (after the first) whose position id is 0, where a new sequence of a packed,
+    padding-free batch begins (the layout of TRL's flattening collators). None when no row is packed."""
+    if position_ids.shape[1] < 2:
+        return None
+    starts = position_ids == 0
+    starts[:, 0] = False
+    if token_mask is not None:  # generate() gives pads position 0 too: only a real token after real ones starts one
+        real_before = F.pad(token_mask[:, :-1], (1, 0)).cummax(dim=-1).values
+        starts = starts & token_mask & real_before
+    return starts if bool(starts.any()) else None
+
+
+def default_position_ids(padding_mask, past_len, batch_size, query_len, device) -> torch.LongTensor:
+    """[B, T]: without padding the tokens count on from the cache; with padding each real token's position counts
+    the real tokens before it (as generate() does), so a right-padded or holed row continues exactly. RoPE is
+    relative, so for left padding this is the released math (which counts pads) to rounding."""
+    if padding_mask is None:
+        return torch.arange(past_len, past_len + query_len, device=device).expand(batch_size, query_len)
+    return (padding_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -query_len:]
+
+
+def softmax_attention_mask(padding_mask, resets, batch_size, query_len, past_len, device):
+    """bool [B, 1, T, P+T] (True = attend) for the softmax layers, or None when plain causal attention (the last
+    query sees every key, so a chunk after cached tokens needs no mask) is exact. Causal, padded keys masked, and
+    block-diagonal over packed sequences (`resets`, only without cached tokens).
 
     A padded query always sees itself, so no row is fully masked (that would give NaN, and NaN times the zeroed
     lightning value is still NaN).
     """
-    if padding_mask is None and (past_len == 0 or query_len == 1):
+    if padding_mask is None and resets is None:  # causal, aligned to the last key: the backends apply it themselves
         return None
     q_pos = torch.arange(past_len, past_len + query_len, device=device)[:, None]
     k_pos = torch.arange(past_len + query_len, device=device)[None, :]
     allowed = (k_pos <= q_pos)[None, None].expand(batch_size, 1, -1, -1)
+    if resets is not None:
+        sequence = resets.cumsum(-1)  # [B, T]: index of each token's packed sequence
+        allowed = allowed & (sequence[:, None, :, None] == sequence[:, None, None, :])
     if padding_mask is not None:
         allowed = allowed & padding_mask[:, None, None, :]
     return allowed | (k_pos == q_pos)
@@ -474,8 +609,17 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         output_hidden_states: bool | None = None,
         output_router_logits: bool | None = None,
         cache: MiniMaxText01Cache | None = None,  # the name transformers >= 5.2x uses for past_key_values
+        prefill_chunk_size: int | None = None,
+        hidden_states_to_keep: int = 0,
         **kwargs,
     ) -> MoeModelOutputWithPast:
+        r"""
+        prefill_chunk_size (`int`, *optional*): run prompts longer than this through the cache in chunks of this
+            many tokens (default `config.prefill_chunk_size`); memory is then bounded by the chunk plus the cache.
+        hidden_states_to_keep (`int`, defaults to 0): return the last hidden state of only the last this many
+            tokens (0 = all); with chunking, the others are never held at once.
+        """
+        self.check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cache)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if cache is not None and past_key_values is not None:
@@ -489,9 +633,8 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
             )
         if use_cache and past_key_values is None:
             past_key_values = MiniMaxText01Cache(self.config)
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
-        B, T, _ = inputs_embeds.shape
+        B, T = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        device = (input_ids if input_ids is not None else inputs_embeds).device
         if T == 0:
             raise ValueError("Empty input: the sequence has no tokens.")
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
@@ -501,34 +644,52 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
                 "the model runs, but quality beyond the trained context is not guaranteed."
             )
 
-        padding_mask = self._padding_mask(attention_mask, B, past_len + T, check_right_padding=use_cache and T > 1)
+        padding_mask = self._padding_mask(attention_mask, B, past_len + T)
+        if past_key_values is not None:
+            past_key_values.check_continuation(has_attention_mask=attention_mask is not None)
         if position_ids is None:
-            position_ids = torch.arange(past_len, past_len + T, device=inputs_embeds.device).expand(B, T)
+            position_ids = default_position_ids(padding_mask, past_len, B, T, device)
+        token_mask = padding_mask[:, -T:] if padding_mask is not None else None
+        resets = packed_sequence_starts(position_ids, token_mask)
         # Long prompts run in spans of `prefill_chunk_size` tokens through the cache: activation memory is bounded
-        # by the span, total memory grows only with the K/V cache (linear in tokens).
-        span = self.config.prefill_chunk_size or T
-        if span < T and past_key_values is None:
-            past_key_values = MiniMaxText01Cache(self.config)
-        spans = [
-            self._forward_span(
-                inputs_embeds[:, start : start + span],
-                position_ids[:, start : start + span],
+        # by the span (each span is embedded on its own), total memory grows only with the K/V cache.
+        span = prefill_chunk_size or self.config.prefill_chunk_size or T
+        if span <= 0:
+            raise ValueError(f"prefill_chunk_size must be a positive token count, got {span}.")
+        if resets is not None and (past_len > 0 or span < T):
+            raise ValueError(
+                "Packed sequences (position_ids restarting at 0 inside a row) cannot follow cached tokens or run in "
+                "prefill chunks. Run a packed batch without a cache, or unpack it into separate rows."
+            )
+        if span < T:
+            past_key_values = past_key_values if past_key_values is not None else MiniMaxText01Cache(self.config)
+            past_key_values.reserve(past_len + T)
+        if past_key_values is not None:
+            past_key_values.record_layout(padding_mask, packed=resets is not None)
+        keep_from = T - hidden_states_to_keep if 0 < hidden_states_to_keep < T else 0
+        hidden_parts, hidden_state_parts, router_logit_parts = [], [], []
+        for start in range(0, T, span):
+            sl = slice(start, start + span)
+            hidden, states, router_logits = self._forward_span(
+                self.embed_tokens(input_ids[:, sl]) if inputs_embeds is None else inputs_embeds[:, sl],
+                position_ids[:, sl],
                 padding_mask[:, : past_len + start + span] if padding_mask is not None else None,
+                resets,
                 past_key_values,
                 output_hidden_states,
+                output_router_logits,
                 **kwargs,
             )
-            for start in range(0, T, span)
+            if start + hidden.shape[1] > keep_from:  # only the kept tail of the prompt outlives its span
+                hidden_parts.append(hidden[:, max(keep_from - start, 0) :])
+            hidden_state_parts.append(states)
+            router_logit_parts.append(router_logits)
+        hidden_states = torch.cat(hidden_parts, dim=1) if len(hidden_parts) > 1 else hidden_parts[0]
+        all_hidden_states = [torch.cat(states, dim=1) for states in zip(*hidden_state_parts)]
+        all_router_logits = [  # [B * T, E] per layer, batch-major like an unchunked forward
+            torch.cat([logits.view(B, -1, logits.shape[-1]) for logits in per_span], dim=1).flatten(0, 1)
+            for per_span in zip(*router_logit_parts)
         ]
-        if len(spans) == 1:
-            hidden_states, all_hidden_states, all_router_logits = spans[0]
-        else:
-            hidden_states = torch.cat([out for out, _, _ in spans], dim=1)
-            all_hidden_states = [torch.cat(states, dim=1) for states in zip(*(states for _, states, _ in spans))]
-            all_router_logits = [  # [B * T, E] per layer, batch-major like an unchunked forward
-                torch.cat([logits.view(B, -1, logits.shape[-1]) for logits in per_span], dim=1).flatten(0, 1)
-                for per_span in zip(*(logits for _, _, logits in spans))
-            ]
 
         return MoeModelOutputWithPast(
             last_hidden_state=hidden_states,
@@ -537,16 +698,107 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
             router_logits=tuple(all_router_logits) if output_router_logits else None,
         )
 
-    def _forward_span(self, inputs_embeds, position_ids, padding_mask, cache, output_hidden_states, **kwargs):
-        """The decoder stack on T consecutive new tokens; padding_mask bool [B, P+T] or None.
-        Returns (final-normed hidden states, per-layer inputs + final output if requested, router logits)."""
+    def check_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cache) -> None:
+        """Refuse inputs that would fail obscurely inside torch or quietly give wrong numbers.
+
+        The value checks (token ids inside the vocabulary, a 0/1 attention mask without empty rows, positions that
+        continue the cache) cost one host sync together; they are skipped while compiling or capturing a CUDA graph.
+        """
+        def check_integer_tensor(name, value, shape_text):
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"`{name}` must be a torch tensor {shape_text}, got {type(value).__name__}. Use "
+                                f"the tokenizer with return_tensors='pt', or torch.tensor([...]).")
+            if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+                raise TypeError(f"`{name}` must hold integers (torch.long), got {value.dtype}. Convert with "
+                                f"`{name}.long()`.")
+
+        if input_ids is not None:
+            check_integer_tensor("input_ids", input_ids, "[batch, tokens]")
+            if input_ids.dim() != 2:
+                fix = " Add the batch dimension: input_ids[None]." if input_ids.dim() == 1 else ""
+                raise ValueError(f"`input_ids` must be 2-D [batch, tokens], got shape {tuple(input_ids.shape)}.{fix}")
+        if inputs_embeds is not None:
+            if not isinstance(inputs_embeds, torch.Tensor) or not inputs_embeds.is_floating_point():
+                raise TypeError("`inputs_embeds` must be a floating-point tensor [batch, tokens, hidden_size].")
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
+                raise ValueError(f"`inputs_embeds` must have shape [batch, tokens, {self.config.hidden_size}], got "
+                                 f"{tuple(inputs_embeds.shape)}.")
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        if tokens is None:
+            return  # reported by the caller
+        B, T = tokens.shape[:2]
+        if position_ids is not None:
+            check_integer_tensor("position_ids", position_ids, "[batch, tokens]")
+            if position_ids.dim() != 2 or position_ids.shape[0] not in (1, B) or position_ids.shape[1] != T:
+                raise ValueError(f"`position_ids` must have shape [{B}, {T}] (or [1, {T}]) like the input, got "
+                                 f"{tuple(position_ids.shape)}.")
+        if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):
+            raise TypeError(
+                f"`attention_mask` must be a torch tensor [batch, tokens], got {type(attention_mask).__name__}."
+            )
+        capturing = tokens.is_cuda and torch.cuda.is_current_stream_capturing()
+        if torch.compiler.is_compiling() or capturing:
+            return
+
+        cache = past_key_values if past_key_values is not None else cache
+        past_len = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
+        mask = attention_mask.bool() if attention_mask is not None and attention_mask.dim() == 2 else None
+        vocab = self.config.vocab_size
+        bad_ids = ((input_ids < 0) | (input_ids >= vocab)).any() if input_ids is not None else None
+        not_binary = ((attention_mask != 0) & (attention_mask != 1)).any() if mask is not None else None
+        empty_rows = ~mask.any(-1) if mask is not None else None
+        restarts = None
+        if position_ids is not None and past_len > 0:  # the first new token must come after the cached ones
+            cached = mask[:, :past_len].sum(-1) if mask is not None and mask.shape[-1] > past_len else past_len
+            cached = torch.as_tensor(cached, device=position_ids.device).expand(B)  # real cached tokens per row
+            restarts = position_ids[:, 0] < cached
+        flags = [f.any().to(tokens.device) if f is not None else tokens.new_zeros((), dtype=torch.bool)
+                 for f in (bad_ids, not_binary, empty_rows, restarts)]
+        bad_ids, not_binary, empty_rows_found, restart_found = torch.stack(flags).tolist()  # the one host sync
+        if not_binary:
+            raise ValueError(
+                f"`attention_mask` must hold 1 for real tokens and 0 for padding, found the values "
+                f"{attention_mask.unique()[:6].tolist()}. Pass the tokenizer's mask, not an additive (0 / -inf) one."
+            )
+        if bad_ids:
+            raise ValueError(
+                f"`input_ids` hold token ids outside the vocabulary 0..{vocab - 1} (smallest {int(input_ids.min())}, "
+                f"largest {int(input_ids.max())}). Use the tokenizer of this checkpoint, and pad with a real token id "
+                "(not -100 or -1, which are for labels)."
+            )
+        if empty_rows_found:
+            rows = empty_rows.nonzero().flatten().tolist()
+            raise ValueError(
+                f"Rows {rows} of `attention_mask` have no real token: an empty prompt in the batch. Drop empty "
+                "prompts, or give each at least one token."
+            )
+        if restart_found:
+            row = int(restarts.nonzero()[0])
+            raise ValueError(
+                f"`position_ids` restart while the cache holds earlier tokens: row {row} starts at position "
+                f"{int(position_ids[min(row, position_ids.shape[0] - 1), 0])} with {int(cached[row])} tokens cached. "
+                "Continue the positions after the cached tokens (or omit position_ids), or start a new sequence with "
+                "past_key_values=None."
+            )
+
+    def _forward_span(
+        self, inputs_embeds, position_ids, padding_mask, resets, cache, output_hidden_states, output_router_logits,
+        **kwargs,
+    ):
+        """The decoder stack on T consecutive new tokens; padding_mask bool [B, P+T] or None; resets bool [B, T]
+        (starts of packed sequences) or None. Returns (final-normed hidden states, per-layer inputs + final output
+        if requested, router logits)."""
         B, T, _ = inputs_embeds.shape
         past_len = cache.get_seq_length() if cache is not None else 0
         rotary = self.rotary_emb(position_ids)
         if (self.config._attn_implementation or "").startswith("flash"):
-            softmax_mask = padding_mask  # flash backends take the 2-D padding mask and apply causality themselves
+            # flash backends take the 2-D padding mask and apply causality themselves; packed sequences they find
+            # from the position ids
+            softmax_mask = padding_mask
+            if resets is not None:
+                kwargs = {**kwargs, "position_ids": position_ids}
         else:
-            softmax_mask = softmax_attention_mask(padding_mask, B, T, past_len, inputs_embeds.device)
+            softmax_mask = softmax_attention_mask(padding_mask, resets, B, T, past_len, inputs_embeds.device)
         token_mask = padding_mask[:, -T:] if padding_mask is not None else None
 
         hidden_states = inputs_embeds
@@ -555,9 +807,10 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
             hidden_states, router_logits = layer(
-                hidden_states, rotary, softmax_mask=softmax_mask, token_mask=token_mask, cache=cache, **kwargs
+                hidden_states, rotary, softmax_mask, token_mask, resets, cache=cache, **kwargs
             )
-            all_router_logits.append(router_logits)
+            if output_router_logits:
+                all_router_logits.append(router_logits)
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden_states.append(hidden_states)
@@ -566,8 +819,8 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         return hidden_states, all_hidden_states, all_router_logits
 
     @staticmethod
-    def _padding_mask(attention_mask, batch_size, total_len, check_right_padding):
-        """2-D attention mask -> bool [B, P+T], or None when nothing is padded."""
+    def _padding_mask(attention_mask, batch_size, total_len):
+        """2-D attention mask (any padding: left, right, holes) -> bool [B, P+T], or None when nothing is padded."""
         if attention_mask is None:
             return None
         if attention_mask.dim() != 2 or attention_mask.shape != (batch_size, total_len):
@@ -576,17 +829,23 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
                 f"{tuple(attention_mask.shape)}. Pass the 2-D padding mask covering the cached tokens too."
             )
         mask = attention_mask.bool()
-        if bool(mask.all()):
-            return None
-        if check_right_padding and not bool(mask[:, -1].all()):
-            raise ValueError(
-                "Right padding is not supported with a cache: a lightning-attention state would keep decaying over the "
-                "pad tokens. Use left padding (tokenizer.padding_side = 'left'), or use_cache=False for scoring."
-            )
-        return mask
+        return None if bool(mask.all()) else mask
 
 
-class MiniMaxText01ForCausalLM(MiniMaxText01PreTrainedModel, GenerationMixin):
+class MiniMaxText01GenerationMixin(GenerationMixin):
+    """generate() continues positions by one from each row's last position, pads included; after a right-padded
+    prompt (or one that ends in the pad id, which transformers then masks) that skips the row's real tokens, so
+    there the model derives the positions from the attention mask instead."""
+
+    def prepare_inputs_for_generation(self, *args, **kwargs):
+        inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        cache = inputs.get(CACHE_FIELD)
+        if getattr(cache, "has_padding_holes", False):
+            inputs["position_ids"] = None
+        return inputs
+
+
+class MiniMaxText01ForCausalLM(MiniMaxText01PreTrainedModel, MiniMaxText01GenerationMixin):
     _tied_weights_keys = {}
 
     def __init__(self, config: MiniMaxText01Config):
@@ -615,8 +874,13 @@ class MiniMaxText01ForCausalLM(MiniMaxText01PreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         cache: MiniMaxText01Cache | None = None,
+        prefill_chunk_size: int | None = None,
         **kwargs,
     ) -> MoeCausalLMOutputWithPast:
+        r"""
+        prefill_chunk_size (`int`, *optional*): run prompts longer than this through the cache in chunks of this
+            many tokens (default `config.prefill_chunk_size`); also accepted by `generate()`.
+        """
         output_router_logits = (
             output_router_logits if output_router_logits is not None else self.config.output_router_logits
         )
@@ -631,6 +895,8 @@ class MiniMaxText01ForCausalLM(MiniMaxText01PreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
             output_router_logits=output_router_logits,
             cache=cache,
+            prefill_chunk_size=prefill_chunk_size,
+            hidden_states_to_keep=logits_to_keep if isinstance(logits_to_keep, int) else 0,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state

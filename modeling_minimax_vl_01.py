@@ -14,7 +14,6 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
 
@@ -26,7 +25,15 @@ from .image_processing_minimax_vl_01 import (
     unpadded_feature_grid,
 )
 from .cache_minimax_text_01 import MiniMaxText01Cache
-from .modeling_minimax_text_01 import MiniMaxText01ForCausalLM
+from .modeling_minimax_text_01 import MiniMaxText01ForCausalLM, MiniMaxText01GenerationMixin, check_loading_info
+
+
+# The two ways the processor's output can disagree with the model's image geometry.
+PROCESSOR_MISMATCH_FIX = (
+    "Either the image processor's image_grid_pinpoints / tile size differ from the model config's (load the processor "
+    "from the model's folder, or give it image_grid_pinpoints=model.config.image_grid_pinpoints), or the "
+    "pixel_values, image_sizes and input_ids come from different processor calls."
+)
 
 
 class MiniMaxVL01MultiModalProjector(nn.Module):
@@ -66,6 +73,14 @@ class MiniMaxVL01PreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _can_compile_fullgraph = False
 
+    @classmethod
+    def from_pretrained(cls, *args, ignore_mismatched_sizes: bool = False, output_loading_info: bool = False, **kwargs):
+        """As transformers', but a checkpoint that does not fit the config raises an error naming the keys, as for
+        MiniMax-Text-01 (`check_loading_info`)."""
+        model, info = super().from_pretrained(*args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
+        check_loading_info(model, info, ignore_mismatched_sizes)
+        return (model, info) if output_loading_info else model
+
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, MiniMaxVL01ForConditionalGeneration):
@@ -73,7 +88,7 @@ class MiniMaxVL01PreTrainedModel(PreTrainedModel):
             init.normal_(module.image_newline, mean=0.0, std=self.config.text_config.hidden_size**-0.5)
 
 
-class MiniMaxVL01ForConditionalGeneration(MiniMaxVL01PreTrainedModel, GenerationMixin):
+class MiniMaxVL01ForConditionalGeneration(MiniMaxVL01PreTrainedModel, MiniMaxText01GenerationMixin):
     """Image-text-to-text model. In `generate()`, transformers itself (5.17 and later) passes `pixel_values` to the
     prefill only when a cache is used, and at every step without a cache, so `prepare_inputs_for_generation` is
     inherited unchanged; `image_sizes` alone is ignored."""
@@ -145,6 +160,11 @@ class MiniMaxVL01ForConditionalGeneration(MiniMaxVL01PreTrainedModel, Generation
                 f"pixel_values must have shape [total_crops, 3, {S}, {S}], got {tuple(pixel_values.shape)}. Use the "
                 "MiniMax-VL-01 image processor, which returns the crops of all images concatenated."
             )
+        if not pixel_values.is_floating_point():
+            raise TypeError(
+                f"pixel_values must be the image processor's normalised float crops, got {pixel_values.dtype}. Pass "
+                "the images through the MiniMax-VL-01 image processor."
+            )
         if image_sizes is None:
             raise ValueError("pixel_values need image_sizes (the original (height, width) of each image); pass both.")
         sizes = [tuple(int(v) for v in hw) for hw in torch.as_tensor(image_sizes).reshape(-1, 2).tolist()]
@@ -152,8 +172,8 @@ class MiniMaxVL01ForConditionalGeneration(MiniMaxVL01PreTrainedModel, Generation
         if sum(expected) != pixel_values.shape[0]:
             raise ValueError(
                 f"pixel_values holds {pixel_values.shape[0]} crops, but image_sizes {sizes} need {sum(expected)} "
-                f"(per image {expected}: one thumbnail plus the tiles of its canvas). Pass the pixel_values and "
-                "image_sizes produced together by the image processor."
+                f"under this model's image_grid_pinpoints (per image {expected}: one thumbnail plus the tiles of its "
+                f"canvas). {PROCESSOR_MISMATCH_FIX}"
             )
         return sizes, expected
 
@@ -170,8 +190,9 @@ class MiniMaxVL01ForConditionalGeneration(MiniMaxVL01PreTrainedModel, Generation
         if num_tokens != features.shape[0]:
             raise ValueError(
                 f"input_ids contain {num_tokens} image tokens, but the {len(image_features)} images give "
-                f"{features.shape[0]} features (per image {[f.shape[0] for f in image_features]}). Each <image> "
-                "must be expanded to its image's token count: build the inputs with the MiniMax-VL-01 processor."
+                f"{features.shape[0]} features under this model's image_grid_pinpoints (per image "
+                f"{[f.shape[0] for f in image_features]}). Each <image> must be expanded to its image's token count "
+                f"by the MiniMax-VL-01 processor. {PROCESSOR_MISMATCH_FIX}"
             )
         mask = image_mask[..., None].to(inputs_embeds.device)
         return inputs_embeds.masked_scatter(mask, features.to(inputs_embeds.device, inputs_embeds.dtype))
@@ -241,6 +262,9 @@ class MiniMaxVL01ForConditionalGeneration(MiniMaxVL01PreTrainedModel, Generation
                     "pixel_values need input_ids (the image tokens mark where the features go); pass input_ids "
                     "instead of inputs_embeds."
                 )
+            # the language model only sees the merged embeddings: its checks of the token ids run here
+            text_model = self.language_model.model
+            text_model.check_inputs(input_ids, None, attention_mask, position_ids, past_key_values, cache)
             image_features = self.get_image_features(pixel_values, image_sizes)
             text_embeds = self.get_input_embeddings()(input_ids)
             inputs_embeds = self._merge_image_features(input_ids, text_embeds, image_features)

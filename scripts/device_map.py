@@ -66,9 +66,10 @@ class DevicePlan:
 
 
 def parse_size(value, flag: str) -> int:
-    """'80GiB', '80GB' or a byte count -> bytes."""
+    """'80GiB', '80GB' or a byte count ('85899345920', as accelerate's parser takes only an int for bytes) -> bytes."""
+    text = str(value).strip()
     try:
-        size = convert_file_size_to_int(value)
+        size = int(text) if text.lstrip("-").isdigit() else convert_file_size_to_int(text)
     except ValueError:
         raise ValueError(f"{flag} {value!r} is not a size; write it like 80GiB, 141GB or a number of bytes.") from None
     if size < 0:
@@ -175,7 +176,8 @@ def plan_device_map(
         raise ValueError(f"--context-length and --batch-size must be positive, got {context_length} and {batch_size}.")
     memory, reserve = parse_size(gpu_memory, "--gpu-memory"), parse_size(headroom, "--headroom")
     if reserve >= memory:
-        raise ValueError(f"--headroom {headroom} leaves nothing of --gpu-memory {gpu_memory}; lower --headroom.")
+        raise ValueError(f"--headroom {headroom} leaves nothing of --gpu-memory {gpu_memory} ({memory} bytes); lower "
+                         "--headroom, or give --gpu-memory with its unit (a plain number is a byte count).")
 
     model = model if model is not None else build_meta_model(config)
     first, layers, last = placement_units(config)

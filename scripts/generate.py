@@ -27,16 +27,19 @@ from transformers.utils import logging as hf_logging
 from quanto_config import quanto_config
 
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 def read_images(paths: list[str]) -> list[Image.Image]:
-    """Decode every image up front, so a bad path fails before the model is loaded."""
+    """Decode every image up front, so a bad path fails before the model is loaded. The images stay as decoded
+    (mode, EXIF orientation): the processor turns them upright and converts them to RGB."""
     images = []
     for path in paths:
         try:
             with Image.open(path) as image:
-                images.append(image.convert("RGB"))
+                image.load()
+                images.append(image.copy())
         except (OSError, UnidentifiedImageError) as error:  # missing, unreadable, not an image
             raise ValueError(f"Cannot read image {path}: {error}. Pass an existing PNG/JPEG/... file.") from None
     return images
@@ -59,17 +62,35 @@ def has_processor(checkpoint: Path) -> bool:
     return any((checkpoint / name).is_file() for name in PROCESSOR_FILES)
 
 
+def load_reader(checkpoint: Path, config):
+    """The processor (VL-01) or tokenizer, checked against the model config, before any weight is read."""
+    if not any((checkpoint / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(f"{checkpoint} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); copy them from the "
+                         "checkpoint's original repository.")
+    reader_class = AutoProcessor if has_processor(checkpoint) else AutoTokenizer
+    try:
+        reader = reader_class.from_pretrained(checkpoint, trust_remote_code=True)
+    except (OSError, ValueError, ImportError) as error:
+        raise ValueError(f"Cannot load the {reader_class.__name__.removeprefix('Auto').lower()} of {checkpoint} "
+                         f"({type(error).__name__}: {error}). Check its tokenizer files.") from None
+    image_processor = getattr(reader, "image_processor", None)
+    if image_processor is not None and image_processor.image_grid_pinpoints != config.image_grid_pinpoints:
+        raise ValueError(f"{checkpoint}: the image processor's image_grid_pinpoints differ from config.json's; "
+                         "images would be tiled differently from what the model expects. Make them equal.")
+    return reader
+
+
 def load_model(checkpoint: Path, dtype: str = "auto", device_map=None, int8: bool = False):
     """(model, processor or tokenizer), both from the Auto classes with the checkpoint's remote code."""
     config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=True)
+    reader = load_reader(checkpoint, config)
     kwargs = {"dtype": dtype, "trust_remote_code": True}
     if int8:
         kwargs["quantization_config"] = quanto_config(config)
     if device_map is None:
         device_map = "cuda:0" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(checkpoint, device_map=device_map, **kwargs)
-    reader_class = AutoProcessor if has_processor(checkpoint) else AutoTokenizer
-    return model.eval(), reader_class.from_pretrained(checkpoint, trust_remote_code=True)
+    return model.eval(), reader
 
 
 def chat_messages(prompt: str, n_images: int = 0, system: str | None = None) -> list[dict]:
@@ -128,7 +149,10 @@ def main(argv=None):
 
     hf_logging.disable_progress_bar()
     start = time.perf_counter()
-    model, reader = load_model(args.checkpoint, args.dtype, device_map, args.int8)
+    try:
+        model, reader = load_model(args.checkpoint, args.dtype, device_map, args.int8)
+    except ValueError as error:
+        parser.error(str(error))
     n_params = sum(p.numel() for p in model.parameters())
     dtype = str(model.dtype).removeprefix("torch.") + (", int8" if args.int8 else "")
     status(f"{args.checkpoint.name}: {type(model).__name__}, {n_params / 1e6:,.1f} M parameters, {dtype} on "

@@ -50,8 +50,6 @@ def tiny_text_config(vocab_size: int = 512, **overrides):
     return config_class(**values)
 
 
-
-
 def copy_remote_code(out: Path, names=TEXT_CODE_FILES) -> None:
     for name in names:
         shutil.copy(REPO_ROOT / name, out / name)

@@ -12,13 +12,14 @@ uploads OUT with huggingface_hub's `upload_folder` (the token comes from `hf aut
 import argparse
 import ast
 import json
+import math
 import shutil
 from pathlib import Path
 
 from device_map import build_meta_model
 from generate import PROCESSOR_FILES
 from make_tiny_checkpoint import TEXT_AUTO_MAP, VL_AUTO_MAP, copy_remote_code
-from minimax_code import REMOTE_CODE_FILES, TEXT_CODE_FILES
+from minimax_code import REMOTE_CODE_FILES, TEXT_CODE_FILES, load
 from quanto_config import is_vl, load_config, text_part
 
 TOKENIZER_FILES = [
@@ -31,6 +32,10 @@ IMAGE_PROCESSOR_AUTO_MAP = {
     **PROCESSOR_AUTO_MAP,
 }
 TRANSFORMERS_RANGE = ">=5.17,<6"
+INDEX_FILE = "model.safetensors.index.json"
+# bytes per element of the safetensors dtypes a checkpoint may hold
+DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
+               "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 def read_json(path: Path) -> dict:
@@ -50,11 +55,74 @@ def check_paths(checkpoint: Path, out: Path) -> None:
         raise FileExistsError(f"{out} exists and is not empty; pass a new or empty folder as OUT.")
 
 
-def copy_checkpoint_files(checkpoint: Path, out: Path, vl: bool) -> list[str]:
-    """Weights, generation config, tokenizer and processor files; returns the copied names."""
-    weights = sorted(p.name for p in checkpoint.glob("*.safetensors"))
-    if not weights:
+def safetensors_header(path: Path) -> dict:
+    """{tensor name: {dtype, shape, data_offsets}} of a safetensors file, checked to be complete: the header parses
+    and the file is exactly as long as its tensors need."""
+    size = path.stat().st_size
+    damaged = f"{path.name} is truncated or damaged"
+    with path.open("rb") as file:
+        length = int.from_bytes(file.read(8), "little")
+        if size < 8 or length > size - 8:
+            raise ValueError(f"{damaged}: {size} bytes, too short for its header. Download or convert it again.")
+        try:
+            header = json.loads(file.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ValueError(f"{damaged}: its header is not valid JSON. Download or convert it again.") from None
+    header.pop("__metadata__", None)
+    for name, tensor in header.items():
+        start, end = tensor["data_offsets"]
+        element = DTYPE_BYTES.get(tensor["dtype"])
+        if element is not None and end - start != element * math.prod(tensor["shape"]):
+            raise ValueError(f"{damaged}: tensor {name} {tensor['dtype']} {tensor['shape']} has {end - start} bytes.")
+    needed = 8 + length + max((tensor["data_offsets"][1] for tensor in header.values()), default=0)
+    if needed != size:
+        raise ValueError(f"{damaged}: its header describes {needed} bytes but the file has {size}. Download or "
+                         "convert it again.")
+    return header
+
+
+def check_weights(checkpoint: Path, config) -> None:
+    """Before anything is assembled: the safetensors files are complete, the index names existing shards that hold
+    its tensors, and the tensors are exactly those the model of `config` needs, with its shapes."""
+    files = sorted(checkpoint.glob("*.safetensors"))
+    if not files:
         raise FileNotFoundError(f"{checkpoint} holds no *.safetensors weights; convert them to safetensors first.")
+    headers = {path.name: safetensors_header(path) for path in files}
+    if (checkpoint / INDEX_FILE).is_file():
+        weight_map = read_json(checkpoint / INDEX_FILE).get("weight_map") or {}
+        absent = sorted(set(weight_map.values()) - set(headers))
+        if absent:
+            raise FileNotFoundError(f"{INDEX_FILE} names shards that are not in {checkpoint}: {', '.join(absent)}. "
+                                    "Download them, or rebuild the index.")
+        misplaced = sorted(key for key, shard in weight_map.items() if key not in headers[shard])
+        if misplaced:
+            raise ValueError(f"{INDEX_FILE} places tensors in shards that do not hold them: {misplaced[:5]}. "
+                             "Rebuild the index from the shards.")
+        unindexed = sorted(set(headers) - set(weight_map.values()))
+        if unindexed:
+            raise ValueError(f"{', '.join(unindexed)} not named in {INDEX_FILE}: transformers would not load them. "
+                             "Remove stray files, or rebuild the index.")
+    elif len(files) > 1:
+        raise FileNotFoundError(f"{checkpoint} holds {len(files)} safetensors files but no {INDEX_FILE}; add the "
+                                "index that maps every tensor to its shard.")
+    found = {name: tuple(tensor["shape"]) for header in headers.values() for name, tensor in header.items()}
+    expected = {name: tuple(t.shape) for name, t in build_meta_model(config).state_dict().items()}
+    summarize = load("modeling_minimax_text_01").summarize_keys
+    problems = []
+    if missing := sorted(set(expected) - set(found)):
+        problems.append(f"missing {len(missing)} tensors the model needs: {summarize(missing)}")
+    if unused := sorted(set(found) - set(expected)):
+        problems.append(f"{len(unused)} tensors the model does not use: {summarize(unused)}")
+    if wrong := sorted(name for name in set(found) & set(expected) if found[name] != expected[name]):
+        problems.append("wrong shapes: " + "; ".join(f"{n} {found[n]} vs {expected[n]}" for n in wrong[:5]))
+    if problems:
+        raise ValueError(f"The weights in {checkpoint} do not fit its config.json: {'; '.join(problems)}. Check that "
+                         "config.json belongs to these weights, or download the missing files.")
+
+
+def copy_checkpoint_files(checkpoint: Path, out: Path, vl: bool) -> list[str]:
+    """(Checked) weights, generation config, tokenizer and processor files; returns the copied names."""
+    weights = sorted(p.name for p in checkpoint.glob("*.safetensors"))
     names = weights + [p.name for p in checkpoint.glob("*.safetensors.index.json")]
     names += [n for n in ["generation_config.json", *TOKENIZER_FILES] if (checkpoint / n).is_file()]
     if not any(n.startswith("tokenizer") for n in names):
@@ -123,6 +191,7 @@ def prepare_repo(checkpoint, out) -> Path:
     check_paths(checkpoint, out)
     config = load_config(checkpoint)
     vl = is_vl(config)
+    check_weights(checkpoint, config)
     files = copy_checkpoint_files(checkpoint, out, vl)
     copy_remote_code(out, REMOTE_CODE_FILES if vl else TEXT_CODE_FILES)
     write_config(checkpoint, out, config, vl)

@@ -82,10 +82,13 @@ def lightning_recurrence(q, k, v, log_decay, state=None, resets=None):
 
 
 def packed_segments(position_ids, real):
-    """Segment id [B, T] of every token: a new segment starts at each real token (after the first) whose position
-    id is 0, the layout of padding-free packed batches. Pads never start a segment."""
-    starts = (position_ids == 0) & real
-    starts[:, 0] = False
+    """Segment id [B, T] of every token: a new segment starts at each real token whose position id is 0 and that
+    follows a real token of the same row (the layout of padding-free packed batches). Pads never start a segment."""
+    B, T = real.shape
+    starts = torch.zeros(B, T, dtype=torch.bool)
+    for b in range(B):
+        for t in range(1, T):
+            starts[b, t] = bool(position_ids[b, t] == 0) and bool(real[b, t]) and bool(real[b, :t].any())
     return starts.long().cumsum(-1), starts
 
 

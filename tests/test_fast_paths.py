@@ -1,8 +1,8 @@
 """Every fast path equals a plain reference written here (float64 loops), on CPU.
 
 Fast paths: the MoE dispatch (per-expert scatter, single-token decode, grouped matmul math; in-place products
-only without autograd), the lightning prefill block length, lightning layers run in token spans on CPU, the decode
-step with a precomputed decay, the fla wrapper's argument plumbing and packed-sequence segments (with a stand-in kernel), the K/V cache layer
+only without autograd), the lightning prefill block length, lightning layers run in token spans on CPU, the fla
+wrapper's argument plumbing and packed-sequence segments (with a stand-in kernel), the K/V cache layer
 with preallocated growing buffers, and chunked prefill (`prefill_chunk_size`). GPU-only selections are checked to
 stay off on CPU.
 """
@@ -137,27 +137,10 @@ def test_chunked_prefill_with_capped_blocks_matches_recurrence(length):
     q, k, v = (torch.randn(B, length, H, d, dtype=torch.float64) for _ in range(3))
     slopes = torch.tensor([0.9, 0.3, 0.01])
     block = la.lightning_block_length(256, d)  # 16: several blocks and a short tail
-    out, state = la.lightning_attention_chunked(*(x.transpose(1, 2) for x in (q, k, v)), slopes, None, block, 2)
+    out, state = la.lightning_attention_chunked(*(x.transpose(1, 2) for x in (q, k, v)), -slopes, None, None, block, 2)
     ref_out, ref_state = recurrence_reference(q, k, v, slopes)
     torch.testing.assert_close(out.transpose(1, 2), ref_out, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(state, ref_state, rtol=1e-10, atol=1e-10)
-
-
-def test_decode_step_with_the_layers_precomputed_decay_matches_recurrence():
-    """The lightning layer hands exp(-slopes), computed once, to the decode step: 5 steps equal the recurrence."""
-    layer = tiny_model().model.layers[1].self_attn
-    slopes = la.lightning_slopes(layer.num_heads, layer.layer_idx, layer.num_layers)
-    B, H, T, d = 2, layer.num_heads, 5, 8
-    q, k, v = (torch.randn(B, T, H, d, dtype=torch.float64) for _ in range(3))
-    state, outputs = torch.zeros(B, H, d, d, dtype=torch.float64), []
-    for t in range(T):
-        step = [x[:, t : t + 1].transpose(1, 2) for x in (q, k, v)]
-        out, state = la.lightning_attention_step(*step, slopes, state, layer.step_decay(q.device, torch.float64))
-        outputs.append(out.transpose(1, 2))
-    ref_out, ref_state = recurrence_reference(q, k, v, slopes)
-    torch.testing.assert_close(torch.cat(outputs, dim=1), ref_out, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(state, ref_state, rtol=1e-12, atol=1e-12)
-    assert layer.step_decay(q.device, torch.float64) is layer.step_decay(q.device, torch.float64)  # computed once
 
 
 def fake_chunk_simple_gla(q, k, v, g=None, g_gamma=None, scale=None, initial_state=None, output_final_state=False,

@@ -305,13 +305,6 @@ def test_generate_continues_from_returned_cache(model):
 # ------------------------------------------------------------------------------------------------ padding
 
 
-def test_right_padding_with_cache_is_refused(model):
-    ids, mask = random_ids(2, 6), torch.ones(2, 6, dtype=torch.long)
-    mask[1, -2:] = 0
-    with pytest.raises(ValueError, match="Right padding is not supported with a cache"):
-        model(input_ids=ids, attention_mask=mask, use_cache=True)
-
-
 def test_right_padding_without_cache_is_exact_at_real_positions(model):
     ids, mask = random_ids(2, 14), torch.ones(2, 14, dtype=torch.long)
     mask[1, 9:] = 0

@@ -1,0 +1,124 @@
+"""Chunked prefill (`prefill_chunk_size`): any chunk size equals the whole-prompt forward, and a chunk after
+cached tokens builds no [chunk, cached + chunk] mask when nothing is padded.
+
+Chunk sizes cover 1, sizes that do not divide the prompt, and chunks crossing lightning block boundaries (the
+plain prefill's block is min(block_size, 2 * head_dim): 32 for the tiny heads, the released 256 for heads of 128).
+"""
+
+import pytest
+import torch
+from make_tiny_checkpoint import tiny_text_config
+from minimax_code import load
+from test_vl import THIN_WIDE, image, model as vl_model, processor  # noqa: F401 (fixtures)
+
+mm = load("modeling_minimax_text_01")
+VOCAB = 512
+
+
+def tiny_model(**overrides):
+    torch.manual_seed(0)
+    model = mm.MiniMaxText01ForCausalLM(tiny_text_config(vocab_size=VOCAB, **overrides))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            scale = 4.0 if name.endswith("gate.weight") else 1.0
+            p.copy_(1 + 0.2 * torch.randn_like(p) if p.dim() == 1 else scale * torch.randn_like(p) / p.shape[1] ** 0.5)
+    return model.eval()
+
+
+def rel(actual, expected):
+    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
+
+
+def random_ids(batch, length, seed=0):
+    return torch.randint(3, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
+@pytest.mark.parametrize("chunk", [1, 7, 32, 45])
+def test_any_chunk_size_equals_the_whole_prompt(model, chunk, padded):
+    T = 70 if chunk == 1 else 140
+    ids, mask = random_ids(2, T), torch.ones(2, T, dtype=torch.long)
+    if padded:
+        mask[1, :50] = 0  # more pads than several chunks: some chunks of row 1 are all padding
+    real = mask.bool()
+    with torch.no_grad():
+        whole = model(input_ids=ids, attention_mask=mask).logits
+        chunked = model(input_ids=ids, attention_mask=mask, prefill_chunk_size=chunk)
+    assert rel(chunked.logits[real], whole[real]) < 1e-5
+    assert getattr(chunked, mm.CACHE_FIELD).get_seq_length() == T
+
+
+def test_chunks_cross_the_released_256_token_lightning_block():
+    """Heads of 128 channels: the plain prefill runs the released 256-token blocks; chunks of 100 straddle them."""
+    model = tiny_model(num_attention_heads=2, num_key_value_heads=1, head_dim=128, rotary_dim=64)
+    ids = random_ids(1, 300, seed=1)
+    with torch.no_grad():
+        whole = model(input_ids=ids).logits
+        chunked = model(input_ids=ids, prefill_chunk_size=100).logits
+    assert rel(chunked, whole) < 1e-5
+
+
+def test_unpadded_chunks_build_no_mask_and_attend_through_the_cache(model, monkeypatch):
+    """Every chunk after the first runs the mask-free path (cached prefix + causal square, merged by log-sum-exp):
+    no [chunk, cached + chunk] mask is ever built, and the result equals the whole prompt."""
+    masks, merged = [], []
+    real_mask, real_merge = mm.softmax_attention_mask, mm.sdpa_chunk_after_cache
+    monkeypatch.setattr(mm, "softmax_attention_mask", lambda *a: masks.append(real_mask(*a)) or masks[-1])
+    monkeypatch.setattr(mm, "sdpa_chunk_after_cache", lambda *a: merged.append(a[1].shape[2]) or real_merge(*a))
+    ids = random_ids(2, 100, seed=2)
+    with torch.no_grad():
+        chunked = model(input_ids=ids, prefill_chunk_size=30).logits
+        whole = model(input_ids=ids).logits
+    assert masks == [None] * 5  # 4 chunks + the whole-prompt run
+    assert merged == [60, 60, 90, 90, 100, 100]  # keys seen by the 2 softmax layers in chunks 2, 3 and 4
+    assert rel(chunked, whole) < 1e-5
+
+
+def test_chunked_prefill_keeps_only_the_hidden_states_the_head_needs(model):
+    """logits_to_keep=1 (what generate does): the model returns the last position's hidden state only, so no
+    [T, hidden] tensor for the whole prompt outlives its chunk."""
+    ids = random_ids(1, 90, seed=3)
+    with torch.no_grad():
+        out = model.model(input_ids=ids, prefill_chunk_size=20, hidden_states_to_keep=1)
+        whole = model.model(input_ids=ids)
+        logits = model(input_ids=ids, prefill_chunk_size=20, logits_to_keep=1).logits
+    assert out.last_hidden_state.shape == (1, 1, 64)
+    assert rel(out.last_hidden_state, whole.last_hidden_state[:, -1:]) < 1e-5
+    assert logits.shape == (1, 1, VOCAB)
+
+
+def test_generate_runs_a_long_prompt_in_chunks_when_the_config_asks(model, monkeypatch):
+    spans = []
+    real_span = mm.MiniMaxText01Model._forward_span
+    monkeypatch.setattr(mm.MiniMaxText01Model, "_forward_span",
+                        lambda self, embeds, *a, **k: spans.append(embeds.shape[1]) or real_span(self, embeds, *a, **k))
+    ids = random_ids(1, 50, seed=4)
+    settings = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
+    unchunked = model.generate(input_ids=ids, **settings)
+    spans.clear()
+    monkeypatch.setattr(model.config, "prefill_chunk_size", 16)
+    chunked = model.generate(input_ids=ids, **settings)
+    assert spans == [16, 16, 16, 2] + [1] * 4  # the prompt in chunks, then single-token steps
+    assert chunked.tolist() == unchunked.tolist()
+
+
+def test_vl_image_straddling_a_chunk_boundary(vl_model, processor):  # noqa: F811
+    inputs = processor(images=[image(THIN_WIDE, 7)], text=["Look <image> here, and say what it shows."],
+                       return_tensors="pt")
+    T = inputs["input_ids"].shape[1]
+    image_positions = (inputs["input_ids"][0] == vl_model.config.image_token_index).nonzero().flatten()
+    chunk = int(image_positions[0]) + 100  # a boundary inside the image's tokens
+    assert image_positions[0] < chunk < image_positions[-1] < T
+    with torch.no_grad():
+        whole = vl_model(**inputs).logits
+        vl_model.config.text_config.prefill_chunk_size = chunk
+        try:
+            chunked = vl_model(**inputs).logits
+        finally:
+            vl_model.config.text_config.prefill_chunk_size = None
+    assert rel(chunked, whole) < 1e-5
