@@ -1,13 +1,15 @@
 # Two entry points, each setting itself up on a fresh machine:
 #   make demo   build a tiny offline checkpoint and chat with it exactly as with a real one
 #   make test   run the test suite
+#   make test-triton   run the GPU-path tests (fla's Triton kernels) on CPU through Triton's interpreter
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 OLDEST_VENV ?= .venv-transformers-5.17
+TRITON_VENV ?= .venv-triton
 
-.PHONY: demo test test-oldest clean
+.PHONY: demo test test-oldest test-triton clean
 
 $(PY): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,5 +37,16 @@ $(OLDEST_VENV)/bin/python: requirements.txt requirements-dev.txt
 test-oldest: $(OLDEST_VENV)/bin/python
 	HF_HUB_OFFLINE=1 $(OLDEST_VENV)/bin/python -m pytest -q -m smoke tests
 
+# The GPU paths on CPU tensors: Triton's interpreter runs fla's kernels (pinned versions: spec section 4). The CPU
+# torch goes in first and fla's packages name no torch requirement, so pip never swaps it for a CUDA build.
+$(TRITON_VENV)/bin/python: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q "$(TORCH)"
+	$(TRITON_VENV)/bin/python -m pip install -q -r requirements-dev.txt "triton==3.9.0" "flash-linear-attention==0.6.0"
+	touch $(TRITON_VENV)/bin/python
+
+test-triton: $(TRITON_VENV)/bin/python
+	HF_HUB_OFFLINE=1 TRITON_INTERPRET=1 $(TRITON_VENV)/bin/python -m pytest -q -m triton tests
+
 clean:
-	rm -rf build $(VENV) $(OLDEST_VENV)
+	rm -rf build $(VENV) $(OLDEST_VENV) $(TRITON_VENV)

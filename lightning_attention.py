@@ -8,7 +8,8 @@ import math
 
 import torch
 
-try:  # optional GPU kernels (flash-linear-attention >= 0.6: [B, T, H, d] layout, `g_gamma` log-decay per head)
+try:  # optional GPU kernels (flash-linear-attention >= 0.6: [B, T, H, d] layout, log-decay `g_gamma` per head or
+    # `g` per token, packed segments through `cu_seqlens`)
     from fla.ops.simple_gla import chunk_simple_gla
 except (ImportError, RuntimeError):  # not installed, or Triton without a usable GPU driver
     chunk_simple_gla = None
@@ -163,14 +164,41 @@ def use_fla_prefill(q: torch.Tensor) -> bool:
     return chunk_simple_gla is not None and q.is_cuda
 
 
-def lightning_attention_fla(q, k, v, slopes, initial_state=None):
-    """GPU prefill through fla's `chunk_simple_gla`: per-head constant log-decay g_gamma = -slope, scale 1, fp32
-    state in and out. Same contract as `lightning_attention_chunked` (fla wants [B, T, H, d])."""
-    out, state = chunk_simple_gla(
-        *(x.transpose(1, 2) for x in (q, k, v)),
-        g_gamma=-slopes.float(),
+def lightning_attention_fla(q, k, v, log_decay, initial_state=None, resets=None):
+    """GPU prefill through fla's `chunk_simple_gla`, with the contract of the other kernels (q, k, v [B, H, T, d];
+    log_decay [H] or [B, T, H]; resets bool [B, T] or None; fp32 out and state). fla wants [B, T, H, d], scale 1
+    here; a per-head log-decay is its `g_gamma`, a per-token one its `g`.
+
+    Resets: fla restarts the state at every segment of a packed batch-1 row (`cu_seqlens`). The rows are flattened
+    into one row and cut at every row start and every reset; a row's initial state enters its first segment (unless
+    the row resets at token 0), its final state is its last segment's.
+    """
+    B, H, T, _ = q.shape
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # [B, T, H, d]
+    decay = {"g_gamma": log_decay.float()} if log_decay.dim() == 1 else {"g": log_decay.float()}
+    state = None if initial_state is None else initial_state.float()
+    if resets is None:
+        out, state = chunk_simple_gla(q, k, v, **decay, scale=1.0, initial_state=state, output_final_state=True)
+        return out.transpose(1, 2).float(), state.float()
+
+    segment_starts = resets.cpu().clone()  # one host copy: fla needs the segment bounds on the host anyway
+    segment_starts[:, 0] = True
+    per_row = segment_starts.sum(1)  # segments in each row
+    last_segment = per_row.cumsum(0) - 1  # index of each row's last segment among all of them
+    cu_seqlens_cpu = torch.cat((segment_starts.flatten().nonzero()[:, 0], torch.tensor([B * T])))
+    if state is not None:  # segments after a row's first one start from zero
+        state = state * (~resets[:, 0]).view(B, 1, 1, 1)  # a reset at token 0 drops the initial state too
+        first_segment = (last_segment - per_row + 1).to(q.device)
+        state = state.new_zeros(len(cu_seqlens_cpu) - 1, *state.shape[1:]).index_copy(0, first_segment, state)
+    if "g" in decay:
+        decay["g"] = decay["g"].reshape(1, B * T, H)
+    out, final_states = chunk_simple_gla(
+        *(x.reshape(1, B * T, H, -1) for x in (q, k, v)),
+        **decay,
         scale=1.0,
-        initial_state=None if initial_state is None else initial_state.float(),
+        initial_state=state,
         output_final_state=True,
+        cu_seqlens=cu_seqlens_cpu.to(q.device),
+        cu_seqlens_cpu=cu_seqlens_cpu,
     )
-    return out.transpose(1, 2).float(), state.float()
+    return out.view(B, T, H, -1).transpose(1, 2).float(), final_states[last_segment.to(q.device)].float()

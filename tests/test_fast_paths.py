@@ -2,7 +2,7 @@
 
 Fast paths: the MoE dispatch (per-expert scatter, single-token decode, grouped matmul math; in-place products
 only without autograd), the lightning prefill block length, lightning layers run in token spans on CPU, the fla
-wrapper's argument plumbing (with a stand-in kernel), the K/V cache layer
+wrapper's argument plumbing and packed-sequence segments (with a stand-in kernel), the K/V cache layer
 with preallocated growing buffers, and chunked prefill (`prefill_chunk_size`). GPU-only selections are checked to
 stay off on CPU.
 """
@@ -15,6 +15,7 @@ from transformers.cache_utils import DynamicLayer
 
 from make_tiny_checkpoint import tiny_text_config
 from minimax_code import load
+from reference import lightning_recurrence
 
 mm = load("modeling_minimax_text_01")
 mc = load("cache_minimax_text_01")
@@ -142,21 +143,50 @@ def test_chunked_prefill_with_capped_blocks_matches_recurrence(length):
     torch.testing.assert_close(state, ref_state, rtol=1e-10, atol=1e-10)
 
 
-def fake_chunk_simple_gla(q, k, v, g_gamma, scale, initial_state, output_final_state):
-    """Stand-in for fla's kernel with its documented layout ([B, T, H, d], log-decay g_gamma [H]), float64 loops."""
-    assert scale == 1.0 and output_final_state and initial_state is None
-    return recurrence_reference(q * scale, k, v, -g_gamma)
+def fake_chunk_simple_gla(q, k, v, g=None, g_gamma=None, scale=None, initial_state=None, output_final_state=False,
+                          cu_seqlens=None, cu_seqlens_cpu=None):
+    """Stand-in for fla's kernel with its documented interface, float64 loops: [B, T, H, d] layout, log-decay
+    `g` [B, T, H] or `g_gamma` [H]; with `cu_seqlens`, one batch-1 row of N segments, each run from its own
+    initial state [N, H, d, d] (zero if None), returning N final states."""
+    assert scale == 1.0 and output_final_state and (g is None) != (g_gamma is None)
+
+    def run(q, k, v, log_decay, state):
+        out, final = lightning_recurrence(*(x.transpose(1, 2) for x in (q, k, v)), log_decay, state)
+        return out.transpose(1, 2), final
+
+    if cu_seqlens is None:
+        return run(q, k, v, g_gamma if g is None else g, initial_state)
+    assert q.shape[0] == 1 and torch.equal(cu_seqlens.cpu(), cu_seqlens_cpu)
+    bounds = cu_seqlens_cpu.tolist()
+    segments = [
+        run(q[:, a:b], k[:, a:b], v[:, a:b], g_gamma if g is None else g[:, a:b],
+            None if initial_state is None else initial_state[n : n + 1])
+        for n, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))
+    ]
+    return torch.cat([out for out, _ in segments], dim=1), torch.cat([final for _, final in segments])
 
 
-def test_fla_wrapper_passes_layout_decay_and_scale(monkeypatch):
+@pytest.mark.parametrize("per_token", [False, True], ids=["per-head-decay", "per-token-decay"])
+@pytest.mark.parametrize("with_resets", [False, True], ids=["no-resets", "resets"])
+def test_fla_wrapper_passes_layout_decay_states_and_segments(monkeypatch, per_token, with_resets):
+    """With a stand-in kernel: the wrapper's layout, decay argument, and packed-sequence plumbing (rows flattened
+    into segments at row starts and resets, initial state into each row's first segment unless it resets at token
+    0, final state from each row's last segment) give the contract's recurrence."""
     monkeypatch.setattr(la, "chunk_simple_gla", fake_chunk_simple_gla)
-    B, H, T, d = 1, 2, 5, 4
+    B, H, T, d = 3, 2, 9, 4
     q, k, v = (torch.randn(B, H, T, d, dtype=torch.float64) for _ in range(3))
+    state = torch.randn(B, H, d, d, dtype=torch.float64)
     slopes = torch.tensor([0.5, 0.05])
-    out, state = la.lightning_attention_fla(q, k, v, slopes)
-    ref_out, ref_state = recurrence_reference(*(x.transpose(1, 2) for x in (q, k, v)), slopes)
-    torch.testing.assert_close(out.double(), ref_out.transpose(1, 2), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(state.double(), ref_state, rtol=1e-6, atol=1e-6)
+    log_decay = -slopes * torch.rand(B, T, H) if per_token else -slopes
+    resets = None
+    if with_resets:  # row 0: two resets; row 1: none; row 2: at token 0 (drops its initial state) and later
+        resets = torch.zeros(B, T, dtype=torch.bool)
+        resets[0, [3, 4]] = resets[2, [0, 6]] = True
+    out, final = la.lightning_attention_fla(q, k, v, log_decay, state, resets)
+    ref_out, ref_final = lightning_recurrence(q, k, v, log_decay, state, resets)
+    torch.testing.assert_close(out.double(), ref_out, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(final.double(), ref_final, rtol=1e-6, atol=1e-6)
+    assert out.dtype == final.dtype == torch.float32
     assert not la.use_fla_prefill(q)  # CPU tensors never take the Triton path
 
 
