@@ -589,7 +589,8 @@ def test_generate_script_refuses_a_processor_with_other_pinpoints_before_loading
             target["image_grid_pinpoints"] = [[336, 672]]
             path.write_text(json.dumps(values))
     monkeypatch.setattr(gen.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("weights loaded"))
-    with pytest.raises(ValueError, match="image processor's image_grid_pinpoints differ from config.json's"):
+    with pytest.raises(ValueError, match=r"image processor's tile size / image_grid_pinpoints \(336, \[\[336, 672\]\]\) "
+                                         r"differ from config\.json's"):
         gen.load_model(folder)
 
 
