@@ -466,6 +466,12 @@ def test_wide_grayscale_gives_the_pixels_of_its_8_bit_equivalent(to_wide):
     torch.testing.assert_close(pixel_values(wide), pixel_values(Image.fromarray(pixels)), atol=1e-5, rtol=0)
 
 
+def test_uint16_arrays_give_the_pixels_of_their_8_bit_equivalent():
+    """16-bit PNGs read by imageio / OpenCV arrive as uint16 arrays: read as 0..65535, like PIL's I;16."""
+    colour = np.random.default_rng(1).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    torch.testing.assert_close(pixel_values(colour.astype(np.uint16) * 257), pixel_values(colour), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize(
     "image, phrase",
     [(Image.fromarray(np.full((8, 8), 2.0, dtype=np.float32)), r"mode 'F' must hold values in 0\.\.1"),
@@ -567,6 +573,13 @@ def test_vl_prompt_with_token_ids_outside_the_vocabulary(vl_model_and_ids):
     ids = torch.cat([torch.tensor([[600]]), torch.full((1, 1176), image_token)], dim=1)
     with pytest.raises(ValueError, match=r"token ids outside the vocabulary 0\.\.\d+ \(smallest \d+, largest 600\)"):
         model(input_ids=ids, **inputs)
+
+
+def test_pixel_values_as_lists_ask_for_tensors(vl_model_and_ids):
+    model, image_token = vl_model_and_ids
+    inputs = image_processing.MiniMaxVL01ImageProcessor()(rgb(336, 336))  # no return_tensors: NumPy arrays
+    with pytest.raises(TypeError, match=r"pixel_values must be a torch tensor, got ndarray.*return_tensors='pt'"):
+        model(input_ids=torch.full((1, 1176), image_token), **inputs)
 
 
 def test_raw_uint8_crops_are_refused(vl_model_and_ids):
