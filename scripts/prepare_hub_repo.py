@@ -66,15 +66,16 @@ def safetensors_header(path: Path) -> dict:
             raise ValueError(f"{damaged}: {size} bytes, too short for its header. Download or convert it again.")
         try:
             header = json.loads(file.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ValueError(f"{damaged}: its header is not valid JSON. Download or convert it again.") from None
-    header.pop("__metadata__", None)
-    for name, tensor in header.items():
-        start, end = tensor["data_offsets"]
-        element = DTYPE_BYTES.get(tensor["dtype"])
-        if element is not None and end - start != element * math.prod(tensor["shape"]):
-            raise ValueError(f"{damaged}: tensor {name} {tensor['dtype']} {tensor['shape']} has {end - start} bytes.")
-    needed = 8 + length + max((tensor["data_offsets"][1] for tensor in header.values()), default=0)
+            header.pop("__metadata__", None)
+            spans = {name: (t["dtype"], t["shape"], *t["data_offsets"]) for name, t in header.items()}
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+            raise ValueError(f"{damaged}: its header is not a valid safetensors header. Download or convert it "
+                             "again.") from None
+    for name, (dtype, shape, start, end) in spans.items():
+        element = DTYPE_BYTES.get(dtype)
+        if element is not None and end - start != element * math.prod(shape):
+            raise ValueError(f"{damaged}: tensor {name} {dtype} {shape} has {end - start} bytes.")
+    needed = 8 + length + max((end for *_, end in spans.values()), default=0)
     if needed != size:
         raise ValueError(f"{damaged}: its header describes {needed} bytes but the file has {size}. Download or "
                          "convert it again.")
