@@ -111,9 +111,10 @@ def check_weights(checkpoint: Path, config) -> None:
     summarize = load("modeling_minimax_text_01").summarize_keys
     problems = []
     if missing := sorted(set(expected) - set(found)):
-        problems.append(f"missing {len(missing)} tensors the model needs: {summarize(missing)}")
+        problems.append(f"missing {len(missing)} tensor{'s' * (len(missing) > 1)} the model needs: "
+                        f"{summarize(missing)}")
     if unused := sorted(set(found) - set(expected)):
-        problems.append(f"{len(unused)} tensors the model does not use: {summarize(unused)}")
+        problems.append(f"{len(unused)} tensor{'s' * (len(unused) > 1)} the model does not use: {summarize(unused)}")
     if wrong := sorted(name for name in set(found) & set(expected) if found[name] != expected[name]):
         problems.append("wrong shapes: " + "; ".join(f"{n} {found[n]} vs {expected[n]}" for n in wrong[:5]))
     if problems:

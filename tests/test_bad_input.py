@@ -208,7 +208,8 @@ def test_released_vl_config_loads_unchanged_without_warnings(tmp_path, caplog):
 def test_checkpoint_missing_one_expert_names_the_key(tiny_text, tmp_path):
     key = "model.layers.5.block_sparse_moe.experts.2.w3.weight"
     folder = edited_checkpoint(tiny_text, tmp_path / "ckpt", tensors={key: None})
-    with pytest.raises(ValueError, match=r"lacks 1 weights .*left at random: " + key.replace(".", r"\.")):
+    phrase = r"lacks 1 weight the model needs \(they would start at random\): " + key.replace(".", r"\.")
+    with pytest.raises(ValueError, match=phrase):
         mm.MiniMaxText01ForCausalLM.from_pretrained(folder)
 
 
@@ -222,7 +223,7 @@ def test_config_asking_for_a_shared_expert_the_checkpoint_lacks(tiny_text, tmp_p
 def test_config_without_attn_type_list_against_a_different_pattern(tiny_text, tmp_path):
     """The released pattern (softmax at layer 7) replaces the tiny one (3 and 7): layer 3's weights do not fit."""
     folder = edited_checkpoint(tiny_text, tmp_path / "ckpt", config={"attn_type_list": None})
-    phrase = r"lacks 4 weights.*model\.layers\.3\.self_attn\.qkv_proj\.weight.*attn_type_list"
+    phrase = r"lacks 4 weights the model needs.*model\.layers\.3\.self_attn\.qkv_proj\.weight.*attn_type_list"
     with pytest.raises(ValueError, match=phrase):
         mm.MiniMaxText01ForCausalLM.from_pretrained(folder)
 
@@ -295,7 +296,7 @@ def test_int8_quanto_loading_passes_the_key_checks(tiny_text):
 @pytest.mark.smoke
 def test_vl_checkpoint_missing_a_tensor_names_it(tiny_vl, tmp_path):
     folder = edited_checkpoint(tiny_vl, tmp_path / "ckpt", tensors={"image_newline": None})
-    with pytest.raises(ValueError, match=r"lacks 1 weights .*image_newline.*text_config\.\* for VL-01"):
+    with pytest.raises(ValueError, match=r"lacks 1 weight .*image_newline.*text_config\.\* for VL-01"):
         vl.MiniMaxVL01ForConditionalGeneration.from_pretrained(folder)
 
 
@@ -664,7 +665,7 @@ def test_generate_script_reports_a_bad_checkpoint_as_a_usage_error(tiny_text, tm
     folder = edited_checkpoint(tiny_text, tmp_path / "ckpt", tensors={"model.norm.weight": None})
     with pytest.raises(SystemExit) as exit_info:
         gen.main([str(folder), "--prompt", "hi"])
-    assert exit_info.value.code == 2 and "lacks 1 weights the model needs" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "lacks 1 weight the model needs" in capsys.readouterr().err
 
 
 def test_read_images_keeps_the_orientation_for_the_processor(tmp_path):
@@ -759,5 +760,5 @@ def test_weights_that_do_not_fit_the_config_are_refused(tiny_text, tmp_path):
 
 def test_vl_weights_with_an_unused_tensor_are_refused(tiny_vl, tmp_path):
     folder = edited_checkpoint(tiny_vl, tmp_path / "ckpt", tensors={"extra.weight": torch.ones(2)})
-    with pytest.raises(ValueError, match=r"1 tensors the model does not use: extra\.weight"):
+    with pytest.raises(ValueError, match=r"1 tensor the model does not use: extra\.weight"):
         hub.prepare_repo(folder, tmp_path / "repo")
