@@ -5,8 +5,11 @@
 OUT (new or empty) receives: the safetensors weights (and their index), `generation_config.json`, the tokenizer and
 processor files, the remote-code `.py` files of this repository (not the checkpoint's copies), `config.json` with
 the canonical `model_type` and a validated `auto_map`, the processor configs with their `auto_map` (VL-01), and a
-model card `README.md`. Every `auto_map` entry is checked to name a class defined in a file of OUT. `--push`
-uploads OUT with huggingface_hub's `upload_folder` (the token comes from `hf auth login` or HF_TOKEN).
+model card `README.md`. Every `auto_map` entry is checked to name a class defined in a file of OUT. Before anything
+is written, the weights are checked from the safetensors headers alone: every file complete, every shard the index
+names present and holding its tensors, and the tensors exactly those (and of the shapes) config.json describes.
+`--push` uploads OUT with huggingface_hub's `upload_folder` (the token comes from `hf auth login` or HF_TOKEN), only
+after all checks passed.
 """
 
 import argparse
