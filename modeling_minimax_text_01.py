@@ -487,14 +487,14 @@ def check_loading_info(model: PreTrainedModel, info: dict, ignore_mismatched_siz
         if any(".shared_mlp." in key or key.endswith(".coefficient.weight") for key in missing):
             hint += " The config asks for a shared expert (shared_intermediate_size > 0) that the checkpoint lacks."
         raise ValueError(
-            f"The checkpoint lacks {len(missing)} weights the model needs, which would be left at random: "
-            f"{summarize_keys(missing)}.{hint} {fix}"
+            f"The checkpoint lacks {len(missing)} weight{'s' * (len(missing) > 1)} the model needs (they would "
+            f"start at random): {summarize_keys(missing)}.{hint} {fix}"
         )
     unexpected = sorted(key for key in info["unexpected_keys"] if not _is_head_tensor(model, key))
     if unexpected:
         raise ValueError(
-            f"The checkpoint holds {len(unexpected)} tensors this model does not use: {summarize_keys(unexpected)}. "
-            f"{fix}"
+            f"The checkpoint holds {len(unexpected)} tensor{'s' * (len(unexpected) > 1)} this model does not use: "
+            f"{summarize_keys(unexpected)}. {fix}"
         )
 
 

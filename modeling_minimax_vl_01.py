@@ -162,6 +162,9 @@ class MiniMaxVL01Model(MiniMaxVL01PreTrainedModel):
     def _check_pixel_inputs(self, pixel_values, image_sizes) -> tuple[list[tuple[int, int]], list[int]]:
         """Validate the image inputs; return the original (height, width) and the crop count of each image."""
         S = self.config.tile_size
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"pixel_values must be a torch tensor, got {type(pixel_values).__name__}. Call the "
+                            "processor with return_tensors='pt'.")
         if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != (3, S, S):
             raise ValueError(
                 f"pixel_values must have shape [total_crops, 3, {S}, {S}], got {tuple(pixel_values.shape)}. Use the "

@@ -5,8 +5,11 @@
 OUT (new or empty) receives: the safetensors weights (and their index), `generation_config.json`, the tokenizer and
 processor files, the remote-code `.py` files of this repository (not the checkpoint's copies), `config.json` with
 the canonical `model_type` and a validated `auto_map`, the processor configs with their `auto_map` (VL-01), and a
-model card `README.md`. Every `auto_map` entry is checked to name a class defined in a file of OUT. `--push`
-uploads OUT with huggingface_hub's `upload_folder` (the token comes from `hf auth login` or HF_TOKEN).
+model card `README.md`. Every `auto_map` entry is checked to name a class defined in a file of OUT. Before anything
+is written, the weights are checked from the safetensors headers alone: every file complete, every shard the index
+names present and holding its tensors, and the tensors exactly those (and of the shapes) config.json describes.
+`--push` uploads OUT with huggingface_hub's `upload_folder` (the token comes from `hf auth login` or HF_TOKEN), only
+after all checks passed.
 """
 
 import argparse
@@ -76,15 +79,16 @@ def safetensors_header(path: Path) -> dict:
             raise ValueError(f"{damaged}: {size} bytes, too short for its header. Download or convert it again.")
         try:
             header = json.loads(file.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ValueError(f"{damaged}: its header is not valid JSON. Download or convert it again.") from None
-    header.pop("__metadata__", None)
-    for name, tensor in header.items():
-        start, end = tensor["data_offsets"]
-        element = DTYPE_BYTES.get(tensor["dtype"])
-        if element is not None and end - start != element * math.prod(tensor["shape"]):
-            raise ValueError(f"{damaged}: tensor {name} {tensor['dtype']} {tensor['shape']} has {end - start} bytes.")
-    needed = 8 + length + max((tensor["data_offsets"][1] for tensor in header.values()), default=0)
+            header.pop("__metadata__", None)
+            spans = {name: (t["dtype"], t["shape"], *t["data_offsets"]) for name, t in header.items()}
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+            raise ValueError(f"{damaged}: its header is not a valid safetensors header. Download or convert it "
+                             "again.") from None
+    for name, (dtype, shape, start, end) in spans.items():
+        element = DTYPE_BYTES.get(dtype)
+        if element is not None and end - start != element * math.prod(shape):
+            raise ValueError(f"{damaged}: tensor {name} {dtype} {shape} has {end - start} bytes.")
+    needed = 8 + length + max((end for *_, end in spans.values()), default=0)
     if needed != size:
         raise ValueError(f"{damaged}: its header describes {needed} bytes but the file has {size}. Download or "
                          "convert it again.")
@@ -120,9 +124,10 @@ def check_weights(checkpoint: Path, config) -> None:
     summarize = load("modeling_minimax_text_01").summarize_keys
     problems = []
     if missing := sorted(set(expected) - set(found)):
-        problems.append(f"missing {len(missing)} tensors the model needs: {summarize(missing)}")
+        problems.append(f"missing {len(missing)} tensor{'s' * (len(missing) > 1)} the model needs: "
+                        f"{summarize(missing)}")
     if unused := sorted(set(found) - set(expected)):
-        problems.append(f"{len(unused)} tensors the model does not use: {summarize(unused)}")
+        problems.append(f"{len(unused)} tensor{'s' * (len(unused) > 1)} the model does not use: {summarize(unused)}")
     if wrong := sorted(name for name in set(found) & set(expected) if found[name] != expected[name]):
         problems.append("wrong shapes: " + "; ".join(f"{n} {found[n]} vs {expected[n]}" for n in wrong[:5]))
     if problems:
