@@ -27,6 +27,7 @@ from .image_processing_minimax_vl_01 import (
 )
 from .cache_minimax_text_01 import MiniMaxText01Cache
 from .modeling_minimax_text_01 import MiniMaxText01ForCausalLM
+from .tensor_parallel_minimax_text_01 import check_parallel_layout
 
 
 class MiniMaxVL01MultiModalProjector(nn.Module):
@@ -65,6 +66,13 @@ class MiniMaxVL01PreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False
+
+    @classmethod
+    def maybe_distribute_model(cls, model, distributed_config, *args, **kwargs):
+        """Under tensor parallel the language model is split as MiniMax-Text-01 is (its plan comes with it); the
+        vision tower, projector and `image_newline` stay replicated. Unsupported layouts are refused before loading."""
+        check_parallel_layout(model.config, distributed_config)
+        return super().maybe_distribute_model(model, distributed_config, *args, **kwargs)
 
     def _init_weights(self, module):
         super()._init_weights(module)
