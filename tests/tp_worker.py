@@ -1,10 +1,11 @@
 """One tensor-parallel worker, launched N times by tests/test_tensor_parallel.py:
 
-    python -m torch.distributed.run --nproc-per-node N tests/tp_worker.py TEXT_CKPT VL_CKPT OUT.json
+    python -m torch.distributed.run --standalone --nproc-per-node N tests/tp_worker.py TEXT VL SMALL_KV OUT.json
 
-Every rank loads the checkpoint twice, whole (the reference) and sharded (`tp_plan="auto"`, gloo on CPU), runs the
-same checks on both, and rank 0 writes the measurements to OUT.json for the test to assert on. Many checks per
-launch: starting N processes costs far more than the checks themselves.
+TEXT and VL are tiny checkpoints whose heads split N ways. Every rank loads each twice, whole (the reference) and
+sharded (`tp_plan="auto"`, gloo on CPU), runs the same checks on both, and rank 0 writes the measurements to
+OUT.json for the test to assert on; SMALL_KV (fewer KV heads than N, or None) and a quantized load must be refused.
+Many checks per launch: starting N processes costs far more than the checks themselves.
 """
 
 import json
@@ -15,14 +16,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from PIL import Image
-from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer, QuantoConfig
+from transformers.distributed import DistributedConfig
 from transformers.utils import logging as hf_logging
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # `tp_plan=` on from_pretrained is deprecated in 5.2x
 hf_logging.set_verbosity_error()
 torch.set_num_threads(1)
 
-TEXT, VL, OUT = sys.argv[1:4]
+TEXT, VL, SMALL_KV, OUT = sys.argv[1:5]
 PROMPTS = ["Lightning attention keeps a running state per head, so decoding costs the same at every length.",
            "Softmax layers keep K and V."]  # fmt: skip
 
@@ -131,10 +133,29 @@ def vl_checks(results: dict) -> None:
     results["vl_generate_equal"] = torch.equal(*tokens)
 
 
+def refusals(results: dict) -> None:
+    """Layouts refused before any weight is read: the error messages, or None where loading went through."""
+    world = dist.get_world_size()
+    cases = {"int8": (TEXT, dict(tp_plan="auto", quantization_config=QuantoConfig(weights="int8")))}
+    if "ep_size" in DistributedConfig.__dataclass_fields__:  # transformers >= 5.2x
+        cases["expert_parallel"] = (TEXT, dict(distributed_config=DistributedConfig(tp_size=world, ep_size=world)))
+    if SMALL_KV != "None":
+        cases["kv_heads"] = (SMALL_KV, dict(tp_plan="auto"))
+    errors = {}
+    for name, (path, kwargs) in cases.items():
+        try:
+            AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch.float32, **kwargs)
+            errors[name] = None
+        except ValueError as error:
+            errors[name] = str(error)
+    results["refused"] = errors
+
+
 def main():
     results = {"world_size": None}
     text_checks(results)
     vl_checks(results)
+    refusals(results)
     results["world_size"] = dist.get_world_size()
     if dist.get_rank() == 0:
         Path(OUT).write_text(json.dumps(results, indent=1))
