@@ -32,7 +32,7 @@ from .lightning_attention import (
     lightning_slopes,
     use_fla_prefill,
 )
-from .tensor_parallel_minimax_text_01 import check_parallel_layout, is_sharded, local_row_range
+from .tensor_parallel_minimax_text_01 import prepare_distributed_model, is_sharded, local_row_range
 
 logger = logging.get_logger(__name__)
 
@@ -444,7 +444,7 @@ class MiniMaxText01PreTrainedModel(PreTrainedModel):
     def maybe_distribute_model(cls, model, distributed_config, *args, **kwargs):
         """transformers' step between building the model and reading the weights (tp_plan / distributed_config):
         a layout this model cannot run is refused here, before any weight is loaded."""
-        check_parallel_layout(model.config, distributed_config)
+        prepare_distributed_model(model, distributed_config, *args)
         return super().maybe_distribute_model(model, distributed_config, *args, **kwargs)
 
 
@@ -570,6 +570,8 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         hidden_states = inputs_embeds
         all_hidden_states, all_router_logits = [], []
         for layer in self.layers:
+            if not isinstance(layer, MiniMaxText01DecoderLayer):  # pipeline parallel: another stage runs this layer
+                continue
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
             hidden_states, router_logits = layer(

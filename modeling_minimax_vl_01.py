@@ -27,7 +27,7 @@ from .image_processing_minimax_vl_01 import (
 )
 from .cache_minimax_text_01 import MiniMaxText01Cache
 from .modeling_minimax_text_01 import MiniMaxText01ForCausalLM
-from .tensor_parallel_minimax_text_01 import check_parallel_layout
+from .tensor_parallel_minimax_text_01 import prepare_distributed_model
 
 
 class MiniMaxVL01MultiModalProjector(nn.Module):
@@ -71,7 +71,7 @@ class MiniMaxVL01PreTrainedModel(PreTrainedModel):
     def maybe_distribute_model(cls, model, distributed_config, *args, **kwargs):
         """Under tensor parallel the language model is split as MiniMax-Text-01 is (its plan comes with it); the
         vision tower, projector and `image_newline` stay replicated. Unsupported layouts are refused before loading."""
-        check_parallel_layout(model.config, distributed_config)
+        prepare_distributed_model(model, distributed_config, *args)
         return super().maybe_distribute_model(model, distributed_config, *args, **kwargs)
 
     def _init_weights(self, module):

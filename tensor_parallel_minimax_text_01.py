@@ -18,7 +18,8 @@ transformers' stock styles cover the linear layers; three things they cannot exp
   this rank's partial expert outputs, so the gradient reaching its logits that way is partial: it is summed over
   ranks in the backward (the logits' own gradient, e.g. from the auxiliary loss, is replicated and counted once).
 
-`check_parallel_layout` rejects, before any weight is read, the layouts this model cannot run (see its errors).
+`prepare_distributed_model` runs in transformers' `maybe_distribute_model` step, before any weight is read: it
+rejects the layouts this model cannot run (`check_parallel_layout`) and lets tensor and pipeline parallel combine.
 The model code itself needs only local head counts (reshapes with -1) and `local_row_range` (below) for the
 lightning decay slopes of the heads a rank holds; caches then hold only the local heads.
 """
@@ -35,6 +36,7 @@ ROUTER = "minimax_router"
 if dist.is_available():
     from torch.distributed.nn.functional import all_reduce as all_reduce_with_grad
     from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+    from transformers.distributed.pipeline_parallel import PipelineIdentityLayer, apply_pipeline_parallelism
     from transformers.distributed.tensor_parallel import ALL_PARALLEL_STYLES, TensorParallelLayer
 else:  # a torch build without torch.distributed: nothing is ever sharded
     DTensor = TensorParallelLayer = None
@@ -55,6 +57,20 @@ def local_row_range(weight: torch.Tensor) -> range:
     return range(start, start + rows)
 
 
+def prepare_distributed_model(model, distributed_config, mesh=None) -> None:
+    """Check the layout; for tensor x pipeline parallel, drop the modules other pipeline stages run before the
+    tensor-parallel plan is resolved, and the plan's rules for them. (transformers 5.24 expands the plan over all
+    layers, then drops them, then looks the planned layers up: KeyError. Its own pipeline step then finds nothing
+    left to drop.)"""
+    check_parallel_layout(model.config, distributed_config)
+    if distributed_config is None:
+        return
+    if (distributed_config.tp_size or 1) > 1 and (distributed_config.pp_size or 1) > 1 and hasattr(mesh, "get_mesh"):
+        apply_pipeline_parallelism(model, mesh.get_mesh("pp"))
+        elsewhere = {name for name, module in model.named_modules() if isinstance(module, PipelineIdentityLayer)}
+        model.tp_plan = {rule: style for rule, style in model.tp_plan.items() if rule not in elsewhere}
+
+
 def check_parallel_layout(config, distributed_config) -> None:
     """Raise a clear error, before loading, for a distributed layout this model cannot run."""
     if distributed_config is None:
@@ -62,6 +78,12 @@ def check_parallel_layout(config, distributed_config) -> None:
     text_config = config.get_text_config()
     tp_size = distributed_config.tp_size or 1
     ep_size = getattr(distributed_config, "ep_size", None) or 1  # transformers >= 5.2x
+    if (distributed_config.pp_size or 1) > 1 and text_config is not config:
+        raise ValueError(
+            f"Pipeline parallel (pp_size={distributed_config.pp_size}) covers MiniMax-Text-01 only: transformers "
+            "splits the decoder layers of a causal LM, not a model with a vision tower. Use tensor parallel "
+            "(tp_plan='auto') for MiniMax-VL-01."
+        )
     if ep_size > 1:
         raise ValueError(
             f"Expert parallel (ep_size={ep_size}) is not supported by MiniMax-01: its experts are separate nn.Linear "

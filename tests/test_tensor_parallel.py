@@ -84,6 +84,11 @@ def test_tensor_parallel_matches_single_process(world_size, checkpoints, tmp_pat
     assert result["vl_logits_rel_err"] <= TOLERANCE
     assert result["vl_generate_equal"]
 
+    if "pipeline" in result:  # transformers >= 5.2x: N/2-way tensor parallel x 2 pipeline stages
+        pipeline = result["pipeline"]
+        assert pipeline["layers_here"] == pipeline["layers"] // 2 and pipeline["tp_size"] == world_size // 2
+        assert pipeline["logits_rel_err"] <= TOLERANCE and pipeline["generate_equal"]
+
     refused = result["refused"]
     assert "quantized" in refused["int8"] and "int8" in refused["int8"]
     if "expert_parallel" in refused:
@@ -96,21 +101,25 @@ def test_tensor_parallel_matches_single_process(world_size, checkpoints, tmp_pat
 
 @pytest.mark.smoke
 def test_layout_check_names_the_numbers():
-    """The released config (64 heads, 8 KV heads): TP 8 passes, TP 16 and TP 3 are refused with both numbers."""
+    """The released config (64 heads, 8 KV heads): TP 8 passes, TP 16 and TP 3 are refused with both numbers; expert
+    parallel is refused (where transformers has it), and pipeline parallel for VL-01."""
+    from transformers.distributed import DistributedConfig
+
     config = config_module.MiniMaxText01Config()
-
-    class Layout:  # what the check reads of a DistributedConfig
-        def __init__(self, tp_size, ep_size=1):
-            self.tp_size, self.ep_size = tp_size, ep_size
-
-    tp.check_parallel_layout(config, Layout(8))
+    tp.check_parallel_layout(config, DistributedConfig(tp_size=8))
+    tp.check_parallel_layout(config, DistributedConfig(tp_size=8, pp_size=2))
     tp.check_parallel_layout(config, None)
     with pytest.raises(ValueError, match="tp_size=16 does not divide num_key_value_heads=8"):
-        tp.check_parallel_layout(config, Layout(16))
+        tp.check_parallel_layout(config, DistributedConfig(tp_size=16))
     with pytest.raises(ValueError, match="tp_size=3 does not divide num_attention_heads=64"):
-        tp.check_parallel_layout(config, Layout(3))
-    with pytest.raises(ValueError, match="Expert parallel"):
-        tp.check_parallel_layout(config, Layout(8, ep_size=8))
+        tp.check_parallel_layout(config, DistributedConfig(tp_size=3))
+    if "ep_size" in DistributedConfig.__dataclass_fields__:
+        with pytest.raises(ValueError, match=r"Expert parallel \(ep_size=8\) is not supported"):
+            tp.check_parallel_layout(config, DistributedConfig(tp_size=8, ep_size=8))
+    vl_config = load("configuration_minimax_vl_01").MiniMaxVL01Config()
+    tp.check_parallel_layout(vl_config, DistributedConfig(tp_size=8))
+    with pytest.raises(ValueError, match="Pipeline parallel"):
+        tp.check_parallel_layout(vl_config, DistributedConfig(tp_size=4, pp_size=2))
 
 
 @pytest.mark.smoke

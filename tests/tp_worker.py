@@ -133,6 +133,27 @@ def vl_checks(results: dict) -> None:
     results["vl_generate_equal"] = torch.equal(*tokens)
 
 
+def pipeline_checks(results: dict) -> None:
+    """Tensor x pipeline parallel (N/2 x 2 stages; N = 2: pipeline alone) on transformers >= 5.2x."""
+    if "ep_size" not in DistributedConfig.__dataclass_fields__:  # 5.17 cannot combine them
+        return
+    world = dist.get_world_size()
+    layout = DistributedConfig(tp_size=world // 2, pp_size=2)
+    whole = AutoModelForCausalLM.from_pretrained(TEXT, trust_remote_code=True, dtype=torch.float32).eval()
+    staged = AutoModelForCausalLM.from_pretrained(TEXT, trust_remote_code=True, dtype=torch.float32,
+                                                  distributed_config=layout).eval()  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(TEXT, trust_remote_code=True)
+    tokenizer.padding_side = "left"
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        err = rel_err(staged(**batch, use_cache=False).logits, whole(**batch, use_cache=False).logits)
+    tokens = [m.generate(**batch, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+              for m in (whole, staged)]  # fmt: skip
+    layers = sum(type(layer).__name__ == "MiniMaxText01DecoderLayer" for layer in staged.model.layers)
+    results["pipeline"] = {"tp_size": world // 2, "logits_rel_err": err, "generate_equal": torch.equal(*tokens),
+                           "layers_here": layers, "layers": len(staged.model.layers)}  # fmt: skip
+
+
 def refusals(results: dict) -> None:
     """Layouts refused before any weight is read: the error messages, or None where loading went through."""
     world = dist.get_world_size()
@@ -155,6 +176,7 @@ def main():
     results = {"world_size": None}
     text_checks(results)
     vl_checks(results)
+    pipeline_checks(results)
     refusals(results)
     results["world_size"] = dist.get_world_size()
     if dist.get_rank() == 0:
