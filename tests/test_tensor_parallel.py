@@ -89,6 +89,11 @@ def test_tensor_parallel_matches_single_process(world_size, checkpoints, tmp_pat
         assert pipeline["layers_here"] == pipeline["layers"] // 2 and pipeline["tp_size"] == world_size // 2
         assert pipeline["logits_rel_err"] <= TOLERANCE and pipeline["generate_equal"]
 
+    for name, cli in result["generate_cli"].items():  # scripts/generate.py under torchrun, text and VL
+        assert cli["others_silent"], name
+        assert cli["single_process"] and cli["rank0"].endswith(cli["single_process"]), (name, cli)
+        assert cli["rank0"].startswith("user: ") and "assistant: " in cli["rank0"], (name, cli)
+
     refused = result["refused"]
     assert "quantized" in refused["int8"] and "int8" in refused["int8"]
     if "expert_parallel" in refused:

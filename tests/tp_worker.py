@@ -8,6 +8,8 @@ OUT.json for the test to assert on; SMALL_KV (fewer KV heads than N, or None) an
 Many checks per launch: starting N processes costs far more than the checks themselves.
 """
 
+import contextlib
+import io
 import json
 import sys
 import warnings
@@ -25,6 +27,9 @@ hf_logging.set_verbosity_error()
 torch.set_num_threads(1)
 
 TEXT, VL, SMALL_KV, OUT = sys.argv[1:5]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import generate as generate_script  # noqa: E402  (scripts/generate.py)
+
 PROMPTS = ["Lightning attention keeps a running state per head, so decoding costs the same at every length.",
            "Softmax layers keep K and V."]  # fmt: skip
 
@@ -154,6 +159,28 @@ def pipeline_checks(results: dict) -> None:
                            "layers_here": layers, "layers": len(staged.model.layers)}  # fmt: skip
 
 
+def generate_cli(results: dict) -> None:
+    """scripts/generate.py under torchrun (tensor parallel over all ranks) prints on rank 0 what the same script's
+    functions print in one process, and nothing on the other ranks; text and VL."""
+    image = Path(OUT).parent / "picture.png"
+    Image.fromarray(torch.full((40, 336, 3), 90, dtype=torch.uint8).numpy()).save(image)
+    outputs = {}
+    for name, path, extra in (("text", TEXT, []), ("vl", VL, ["--image", str(image)])):
+        stdout = io.StringIO()
+        with contextlib.redirect_stdout(stdout):
+            generate_script.main([str(path), "--prompt", "Hello there", "--max-new-tokens", "6", *extra])
+        printed = [None] * dist.get_world_size()
+        dist.all_gather_object(printed, stdout.getvalue())
+        model, reader = generate_script.load_model(Path(path), "float32")  # one process, whole model
+        images = generate_script.read_images(extra[1:])
+        inputs = generate_script.build_inputs(reader, generate_script.chat_messages("Hello there", len(images)), images)
+        alone = io.StringIO()
+        with contextlib.redirect_stdout(alone):
+            generate_script.generate(model, reader, inputs, 6)
+        outputs[name] = {"rank0": printed[0], "others_silent": not any(printed[1:]), "single_process": alone.getvalue()}
+    results["generate_cli"] = outputs
+
+
 def refusals(results: dict) -> None:
     """Layouts refused before any weight is read: the error messages, or None where loading went through."""
     world = dist.get_world_size()
@@ -177,6 +204,7 @@ def main():
     text_checks(results)
     vl_checks(results)
     pipeline_checks(results)
+    generate_cli(results)
     refusals(results)
     results["world_size"] = dist.get_world_size()
     if dist.get_rank() == 0:
