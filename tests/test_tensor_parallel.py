@@ -144,3 +144,97 @@ def test_plan_names_only_real_modules_and_registered_styles():
     for rule, style in plan.items():
         assert style in ALL_PARALLEL_STYLES, style
         assert rule in {name.removeprefix("model.") for name in generic} | generic, rule
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The tensor-parallel planner (scripts/device_map.py --tp), on the released configs
+# ------------------------------------------------------------------------------------------------------------------
+
+SPEC_CONFIGS = REPO_ROOT.parent / "shared" / "spec" / "released-configs"
+needs_released = pytest.mark.skipif(not SPEC_CONFIGS.is_dir(), reason=f"released configs absent ({SPEC_CONFIGS})")
+GIB = 2**30
+
+
+def released_tp_weight_bytes(c, tp: int, layers: range, first: bool, last: bool) -> int:
+    """bf16 bytes per GPU, in closed form (spec section 1): every Linear, the lightning norm, the embedding and
+    lm_head split `tp` ways; the layer norms, router gates and the final norm whole."""
+    D, hd, kvd, E, I = c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, \
+        c.num_local_experts, c.intermediate_size  # fmt: skip
+    split = replicated = 0
+    for i in layers:
+        softmax = c.attn_type_list[i] == 1
+        split += (hd * D + 2 * kvd * D + D * hd) if softmax else (3 * hd * D + hd * D + D * hd + hd)
+        split += E * 3 * I * D
+        replicated += 2 * D + E * D
+    split += c.vocab_size * D * (first + last)
+    replicated += D * last
+    return 2 * (split // tp + replicated)
+
+
+@pytest.fixture(scope="module")
+def released():
+    import quanto_config
+
+    text = quanto_config.load_config(SPEC_CONFIGS / "minimax-text-01.config.json")
+    return {"text": text, "vl": quanto_config.load_config(SPEC_CONFIGS / "minimax-vl-01.config.json")}
+
+
+@needs_released
+def test_planner_text_tp8_fits_141gb_and_is_refused_on_80gb_with_what_fits(released):
+    import device_map as dm
+
+    c = released["text"]
+    plan = dm.plan_tensor_parallel(c, 8, gpu_memory="141GB")
+    (stage,) = plan.stages
+    assert stage.weight_bytes == released_tp_weight_bytes(c, 8, range(80), True, True)
+    assert abs(stage.weight_bytes / GIB - 106.2) < 0.05  # spec: 105.6 GiB + 0.6 GiB of split embedding / lm_head
+    assert stage.kv_bytes == 10 * 2 * 1 * 128 * 32768 * 2  # 10 softmax layers, one KV head per GPU, bf16
+    assert stage.state_bytes == 70 * 8 * 128 * 128 * 4  # 70 lightning layers, 8 heads per GPU, fp32
+    assert plan.fits and 20 * GIB < plan.gpu_memory - stage.total(plan.headroom) < 21 * GIB
+
+    with pytest.raises(ValueError) as refused:
+        dm.plan_tensor_parallel(c, 8, gpu_memory="80GB")
+    message = str(refused.value)
+    assert "does not fit GPUs of 74.5 GiB" in message and "needs 110.4 GiB" in message
+    assert "--tp 8 --pp 2 (16 GPUs, 2 node(s) of 8)" in message  # more nodes
+    assert "not --tp 16" in message and "8 KV heads" in message
+    assert "--gpus 8 --dtype int8" in message  # int8 on one node, as a device map
+
+    two_nodes = dm.plan_tensor_parallel(c, 8, pp=2, gpu_memory="80GB")
+    assert [s.layers for s in two_nodes.stages] == [range(0, 40), range(40, 80)]
+    assert [s.weight_bytes for s in two_nodes.stages] == [
+        released_tp_weight_bytes(c, 8, range(0, 40), True, False),
+        released_tp_weight_bytes(c, 8, range(40, 80), False, True),
+    ]
+
+
+@needs_released
+def test_planner_vl_keeps_the_vision_side_whole(released):
+    import device_map as dm
+
+    vl, text = released["vl"], released["text"]
+    meta = dm.build_meta_model(vl)
+    vision = sum(p.numel() * 2 for n, p in meta.named_parameters() if not n.startswith("language_model."))
+    vision += sum(b.numel() * b.element_size() for n, b in meta.named_buffers() if not n.startswith("language_model."))
+    (stage,) = dm.plan_tensor_parallel(vl, 8, gpu_memory="141GB").stages
+    assert stage.weight_bytes == released_tp_weight_bytes(vl.text_config, 8, range(80), True, True) + vision
+    assert vl.text_config.num_hidden_layers == text.num_hidden_layers
+
+
+@needs_released
+def test_planner_refusals_and_cli(released, capsys):
+    import device_map as dm
+
+    c = released["text"]
+    with pytest.raises(ValueError, match="int8 .* does not combine with tensor parallel"):
+        dm.plan_tensor_parallel(c, 8, dtype="int8")
+    with pytest.raises(ValueError, match="tp_size=16 does not divide num_key_value_heads=8"):
+        dm.plan_tensor_parallel(c, 16)
+    with pytest.raises(ValueError, match="Pipeline parallel"):
+        dm.plan_tensor_parallel(released["vl"], 8, pp=2)
+    dm.main([str(SPEC_CONFIGS / "minimax-text-01.config.json"), "--tp", "8", "--gpu-memory", "141GB"])
+    table = capsys.readouterr().out
+    assert "tensor parallel 8 x 1 pipeline stage(s) = 8 GPUs of 131.3 GiB" in table and table.rstrip().endswith("Fits.")
+    with pytest.raises(SystemExit):
+        dm.main([str(SPEC_CONFIGS / "minimax-text-01.config.json"), "--tp", "8", "--json"])
+    assert "needs none" in capsys.readouterr().err
