@@ -65,6 +65,8 @@ TEXT_SPLITS = {
 @pytest.mark.parametrize("world_size", [pytest.param(2, marks=pytest.mark.smoke), 4])  # 5.17 runs the 2-rank one
 def test_tensor_parallel_matches_single_process(world_size, checkpoints, tmp_path):
     result = launch(world_size, checkpoints, tmp_path / "result.json")
+    measured = {key: result[key] for key in ("logits_rel_err", "cached_vs_uncached_rel_err", "vl_logits_rel_err")}
+    print(f"TP {world_size}:", measured, "pipeline:", result.get("pipeline"), "grads:", result["grad_rel_err"])
     assert result["world_size"] == world_size
     check_shards(result["text_shards"], world_size, TEXT_SPLITS)
     assert max(result["text_lengths"]) > 32 > min(result["text_lengths"])  # left-padded, across a lightning block
