@@ -140,12 +140,12 @@ def test_plan_names_only_real_modules_and_registered_styles():
         intermediate_size=32, num_local_experts=4, vocab_size=128,
     )  # fmt: skip
     model = modeling.MiniMaxText01ForCausalLM(config)
-    names = {tp_name for tp_name, _ in model.named_modules()}
-    generic = {".".join("*" if part.isdigit() else part for part in name.split(".")) for name in names}
-    plan = {**config.base_model_tp_plan, **modeling.MiniMaxText01ForCausalLM._tp_plan}
-    for rule, style in plan.items():
-        assert style in ALL_PARALLEL_STYLES, style
-        assert rule in {name.removeprefix("model.") for name in generic} | generic, rule
+    modules = {".".join("*" if part.isdigit() else part for part in name.split(".")) for name, _ in model.named_modules()}
+    for rule, style in config.base_model_tp_plan.items():  # relative to the base model
+        assert style in ALL_PARALLEL_STYLES and f"model.{rule}" in modules, (rule, style)
+    for rule, style in modeling.MiniMaxText01ForCausalLM._tp_plan.items():
+        assert style in ALL_PARALLEL_STYLES and rule in modules, (rule, style)
+    assert set(model.tp_plan.values()) <= set(ALL_PARALLEL_STYLES)  # what transformers merged from both
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -240,3 +240,19 @@ def test_planner_refusals_and_cli(released, capsys):
     with pytest.raises(SystemExit):
         dm.main([str(SPEC_CONFIGS / "minimax-text-01.config.json"), "--tp", "8", "--json"])
     assert "needs none" in capsys.readouterr().err
+
+
+def test_generate_script_layout_under_torchrun(monkeypatch, capsys, checkpoints):
+    """generate.py: no layout in one process, TP x PP from WORLD_SIZE and --pp, refusals before anything loads."""
+    import generate
+
+    assert generate.distributed_layout(1) is None
+    layout = generate.distributed_layout(4, 2)
+    assert (layout.tp_size, layout.pp_size) == (2, 2)
+    with pytest.raises(ValueError, match="--pp 3 must divide the number of processes"):
+        generate.distributed_layout(4, 3)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for extra in (["--int8"], ["--device-map", "auto"], ["--pp", "3"]):
+        with pytest.raises(SystemExit):
+            generate.main([str(checkpoints["small_kv"]), "--prompt", "hi", *extra])
+        assert "error:" in capsys.readouterr().err

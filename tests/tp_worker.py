@@ -200,13 +200,12 @@ def refusals(results: dict) -> None:
 
 
 def main():
-    results = {"world_size": None}
+    results = {"world_size": dist.get_world_size()}
     text_checks(results)
     vl_checks(results)
     pipeline_checks(results)
     generate_cli(results)
     refusals(results)
-    results["world_size"] = dist.get_world_size()
     if dist.get_rank() == 0:
         Path(OUT).write_text(json.dumps(results, indent=1))
     dist.barrier()
