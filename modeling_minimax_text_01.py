@@ -32,7 +32,7 @@ from .lightning_attention import (
     lightning_slopes,
     use_fla_prefill,
 )
-from .tensor_parallel_minimax_text_01 import prepare_distributed_model, is_sharded, local_row_range
+from .tensor_parallel_minimax_text_01 import is_sharded, local_row_range, prepare_distributed_model
 
 logger = logging.get_logger(__name__)
 
