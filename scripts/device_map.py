@@ -48,6 +48,7 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 SCALE_BYTES = 2  # quanto keeps one bf16 scale per output row of an int8 weight
 DEFAULT_HEADROOM = "4GiB"
 DEFAULT_CONTEXT_LENGTH = 32768
+MAX_SUGGESTED_STAGES = 8  # a refused tensor-parallel layout suggests up to this many pipeline stages (nodes)
 
 
 @dataclass
@@ -371,12 +372,12 @@ def tensor_parallel_no_fit_message(plan: TensorParallelPlan, config, model) -> s
     )
     options = []
     text_config, _ = text_part(config)
-    for tp in sorted({plan.tp, text_config.num_key_value_heads}):  # the widest split, then more stages
-        pp = next((pp for pp in range(len(plan.stages) + 1, text_config.num_hidden_layers + 1)
-                   if _fits(config, model, plan, tp, pp)), None)  # fmt: skip
-        if pp is not None and not is_vl(config):
-            nodes = math.ceil(tp * pp / 8)
-            options.append(f"--tp {tp} --pp {pp} ({tp * pp} GPUs, {nodes} node(s) of 8)")
+    most_stages = min(text_config.num_hidden_layers, MAX_SUGGESTED_STAGES)
+    for tp in sorted({plan.tp, text_config.num_key_value_heads}):  # this split and the widest, with more stages
+        pp = next((pp for pp in range(len(plan.stages) + 1, most_stages + 1) if _fits(config, model, plan, tp, pp)),
+                  None)  # fmt: skip
+        if pp is not None:
+            options.append(f"--tp {tp} --pp {pp} ({tp * pp} GPUs, {math.ceil(tp * pp / 8)} node(s) of 8)")
     kv_heads = text_config.num_key_value_heads
     if plan.tp * 2 > kv_heads:
         options.append(f"(not --tp {plan.tp * 2}: tensor parallel splits the {kv_heads} KV heads, at most {kv_heads} ways)")
