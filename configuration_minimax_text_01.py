@@ -43,6 +43,33 @@ class MiniMaxText01Config(PreTrainedConfig):
     model_type = "minimax_text_01"
     keys_to_ignore_at_inference = ["past_key_values"]
     attribute_map = {"num_experts": "num_local_experts"}
+    # Tensor parallel (`from_pretrained(..., tp_plan="auto")` under torchrun): every layer split by heads, every
+    # expert split in its intermediate width. The `minimax_*` styles are registered by
+    # tensor_parallel_minimax_text_01.py, which also checks the layout against the head counts before loading.
+    base_model_tp_plan = {
+        "embed_tokens": "embedding_rowwise",  # by vocabulary
+        # lightning attention: qkv_proj rows are head-major (q | k | v per head), so a row split gives whole heads
+        "layers.*.self_attn.qkv_proj": "colwise",
+        "layers.*.self_attn.output_gate": "colwise",
+        "layers.*.self_attn.norm": "minimax_lightning_norm",  # weight by heads, sum of squares over all ranks
+        "layers.*.self_attn.out_proj": "rowwise",
+        # softmax attention: q by heads, k / v by KV heads
+        "layers.*.self_attn.q_proj": "colwise",
+        "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.o_proj": "rowwise",
+        # expert tensor parallel: w1 / w3 rows and w2 columns; one sum over ranks per MoE block, not per expert
+        "layers.*.block_sparse_moe.experts.*.w1": "colwise",
+        "layers.*.block_sparse_moe.experts.*.w3": "colwise",
+        "layers.*.block_sparse_moe.experts.*.w2": "minimax_rowwise_partial",
+        "layers.*.block_sparse_moe": "minimax_moe_sum",
+        "layers.*.block_sparse_moe.gate": "minimax_router",  # replicated; its gradient summed over ranks
+    }  # layer norms, the router, shared expert and `coefficient` stay replicated
+    base_model_pp_plan = {
+        "embed_tokens": (["input_ids"], ["inputs_embeds"]),
+        "layers": (["hidden_states", "attention_mask"], ["hidden_states"]),
+        "norm": (["hidden_states"], ["hidden_states"]),
+    }
 
     vocab_size: int = 200064
     hidden_size: int = 6144

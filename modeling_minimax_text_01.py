@@ -34,6 +34,7 @@ from .lightning_attention import (
     lightning_slopes,
     use_fla_prefill,
 )
+from .tensor_parallel_minimax_text_01 import is_sharded, local_row_range, prepare_distributed_model
 
 logger = logging.get_logger(__name__)
 
@@ -51,8 +52,13 @@ class MiniMaxText01RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        normed = x32 * torch.rsqrt(self.mean_square(x32) + self.variance_epsilon)
         return self.weight * normed.to(x.dtype)
+
+    def mean_square(self, x32: torch.Tensor) -> torch.Tensor:
+        """Per-token mean of x^2 [..., 1]. Under tensor parallel the lightning norm holds only its rank's channels, and
+        its `mean_square` is replaced by one summing over ranks (tensor_parallel_minimax_text_01.py)."""
+        return x32.pow(2).mean(-1, keepdim=True)
 
     def extra_repr(self):
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
@@ -88,8 +94,12 @@ class MiniMaxText01LightningAttention(nn.Module):
         self._slopes: torch.Tensor | None = None  # fp32, computed on first use per device
 
     def slopes(self, device: torch.device) -> torch.Tensor:
+        """Decay rates [H_local] of the heads this module holds: all H, or under tensor parallel this rank's heads
+        (their global indices set the rates)."""
         if self._slopes is None or self._slopes.device != device:
-            self._slopes = lightning_slopes(self.num_heads, self.layer_idx, self.num_layers).to(device)
+            rows, rows_per_head = local_row_range(self.qkv_proj.weight), 3 * self.head_dim
+            heads = slice(rows.start // rows_per_head, rows.stop // rows_per_head)
+            self._slopes = lightning_slopes(self.num_heads, self.layer_idx, self.num_layers)[heads].to(device)
         return self._slopes
 
     def forward(self, x, token_mask=None, resets=None, cache: MiniMaxText01Cache | None = None, **kwargs):
@@ -113,9 +123,9 @@ class MiniMaxText01LightningAttention(nn.Module):
     def _forward_tokens(self, x, token_mask, resets, state):
         """The layer on x [B, T, D] from `state` (None = zeros) -> (output [B, T, D], final state)."""
         B, T, _ = x.shape
-        H, d = self.num_heads, self.head_dim
+        d = self.head_dim  # H below: the heads this module holds (a rank's share under tensor parallel)
         inplace = not torch.is_grad_enabled()  # fresh large buffers cost page faults on CPU; autograd needs copies
-        qkv = F.silu(self.qkv_proj(x), inplace=inplace).view(B, T, H, 3 * d)  # SiLU on q, k and v alike
+        qkv = F.silu(self.qkv_proj(x), inplace=inplace).view(B, T, -1, 3 * d)  # SiLU on q, k and v alike
         q, k, v = qkv.transpose(1, 2).split(d, dim=-1)  # [B, H, T, d] each
         log_decay = -self.slopes(x.device)  # [H]: every token decays the state alike ...
         if token_mask is not None:  # ... except pads, which neither add to the state nor decay it
@@ -129,7 +139,7 @@ class MiniMaxText01LightningAttention(nn.Module):
         else:
             block = lightning_block_length(self.block_size, self.head_dim)
             out, state = lightning_attention_chunked(q, k, v, log_decay, state, resets, block)
-        out = out.transpose(1, 2).reshape(B, T, H * d)  # heads concatenated, fp32
+        out = out.transpose(1, 2).reshape(B, T, -1)  # [B, T, H d] heads concatenated, fp32
         gate = self.output_gate(x)
         gate = gate.sigmoid_() if inplace else gate.sigmoid()
         out = self.norm(out).to(x.dtype)
@@ -233,10 +243,10 @@ class MiniMaxText01Attention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
 
     def forward(self, x, rotary, attention_mask=None, cache: MiniMaxText01Cache | None = None, **kwargs):
-        B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # [B, H, T, d]
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        B, T, _ = x.shape  # heads: all, or this rank's share under tensor parallel
+        q = self.q_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # [B, H, T, d]
+        k = self.k_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # [B, H_kv, T, d]
+        v = self.v_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
         cos, sin = rotary
         q, k = apply_partial_rotary(q, cos, sin), apply_partial_rotary(k, cos, sin)
         if cache is not None:
@@ -252,7 +262,7 @@ class MiniMaxText01Attention(nn.Module):
             # weights [B, H, T, P+T] from eager; None from backends that cannot return them (sdpa warns, as in
             # transformers)
             out, weights = attend(self, q, k, v, attention_mask, scaling=self.scaling, dropout=dropout, **kwargs)
-        return self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim)), weights
+        return self.o_proj(out.reshape(B, T, -1)), weights
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -301,10 +311,11 @@ def experts_are_plain_linear(moe: nn.Module) -> bool:
 
 def use_grouped_mm(moe: nn.Module, x: torch.Tensor) -> bool:
     """Grouped matmul for the experts: opted into (`config.moe_grouped_mm`, since the stacked weights are a second
-    copy of the experts), on CUDA, in inference, when torch has it and the experts are plain nn.Linear."""
+    copy of the experts), on CUDA, in inference, when torch has it and the experts are plain nn.Linear, not split
+    by tensor parallel (stacking would mix sharded and plain tensors)."""
     return (
         moe.grouped_mm and _grouped_mm is not None and x.is_cuda and not torch.is_grad_enabled()
-        and experts_are_plain_linear(moe)
+        and experts_are_plain_linear(moe) and not is_sharded(moe.experts[0].w1.weight)
     )
 
 
@@ -455,6 +466,13 @@ class MiniMaxText01PreTrainedModel(PreTrainedModel):
         model, info = super().from_pretrained(*args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
         check_loading_info(model, info, ignore_mismatched_sizes)
         return (model, info) if output_loading_info else model
+
+    @classmethod
+    def maybe_distribute_model(cls, model, distributed_config, *args, **kwargs):
+        """transformers' step between building the model and reading the weights (tp_plan / distributed_config):
+        a layout this model cannot run is refused here, before any weight is loaded."""
+        prepare_distributed_model(model, distributed_config, *args)
+        return super().maybe_distribute_model(model, distributed_config, *args, **kwargs)
 
 
 def check_loading_info(model: PreTrainedModel, info: dict, ignore_mismatched_sizes: bool) -> None:
@@ -854,6 +872,8 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         hidden_states = inputs_embeds
         all_hidden_states, all_router_logits, all_attentions = [], [], []
         for layer in self.layers:
+            if not isinstance(layer, MiniMaxText01DecoderLayer):  # pipeline parallel: another stage runs this layer
+                continue
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
             hidden_states, router_logits, attn_weights = layer(
@@ -900,6 +920,8 @@ class MiniMaxText01GenerationMixin(GenerationMixin):
 
 class MiniMaxText01ForCausalLM(MiniMaxText01PreTrainedModel, MiniMaxText01GenerationMixin):
     _tied_weights_keys = {}
+    _tp_plan = {"lm_head": "colwise_gather_output"}  # split by vocabulary, full logits on every rank
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
 
     def __init__(self, config: MiniMaxText01Config):
         super().__init__(config)

@@ -32,6 +32,7 @@ from .modeling_minimax_text_01 import (
     MiniMaxText01Model,
     check_loading_info,
 )
+from .tensor_parallel_minimax_text_01 import prepare_distributed_model
 
 
 # The two ways the processor's output can disagree with the model's image geometry.
@@ -89,6 +90,13 @@ class MiniMaxVL01PreTrainedModel(PreTrainedModel):
         model, info = super().from_pretrained(*args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
         check_loading_info(model, info, ignore_mismatched_sizes)
         return (model, info) if output_loading_info else model
+
+    @classmethod
+    def maybe_distribute_model(cls, model, distributed_config, *args, **kwargs):
+        """Under tensor parallel the language model is split as MiniMax-Text-01 is (its plan comes with it); the
+        vision tower, projector and `image_newline` stay replicated. Unsupported layouts are refused before loading."""
+        prepare_distributed_model(model, distributed_config, *args)
+        return super().maybe_distribute_model(model, distributed_config, *args, **kwargs)
 
     def _init_weights(self, module):
         super()._init_weights(module)

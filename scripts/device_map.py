@@ -1,7 +1,9 @@
-"""A balanced multi-GPU device map for MiniMax-Text-01 / MiniMax-VL-01, planned from the config alone.
+"""A balanced multi-GPU device map for MiniMax-Text-01 / MiniMax-VL-01, planned from the config alone; or, with
+--tp, the per-GPU memory of a tensor-parallel (x pipeline) layout.
 
     python scripts/device_map.py PATH --gpus 8 [--gpu-memory 80GiB] [--dtype bfloat16|float16|float32|int8]
                                  [--context-length 32768] [--batch-size 1] [--headroom 4GiB] [--json]
+    python scripts/device_map.py PATH --tp 8 [--pp 2] [--gpu-memory 141GB] [--dtype ...] [--context-length ...]
 
 PATH is a model folder or a `config.json`. The model is built on the meta device (no weights), its parameters are
 sized at the chosen dtype (int8: the `nn.Linear` weights quanto quantizes cost 1 byte per weight plus one scale per
@@ -16,16 +18,26 @@ activations, the CUDA context and allocator slack. A plan whose GPU would exceed
 
 `--json` prints `{module name: GPU index}`, ready for `from_pretrained(..., device_map=json.load(f))`; the default
 output is a per-GPU table.
+
+With `--tp N [--pp M]` (N x M GPUs under torchrun, see scripts/generate.py) every tensor the model's tensor-parallel
+plan splits costs 1/N per GPU, the others (norms, router gates; for VL-01 the vision side) their full size; the
+decoder layers are cut into M stages of equal layer counts as transformers does (embeddings on the first, the final
+norm and lm_head on the last). The cache is split by heads too. A layout whose GPU would exceed `--gpu-memory` is
+refused with layouts that fit; int8 does not combine with tensor parallel (quanto's layers are not split).
 """
 
 import argparse
 import json
+import math
+import re
 from dataclasses import dataclass
 from itertools import accumulate
 
 import torch
 from accelerate.utils import convert_file_size_to_int
 from torch import nn
+from transformers.distributed import DistributedConfig
+from transformers.distributed.tensor_parallel import ALL_PARALLEL_STYLES, TensorParallelLayer
 from transformers.quantizers.quantizers_utils import should_convert_module
 
 from minimax_code import load
@@ -36,6 +48,7 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 SCALE_BYTES = 2  # quanto keeps one bf16 scale per output row of an int8 weight
 DEFAULT_HEADROOM = "4GiB"
 DEFAULT_CONTEXT_LENGTH = 32768
+MAX_SUGGESTED_STAGES = 8  # a refused tensor-parallel layout suggests up to this many pipeline stages (nodes)
 
 
 @dataclass
@@ -249,10 +262,174 @@ def format_plan(plan: DevicePlan) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class StageShare:
+    """What one GPU of a pipeline stage holds (every GPU of a stage holds the same amount)."""
+
+    stage: int
+    layers: range
+    weight_bytes: int
+    kv_bytes: int
+    state_bytes: int
+
+    def total(self, headroom: int) -> int:
+        return self.weight_bytes + self.kv_bytes + self.state_bytes + headroom
+
+
+@dataclass
+class TensorParallelPlan:
+    model_name: str
+    dtype: str
+    tp: int
+    gpu_memory: int
+    headroom: int
+    context_length: int
+    batch_size: int
+    stages: list[StageShare]
+
+    @property
+    def fits(self) -> bool:
+        return all(stage.total(self.headroom) <= self.gpu_memory for stage in self.stages)
+
+
+def split_by_plan(model: nn.Module) -> set[str]:
+    """Names of the parameters the model's tensor-parallel plan splits: those whose rule (naming the parameter or its
+    module, `*` for layer and expert indices) has a style that shards parameters (the router's style, e.g., only
+    adjusts gradients)."""
+    plan = model.tp_plan
+    split = set()
+    for name, _ in model.named_parameters():
+        generic = re.sub(r"\.\d+(?=\.|$)", ".*", name)
+        style = plan.get(generic, plan.get(generic.rsplit(".", 1)[0]))
+        if style is not None and type(ALL_PARALLEL_STYLES[style]).shard_param is not TensorParallelLayer.shard_param:
+            split.add(name)
+    return split
+
+
+def stage_layers(n_layers: int, pp: int) -> list[range]:
+    """transformers' pipeline split: equal layer counts, the remainder one each to the first stages."""
+    per_stage, extra = divmod(n_layers, pp)
+    starts = [s * per_stage + min(s, extra) for s in range(pp + 1)]
+    return [range(a, b) for a, b in zip(starts, starts[1:])]
+
+
+def plan_tensor_parallel(
+    config,
+    tp: int,
+    pp: int = 1,
+    gpu_memory="141GB",
+    dtype: str = "bfloat16",
+    headroom=DEFAULT_HEADROOM,
+    context_length: int = DEFAULT_CONTEXT_LENGTH,
+    batch_size: int = 1,
+    model: nn.Module | None = None,
+    check_fit: bool = True,
+) -> TensorParallelPlan:
+    """Per-GPU bytes of tensor parallel over `tp` GPUs x `pp` pipeline stages. Raises for a layout the model cannot
+    run and, with `check_fit`, for one that does not fit (the message lists layouts that do)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
+    if dtype == "int8":
+        raise ValueError("int8 (quanto) does not combine with tensor parallel: quanto replaces the nn.Linear layers "
+                         "the plan splits. Plan int8 with --gpus (a device map) instead.")  # fmt: skip
+    text_config, _ = text_part(config)
+    if tp < 1 or not 1 <= pp <= text_config.num_hidden_layers:
+        raise ValueError(f"--tp must be >= 1 and --pp between 1 and the layer count, got {tp} and {pp}.")
+    if context_length < 1 or batch_size < 1:
+        raise ValueError(f"--context-length and --batch-size must be positive, got {context_length} and {batch_size}.")
+    load("tensor_parallel_minimax_text_01").check_parallel_layout(config, DistributedConfig(tp_size=tp, pp_size=pp))
+    memory, reserve = parse_size(gpu_memory, "--gpu-memory"), parse_size(headroom, "--headroom")
+
+    model = model if model is not None else build_meta_model(config)
+    split = split_by_plan(model)
+    sizes = {name: -(-size // tp) if name in split else size for name, size in tensor_bytes(model, dtype, []).items()}
+    first, layers, last = placement_units(config)
+    weights = unit_bytes(sizes, first + layers + last)
+    first_w, layer_w, last_w = sum(weights[: len(first)]), weights[len(first) : -len(last)], sum(weights[-len(last) :])
+    element = torch.empty((), dtype=DTYPES[dtype]).element_size()
+    caches = [c // tp for c in layer_cache_bytes(text_config, context_length, batch_size, element)]  # heads split
+    softmax = [t == "full_attention" for t in text_config.layer_types]
+
+    stages = []
+    for s, run in enumerate(stage_layers(len(layers), pp)):
+        weight = sum(layer_w[i] for i in run) + (first_w if s == 0 else 0) + (last_w if s == pp - 1 else 0)
+        kv = sum(caches[i] for i in run if softmax[i])
+        states = sum(caches[i] for i in run if not softmax[i])
+        stages.append(StageShare(s, run, weight, kv, states))
+    name = (config.architectures or [type(model).__name__])[0]
+    plan = TensorParallelPlan(name, dtype, tp, memory, reserve, context_length, batch_size, stages)
+    if check_fit and not plan.fits:
+        raise ValueError(tensor_parallel_no_fit_message(plan, config, model))
+    return plan
+
+
+def tensor_parallel_no_fit_message(plan: TensorParallelPlan, config, model) -> str:
+    """Why `plan` does not fit, and layouts of GPUs of the same size that do."""
+    worst = max(plan.stages, key=lambda stage: stage.total(plan.headroom))
+    problem = (
+        f"Tensor parallel {plan.tp} x {len(plan.stages)} stage(s) does not fit GPUs of {size(plan.gpu_memory)} in "
+        f"{plan.dtype}: stage {worst.stage} needs {size(worst.total(plan.headroom))} per GPU (weights "
+        f"{size(worst.weight_bytes)}, K/V {size(worst.kv_bytes)}, lightning states {size(worst.state_bytes)}, "
+        f"headroom {size(plan.headroom)})"
+    )
+    options = []
+    text_config, _ = text_part(config)
+    most_stages = min(text_config.num_hidden_layers, MAX_SUGGESTED_STAGES)
+    for tp in sorted({plan.tp, text_config.num_key_value_heads}):  # this split and the widest, with more stages
+        pp = next((pp for pp in range(len(plan.stages) + 1, most_stages + 1) if _fits(config, model, plan, tp, pp)),
+                  None)  # fmt: skip
+        if pp is not None:
+            options.append(f"--tp {tp} --pp {pp} ({tp * pp} GPUs, {math.ceil(tp * pp / 8)} node(s) of 8)")
+    kv_heads = text_config.num_key_value_heads
+    if plan.tp * 2 > kv_heads:
+        options.append(f"(not --tp {plan.tp * 2}: tensor parallel splits the {kv_heads} KV heads, at most {kv_heads} ways)")
+    try:
+        gpus = plan.tp * len(plan.stages)
+        plan_device_map(config, gpus, plan.gpu_memory, "int8", plan.headroom, plan.context_length, plan.batch_size,
+                        model)  # fmt: skip
+        options.append(f"int8 weights without tensor parallel: --gpus {gpus} --dtype int8 (a device map)")
+    except ValueError:
+        pass
+    return f"{problem}. What fits: {'; '.join(options) or 'larger GPUs'}."
+
+
+def _fits(config, model, plan: TensorParallelPlan, tp: int, pp: int) -> bool:
+    try:
+        return plan_tensor_parallel(config, tp, pp, plan.gpu_memory, plan.dtype, plan.headroom, plan.context_length,
+                                    plan.batch_size, model, check_fit=False).fits  # fmt: skip
+    except ValueError:
+        return False
+
+
+def format_tensor_parallel_plan(plan: TensorParallelPlan) -> str:
+    def gib(n: int) -> str:
+        return f"{n / GIB:8.2f}"
+
+    gpus = plan.tp * len(plan.stages)
+    lines = [
+        f"{plan.model_name}: {plan.dtype}, tensor parallel {plan.tp} x {len(plan.stages)} pipeline stage(s) = "
+        f"{gpus} GPUs of {plan.gpu_memory / GIB:.1f} GiB; cache for {plan.context_length:,} tokens x batch "
+        f"{plan.batch_size}, {plan.headroom / GIB:.1f} GiB headroom per GPU",
+        f"{'stage':>5}  {'layers':>7}  {'weights':>8}  {'K/V':>8}  {'states':>8}  {'+headroom':>9}  {'free':>8}",
+    ]
+    for stage in plan.stages:
+        total = stage.total(plan.headroom)
+        lines.append(
+            f"{stage.stage:>5}  {f'{stage.layers.start}-{stage.layers.stop - 1}':>7}  {gib(stage.weight_bytes)}  "
+            f"{gib(stage.kv_bytes)}  {gib(stage.state_bytes)}  {gib(total):>9}  {gib(plan.gpu_memory - total)}"
+        )
+    lines.append(f"GiB per GPU (each of the {plan.tp} GPUs of a stage holds the same). "
+                 + ("Fits." if plan.fits else "Does NOT fit."))  # fmt: skip
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", help="model folder or config.json")
-    parser.add_argument("--gpus", type=int, required=True, help="number of GPUs (ids 0..N-1)")
+    layout = parser.add_mutually_exclusive_group(required=True)
+    layout.add_argument("--gpus", type=int, help="number of GPUs (ids 0..N-1) for a device map")
+    layout.add_argument("--tp", type=int, help="tensor-parallel GPUs per pipeline stage (per-GPU memory table)")
+    parser.add_argument("--pp", type=int, default=1, help="pipeline stages with --tp (default 1)")
     parser.add_argument("--gpu-memory", default="80GiB",
                         help="memory of each GPU: 80GiB, 141GB or a byte count (default 80GiB)")
     parser.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="weight dtype (int8 = quanto int8)")
@@ -263,8 +440,15 @@ def main(argv=None):
                         help=f"per-GPU reserve for activations and the CUDA context (default {DEFAULT_HEADROOM})")
     parser.add_argument("--json", action="store_true", help="print {module name: GPU index} as JSON")
     args = parser.parse_args(argv)
+    if args.tp is not None and args.json:
+        parser.error("--json prints a device map; a tensor-parallel layout needs none (torchrun + tp_plan='auto').")
     try:
         config = load_config(args.path)
+        if args.tp is not None:
+            plan = plan_tensor_parallel(config, args.tp, args.pp, args.gpu_memory, args.dtype, args.headroom,
+                                        args.context_length, args.batch_size)  # fmt: skip
+            print(format_tensor_parallel_plan(plan))
+            return
         plan = plan_device_map(config, args.gpus, args.gpu_memory, args.dtype, args.headroom, args.context_length,
                                args.batch_size)
     except (FileNotFoundError, ValueError) as error:

@@ -3,6 +3,8 @@
     python scripts/generate.py CHECKPOINT --prompt "What is lightning attention?" [--system TEXT]
                                [--image photo.jpg ...] [--max-new-tokens 128] [--dtype auto|bfloat16|float16|float32]
                                [--device-map auto|MAP.json] [--int8]
+    torchrun --nproc-per-node 8 scripts/generate.py CHECKPOINT --prompt ...            # tensor parallel, 8 GPUs
+    torchrun --nnodes 2 --nproc-per-node 8 ... scripts/generate.py CHECKPOINT --pp 2 ...  # TP 8 x 2 pipeline stages
 
 CHECKPOINT is a local folder (weights, config, tokenizer or processor, remote code). It is loaded with the Auto
 classes and `trust_remote_code=True`; a folder with a processor config (VL-01) is read with `AutoProcessor`, which
@@ -11,10 +13,15 @@ takes the images, otherwise with `AutoTokenizer`. The prompt goes through the ch
 `scripts/device_map.py --json`; without it the model goes to the first GPU, or the CPU. `--int8` quantizes the
 experts and attention projections with optimum-quanto (`scripts/quanto_config.py`). Status lines go to stderr,
 the conversation to stdout.
+
+Under torchrun (WORLD_SIZE > 1) the model is loaded sharded by transformers' distributed engine: tensor parallel
+over WORLD_SIZE / --pp ranks (`tp_plan="auto"`), times --pp pipeline stages (text only); NCCL on GPUs, gloo on CPU.
+Every rank runs the same generation; only rank 0 prints. `--device-map` and `--int8` do not combine with it.
 """
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +29,7 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, AutoTokenizer, TextStreamer
+from transformers.distributed import DistributedConfig
 from transformers.utils import logging as hf_logging
 
 from quanto_config import quanto_config
@@ -85,14 +93,26 @@ def load_reader(checkpoint: Path, config):
     return reader
 
 
-def load_model(checkpoint: Path, dtype: str = "auto", device_map=None, int8: bool = False):
-    """(model, processor or tokenizer), both from the Auto classes with the checkpoint's remote code."""
+def distributed_layout(world_size: int, pp_size: int = 1) -> DistributedConfig | None:
+    """Under torchrun: tensor parallel over world_size / pp_size ranks x pp_size pipeline stages; else None."""
+    if world_size == 1:
+        return None
+    if pp_size < 1 or world_size % pp_size:
+        raise ValueError(f"--pp {pp_size} must divide the number of processes ({world_size}).")
+    return DistributedConfig(tp_size=world_size // pp_size, pp_size=pp_size)
+
+
+def load_model(checkpoint: Path, dtype: str = "auto", device_map=None, int8: bool = False, distributed_config=None):
+    """(model, processor or tokenizer), both from the Auto classes with the checkpoint's remote code. With a
+    `distributed_config` (under torchrun) transformers shards the model and places it on this rank's device."""
     config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=True)
     reader = load_reader(checkpoint, config)
     kwargs = {"dtype": dtype, "trust_remote_code": True}
     if int8:
         kwargs["quantization_config"] = quanto_config(config)
-    if device_map is None:
+    if distributed_config is not None:
+        kwargs["distributed_config"] = distributed_config
+    elif device_map is None:
         device_map = "cuda:0" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(checkpoint, device_map=device_map, **kwargs)
     return model.eval(), reader
@@ -125,7 +145,8 @@ def generate(model, reader, inputs, max_new_tokens: int) -> tuple[int, float]:
 
 
 def status(text: str) -> None:
-    print(f"[{text}]", file=sys.stderr, flush=True)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"[{text}]", file=sys.stderr, flush=True)
 
 
 def main(argv=None):
@@ -138,6 +159,8 @@ def main(argv=None):
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="weight dtype (default: the checkpoint's)")
     parser.add_argument("--device-map", help='"auto" or a JSON file from scripts/device_map.py --json')
     parser.add_argument("--int8", action="store_true", help="int8 weights with optimum-quanto")
+    parser.add_argument("--pp", type=int, default=1, help="pipeline stages under torchrun (default 1: tensor "
+                        "parallel over all processes)")  # fmt: skip
     args = parser.parse_args(argv)
 
     if not (args.checkpoint / "config.json").is_file():
@@ -146,22 +169,32 @@ def main(argv=None):
         parser.error(f"{args.checkpoint} has no processor config, so it cannot read images; --image needs VL-01.")
     if args.max_new_tokens < 1:
         parser.error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and (args.device_map or args.int8):
+        parser.error("--device-map and --int8 do not combine with torchrun, which loads the model tensor parallel; "
+                     "run them in a single process.")  # fmt: skip
     try:
         images = read_images(args.image)
         device_map = read_device_map(args.device_map)
+        distributed_config = distributed_layout(world_size, args.pp)
     except ValueError as error:
         parser.error(str(error))
+    if os.environ.get("RANK", "0") != "0":  # every rank generates, rank 0 prints
+        sys.stdout = open(os.devnull, "w")
 
     hf_logging.disable_progress_bar()
     start = time.perf_counter()
     try:
-        model, reader = load_model(args.checkpoint, args.dtype, device_map, args.int8)
+        model, reader = load_model(args.checkpoint, args.dtype, device_map, args.int8, distributed_config)
     except ValueError as error:
         parser.error(str(error))
     n_params = sum(p.numel() for p in model.parameters())
     dtype = str(model.dtype).removeprefix("torch.") + (", int8" if args.int8 else "")
+    where = str(model.device)
+    if distributed_config is not None:  # parameters: those of this rank's pipeline stage, at full size
+        where += f" in each of {world_size} processes (tensor parallel {distributed_config.tp_size} x {args.pp} stages)"
     status(f"{args.checkpoint.name}: {type(model).__name__}, {n_params / 1e6:,.1f} M parameters, {dtype} on "
-           f"{model.device}, loaded in {time.perf_counter() - start:.1f} s")
+           f"{where}, loaded in {time.perf_counter() - start:.1f} s")
 
     inputs = build_inputs(reader, chat_messages(args.prompt, len(images), args.system), images)
     if args.system:

@@ -2,6 +2,7 @@
 
     python scripts/make_tiny_checkpoint.py --model text --out tiny-text [--seed 0]
     python scripts/make_tiny_checkpoint.py --model vl --out tiny-vl [--seed 0]
+    python scripts/make_tiny_checkpoint.py --model text --out tiny-tp --heads 8 --kv-heads 4   # splits 2 or 4 ways
 
 The folder holds what a real Hub repo holds: `config.json` with the released keys and `auto_map`,
 `model.safetensors` with the released key names, the remote-code `.py` files, a small byte-level tokenizer with
@@ -62,10 +63,12 @@ def save_tokenizer_and_generation_config(out: Path, tokenizer) -> None:
     GenerationConfig(eos_token_id=ids["eos"], pad_token_id=ids["eos"], max_new_tokens=32).save_pretrained(out)
 
 
-def build_text_checkpoint(out: Path, seed: int = 0) -> Path:
+def build_text_checkpoint(out: Path, seed: int = 0, **text_overrides) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tiny_tokenizer(with_image_token=False)
-    config = tiny_text_config(vocab_size=len(tokenizer), eos_token_id=special_token_ids(tokenizer)["eos"])
+    config = tiny_text_config(
+        vocab_size=len(tokenizer), eos_token_id=special_token_ids(tokenizer)["eos"], **text_overrides
+    )
     config.auto_map = TEXT_AUTO_MAP
     config.architectures = ["MiniMaxText01ForCausalLM"]
     torch.manual_seed(seed)
@@ -84,24 +87,25 @@ VL_AUTO_MAP = {
 }
 
 
-def tiny_vl_config(image_token_index: int, vocab_size: int = 512, **overrides):
+def tiny_vl_config(image_token_index: int, vocab_size: int = 512, text_overrides=None, **overrides):
     """Tiny widths (CLIP: hidden 32, 2 layers, 2 heads; the tiny text model) with the released image geometry."""
     config_class = load("configuration_minimax_vl_01").MiniMaxVL01Config
     vision_config = dict(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
         patch_size=14, image_size=336, hidden_act="gelu", layer_norm_eps=1e-5,
     )  # fmt: skip
-    text_config = tiny_text_config(vocab_size=vocab_size, shared_intermediate_size=[0])  # [0]: as in the VL release
+    # shared_intermediate_size [0]: as in the VL release
+    text_config = tiny_text_config(vocab_size=vocab_size, shared_intermediate_size=[0], **(text_overrides or {}))
     return config_class(
         text_config=text_config, vision_config=vision_config, image_token_index=image_token_index, **overrides
     )
 
 
-def build_vl_checkpoint(out: Path, seed: int = 0) -> Path:
+def build_vl_checkpoint(out: Path, seed: int = 0, **text_overrides) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tiny_tokenizer(with_image_token=True)
     ids = special_token_ids(tokenizer)
-    config = tiny_vl_config(image_token_index=ids["image"], vocab_size=len(tokenizer))
+    config = tiny_vl_config(image_token_index=ids["image"], vocab_size=len(tokenizer), text_overrides=text_overrides)
     config.text_config.eos_token_id = ids["eos"]
     config.auto_map = VL_AUTO_MAP
     config.architectures = ["MiniMaxVL01ForConditionalGeneration"]
@@ -126,8 +130,11 @@ def main(argv=None):
     parser.add_argument("--model", choices=sorted(BUILDERS), default="text")
     parser.add_argument("--out", type=Path, required=True, help="folder to write (created if missing)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    parser.add_argument("--heads", type=int, help="attention heads of the text model (default 4)")
+    parser.add_argument("--kv-heads", type=int, help="KV heads of its softmax layers (default 2)")
     args = parser.parse_args(argv)
-    path = BUILDERS[args.model](args.out, args.seed)
+    overrides = {"num_attention_heads": args.heads, "num_key_value_heads": args.kv_heads}
+    path = BUILDERS[args.model](args.out, args.seed, **{k: v for k, v in overrides.items() if v is not None})
     print(f"wrote a tiny MiniMax-{args.model} checkpoint to {path}")
 
 

@@ -18,6 +18,7 @@ TEXT_CODE_FILES = [
     "modeling_minimax_text_01.py",
     "lightning_attention.py",
     "cache_minimax_text_01.py",
+    "tensor_parallel_minimax_text_01.py",
 ]
 REMOTE_CODE_FILES = TEXT_CODE_FILES + [
     "configuration_minimax_vl_01.py",

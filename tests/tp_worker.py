@@ -1,0 +1,217 @@
+"""One tensor-parallel worker, launched N times by tests/test_tensor_parallel.py:
+
+    python -m torch.distributed.run --standalone --nproc-per-node N tests/tp_worker.py TEXT VL SMALL_KV OUT.json
+
+TEXT and VL are tiny checkpoints whose heads split N ways. Every rank loads each twice, whole (the reference) and
+sharded (`tp_plan="auto"`, gloo on CPU), runs the same checks on both, and rank 0 writes the measurements to
+OUT.json for the test to assert on; SMALL_KV (fewer KV heads than N, or None) and a quantized load must be refused.
+Many checks per launch: starting N processes costs far more than the checks themselves.
+"""
+
+import contextlib
+import io
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from PIL import Image
+from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer, QuantoConfig
+from transformers.distributed import DistributedConfig
+from transformers.utils import logging as hf_logging
+
+warnings.filterwarnings("ignore", category=FutureWarning)  # `tp_plan=` on from_pretrained is deprecated in 5.2x
+hf_logging.set_verbosity_error()
+torch.set_num_threads(1)
+
+TEXT, VL, SMALL_KV, OUT = sys.argv[1:5]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import generate as generate_script  # noqa: E402  (scripts/generate.py)
+
+PROMPTS = ["Lightning attention keeps a running state per head, so decoding costs the same at every length.",
+           "Softmax layers keep K and V."]  # fmt: skip
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+
+
+def identical_on_all_ranks(x: torch.Tensor) -> bool:
+    gathered = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, x.contiguous())
+    return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
+def load_pair(path):
+    """(whole model, tensor-parallel model), fp32, eval."""
+    whole = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch.float32).eval()
+    sharded = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch.float32, tp_plan="auto")
+    return whole, sharded.eval()
+
+
+def shard_report(whole, sharded, world: int) -> dict:
+    """Every split parameter: its full shape, which dim is split, whether the local part is 1/N of it."""
+    full = dict(whole.named_parameters())
+    report = {}
+    for name, param in sharded.named_parameters():
+        if not hasattr(param, "placements"):
+            report[name] = {"split": None, "ok": tuple(param.shape) == tuple(full[name].shape)}
+            continue
+        dim = param.placements[0].dim if param.placements[0].is_shard() else None
+        local, expected = tuple(param.to_local().shape), list(full[name].shape)
+        if dim is not None:
+            expected[dim] //= world
+        report[name] = {"split": dim, "ok": local == tuple(expected) and tuple(param.shape) == tuple(full[name].shape)}
+    return report
+
+
+def text_checks(results: dict) -> None:
+    whole, sharded = load_pair(TEXT)
+    world = dist.get_world_size()
+    results["text_shards"] = shard_report(whole, sharded, world)
+    tokenizer = AutoTokenizer.from_pretrained(TEXT, trust_remote_code=True)
+    tokenizer.padding_side = "left"
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    results["text_lengths"] = batch["attention_mask"].sum(-1).tolist()
+    with torch.no_grad():
+        reference = whole(**batch, use_cache=False).logits
+        logits = sharded(**batch, use_cache=False).logits
+        results["logits_rel_err"] = rel_err(logits, reference)
+        results["logits_identical_on_ranks"] = identical_on_all_ranks(logits)
+
+        # cached prefill of all but the last 5 tokens, then 5 decode steps, against the uncached forward
+        split = batch["input_ids"].shape[1] - 5
+        out = sharded(input_ids=batch["input_ids"][:, :split], attention_mask=batch["attention_mask"][:, :split])
+        steps, cache = [out.logits], out.past_key_values
+        for t in range(split, batch["input_ids"].shape[1]):
+            out = sharded(input_ids=batch["input_ids"][:, t : t + 1], attention_mask=batch["attention_mask"][:, : t + 1],
+                          past_key_values=cache)  # fmt: skip
+            steps.append(out.logits)
+            cache = out.past_key_values
+        results["cached_vs_uncached_rel_err"] = rel_err(torch.cat(steps, dim=1), logits)
+        lightning = next(i for i, t in enumerate(sharded.config.attn_type_list) if t == 0)
+        softmax = sharded.config.attn_type_list.index(1)
+        results["cache_heads"] = {"lightning": cache.layers[lightning].state.shape[1],
+                                  "softmax_kv": cache.layers[softmax].keys.shape[1]}  # fmt: skip
+
+    generated = {}
+    for mode, kwargs in {
+        "greedy": dict(do_sample=False),
+        "sample": dict(do_sample=True, top_k=20, temperature=0.8),
+        "beam": dict(do_sample=False, num_beams=3),
+    }.items():
+        tokens = []
+        for model in (whole, sharded):
+            torch.manual_seed(1234)  # same seed on every rank, so sampling draws the same tokens everywhere
+            tokens.append(model.generate(**batch, max_new_tokens=8, pad_token_id=tokenizer.eos_token_id, **kwargs))
+        generated[mode] = {"equal": torch.equal(*tokens), "identical_on_ranks": identical_on_all_ranks(tokens[1])}
+    results["generate"] = generated
+
+    # training: the gradients of the split weights equal the matching slices of the whole model's gradients (with
+    # the router's auxiliary loss weighted up, so that its replicated gradient would show if counted N times)
+    grads = {}
+    for model in (whole, sharded):
+        model.zero_grad()
+        model.config.router_aux_loss_coef = 1.0
+        model(**batch, labels=batch["input_ids"], use_cache=False, output_router_logits=True).loss.backward()
+    full = dict(whole.named_parameters())
+    for name, param in sharded.named_parameters():
+        if any(key in name for key in ("layers.0.self_attn.norm", "layers.0.self_attn.qkv_proj", "layers.3.self_attn.q_proj",
+                                       "layers.0.block_sparse_moe.experts.0.w2", "layers.0.block_sparse_moe.gate")):  # fmt: skip
+            grad = param.grad.full_tensor() if hasattr(param.grad, "full_tensor") else param.grad
+            grads[name] = rel_err(grad, full[name].grad)
+    results["grad_rel_err"] = grads
+
+
+def vl_checks(results: dict) -> None:
+    whole, sharded = load_pair(VL)
+    results["vl_shards"] = shard_report(whole, sharded, dist.get_world_size())
+    processor = AutoProcessor.from_pretrained(VL, trust_remote_code=True)
+    pixels = torch.Generator().manual_seed(0)
+    picture = Image.fromarray(torch.randint(0, 256, (20, 336, 3), dtype=torch.uint8, generator=pixels).numpy())
+    inputs = processor(text="<image>Describe the picture.", images=[picture], return_tensors="pt")
+    with torch.no_grad():
+        results["vl_logits_rel_err"] = rel_err(sharded(**inputs).logits, whole(**inputs).logits)
+    tokens = [model.generate(**inputs, max_new_tokens=6, do_sample=False) for model in (whole, sharded)]
+    results["vl_generate_equal"] = torch.equal(*tokens)
+
+
+def pipeline_checks(results: dict) -> None:
+    """Tensor x pipeline parallel (N/2 x 2 stages; N = 2: pipeline alone) on transformers >= 5.2x."""
+    if "ep_size" not in DistributedConfig.__dataclass_fields__:  # 5.17 cannot combine them
+        return
+    world = dist.get_world_size()
+    layout = DistributedConfig(tp_size=world // 2, pp_size=2)
+    whole = AutoModelForCausalLM.from_pretrained(TEXT, trust_remote_code=True, dtype=torch.float32).eval()
+    staged = AutoModelForCausalLM.from_pretrained(TEXT, trust_remote_code=True, dtype=torch.float32,
+                                                  distributed_config=layout).eval()  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(TEXT, trust_remote_code=True)
+    tokenizer.padding_side = "left"
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        err = rel_err(staged(**batch, use_cache=False).logits, whole(**batch, use_cache=False).logits)
+    tokens = [m.generate(**batch, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+              for m in (whole, staged)]  # fmt: skip
+    layers = sum(type(layer).__name__ == "MiniMaxText01DecoderLayer" for layer in staged.model.layers)
+    results["pipeline"] = {"tp_size": world // 2, "logits_rel_err": err, "generate_equal": torch.equal(*tokens),
+                           "layers_here": layers, "layers": len(staged.model.layers)}  # fmt: skip
+
+
+def generate_cli(results: dict) -> None:
+    """scripts/generate.py under torchrun (tensor parallel over all ranks) prints on rank 0 what the same script's
+    functions print in one process, and nothing on the other ranks; text and VL."""
+    image = Path(OUT).parent / "picture.png"
+    Image.fromarray(torch.full((40, 336, 3), 90, dtype=torch.uint8).numpy()).save(image)
+    outputs = {}
+    for name, path, extra in (("text", TEXT, []), ("vl", VL, ["--image", str(image)])):
+        stdout = io.StringIO()
+        with contextlib.redirect_stdout(stdout):
+            generate_script.main([str(path), "--prompt", "Hello there", "--max-new-tokens", "6", *extra])
+        printed = [None] * dist.get_world_size()
+        dist.all_gather_object(printed, stdout.getvalue())
+        model, reader = generate_script.load_model(Path(path), "float32")  # one process, whole model
+        images = generate_script.read_images(extra[1:])
+        inputs = generate_script.build_inputs(reader, generate_script.chat_messages("Hello there", len(images)), images)
+        alone = io.StringIO()
+        with contextlib.redirect_stdout(alone):
+            generate_script.generate(model, reader, inputs, 6)
+        outputs[name] = {"rank0": printed[0], "others_silent": not any(printed[1:]), "single_process": alone.getvalue()}
+    results["generate_cli"] = outputs
+
+
+def refusals(results: dict) -> None:
+    """Layouts refused before any weight is read: the error messages, or None where loading went through."""
+    world = dist.get_world_size()
+    cases = {"int8": (TEXT, dict(tp_plan="auto", quantization_config=QuantoConfig(weights="int8")))}
+    if "ep_size" in DistributedConfig.__dataclass_fields__:  # transformers >= 5.2x
+        cases["expert_parallel"] = (TEXT, dict(distributed_config=DistributedConfig(tp_size=world, ep_size=world)))
+    if SMALL_KV != "None":
+        cases["kv_heads"] = (SMALL_KV, dict(tp_plan="auto"))
+    errors = {}
+    for name, (path, kwargs) in cases.items():
+        try:
+            AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch.float32, **kwargs)
+            errors[name] = None
+        except ValueError as error:
+            errors[name] = str(error)
+    results["refused"] = errors
+
+
+def main():
+    results = {"world_size": int(os.environ["WORLD_SIZE"])}  # the process group starts with the first sharded load
+    text_checks(results)
+    vl_checks(results)
+    pipeline_checks(results)
+    generate_cli(results)
+    refusals(results)
+    if dist.get_rank() == 0:
+        Path(OUT).write_text(json.dumps(results, indent=1))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
