@@ -136,3 +136,25 @@ def test_model_with_fla_prefill_equals_plain_path_padded_and_cached(monkeypatch,
     }
     report_error(errors)
     assert max(errors.values()) < TOLERANCE, errors
+
+
+def test_model_with_fla_prefill_equals_plain_path_on_packed_sequences(monkeypatch, report_error):
+    """Packed rows (position_ids restarting, right-padded): fla's segments (`cu_seqlens`) inside the model vs the
+    plain path's resets, logits and the gradient w.r.t. the input embeddings (the backward through fla)."""
+    model = tiny_model().float()
+    packed = gpu_check.packed_batch(torch.device("cpu"))  # rows of 3 and 2 sequences, 66 tokens
+    plain_logits, plain_grad = gpu_check.packed_logits_and_input_gradient(model, *packed)
+    resets_seen = []
+
+    def counted_fla(q, k, v, log_decay, state, resets):
+        resets_seen.append(int(resets.sum()))
+        return la.lightning_attention_fla(q, k, v, log_decay, state, resets)
+
+    monkeypatch.setattr(mm, "use_fla_prefill", lambda q: True)
+    monkeypatch.setattr(mm, "lightning_attention_fla", counted_fla)
+    fla_logits, fla_grad = gpu_check.packed_logits_and_input_gradient(model, *packed)
+    assert resets_seen == [3] * len(resets_seen) and resets_seen  # 2 + 1 sequence starts after each row's first
+    keep = packed[2].bool()
+    errors = {"logits": rel_err(fla_logits[keep], plain_logits[keep]), "input gradient": rel_err(fla_grad, plain_grad)}
+    report_error(errors)
+    assert max(errors.values()) < TOLERANCE, errors
