@@ -187,16 +187,19 @@ def _channels_last(array: np.ndarray, prefer_first: bool, data_format) -> np.nda
 
 
 def _array_to_rgb(array: np.ndarray, prefer_first: bool, data_format, do_convert_rgb: bool) -> Image.Image:
-    """Turn a uint8 HW / HWC / CHW array into a PIL RGB image (grayscale replicated, alpha dropped)."""
+    """Turn a uint8 (or 16-bit uint16) HW / HWC / CHW array into a PIL RGB image (grayscale replicated, alpha
+    dropped)."""
     if array.ndim not in (2, 3):
         raise ValueError(
             f"Image arrays must be 2-D (height, width) or 3-D (height, width, C) / (C, height, width); got shape "
             f"{tuple(array.shape)}. Pass a batch as a list of images."
         )
+    if array.dtype == np.uint16:  # 16-bit PNG / TIFF as read by imageio or OpenCV: 65535 is white, as 255
+        array = np.round(array / 257.0).astype(np.uint8)
     if array.dtype != np.uint8:
         raise ValueError(
-            f"Image arrays must be uint8 with values 0-255, got dtype {array.dtype}. Convert first, e.g. "
-            "`(x * 255).round().clip(0, 255).astype(np.uint8)` for floats in [0, 1]."
+            f"Image arrays must be uint8 with values 0-255 (or uint16, 16-bit), got dtype {array.dtype}. Convert "
+            "first, e.g. `(x * 255).round().clip(0, 255).astype(np.uint8)` for floats in [0, 1]."
         )
     if array.ndim == 3:
         array = _channels_last(array, prefer_first, data_format)
@@ -329,8 +332,8 @@ class MiniMaxVL01ImageProcessor(PilBackend):
     - `image_sizes`: int64 `[num_images, 2]`, the original (height, width) of each image.
 
     Inputs: a single image, a list, or a list of per-prompt lists (flattened in order). Each image may be a PIL
-    image, a uint8 NumPy array (HWC or HW grayscale; CHW accepted when unambiguous), a uint8 torch tensor (CHW
-    or HWC; CHW wins when ambiguous), or a file path/URL. `input_data_format` forces the channel axis.
+    image, a uint8 (or 16-bit uint16) NumPy array (HWC or HW grayscale; CHW accepted when unambiguous), a uint8
+    torch tensor (CHW or HWC; CHW wins when ambiguous), or a file path/URL. `input_data_format` forces the channel axis.
     With `do_convert_rgb` (default), grayscale, palette and CMYK become RGB; alpha is **dropped** (the colour
     channels are kept as stored, not composited on any background), matching `PIL.Image.convert("RGB")`.
     16-bit / 32-bit integer grayscale PIL images (modes I;16, I) are read as 0..65535 and float ones (mode F) as

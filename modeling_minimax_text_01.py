@@ -22,7 +22,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
-from transformers.utils import logging
+from transformers.utils import can_return_tuple, logging
 
 from .cache_minimax_text_01 import MiniMaxText01Cache
 from .configuration_minimax_text_01 import SOFTMAX, MiniMaxText01Config
@@ -108,7 +108,7 @@ class MiniMaxText01LightningAttention(nn.Module):
                 )
         if cache is not None:
             cache.set_lightning_state(self.layer_idx, state)
-        return out
+        return out, None  # no attention matrix: (output, weights) like the softmax layers, with weights None
 
     def _forward_tokens(self, x, token_mask, resets, state):
         """The layer on x [B, T, D] from `state` (None = zeros) -> (output [B, T, D], final state)."""
@@ -246,11 +246,13 @@ class MiniMaxText01Attention(nn.Module):
         dropout = self.config.attention_dropout if self.training else 0.0
         if implementation == "sdpa" and attention_mask is None and 1 < T < k.shape[2] and dropout == 0.0:
             # a prefill chunk after cached tokens: transformers' sdpa would align causality to the first key
-            out = sdpa_chunk_after_cache(q, k, v, self.scaling)
+            out, weights = sdpa_chunk_after_cache(q, k, v, self.scaling), None
         else:
             attend: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-            out, _ = attend(self, q, k, v, attention_mask, scaling=self.scaling, dropout=dropout, **kwargs)
-        return self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim))
+            # weights [B, H, T, P+T] from eager; None from backends that cannot return them (sdpa warns, as in
+            # transformers)
+            out, weights = attend(self, q, k, v, attention_mask, scaling=self.scaling, dropout=dropout, **kwargs)
+        return self.o_proj(out.reshape(B, T, self.num_heads * self.head_dim)), weights
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -413,12 +415,14 @@ class MiniMaxText01DecoderLayer(GradientCheckpointingLayer):
             self.coefficient = nn.Linear(config.hidden_size, 1, bias=False)
 
     def forward(self, hidden_states, rotary, softmax_mask=None, token_mask=None, resets=None, cache=None, **kwargs):
+        """-> (hidden states, router logits [B * T, E], attention weights [B, H, T, P+T] or None: lightning layers
+        and backends other than eager have none)."""
         normed = self.input_layernorm(hidden_states)
         residual = normed if self.postnorm else hidden_states
         if self.is_softmax:
-            attn = self.self_attn(normed, rotary, attention_mask=softmax_mask, cache=cache, **kwargs)
+            attn, attn_weights = self.self_attn(normed, rotary, attention_mask=softmax_mask, cache=cache, **kwargs)
         else:
-            attn = self.self_attn(normed, token_mask=token_mask, resets=resets, cache=cache)
+            attn, attn_weights = self.self_attn(normed, token_mask=token_mask, resets=resets, cache=cache)
         hidden_states = scaled_residual(residual, self.attn_alpha, attn, self.attn_beta)
 
         normed = self.post_attention_layernorm(hidden_states)
@@ -427,7 +431,7 @@ class MiniMaxText01DecoderLayer(GradientCheckpointingLayer):
         if hasattr(self, "shared_mlp"):
             gate = torch.sigmoid(self.coefficient(normed).float())
             ffn = ((1 - gate) * ffn.float() + gate * self.shared_mlp(normed).float()).to(normed.dtype)
-        return scaled_residual(residual, self.mlp_alpha, ffn, self.mlp_beta), router_logits
+        return scaled_residual(residual, self.mlp_alpha, ffn, self.mlp_beta), router_logits, attn_weights
 
 
 class MiniMaxText01PreTrainedModel(PreTrainedModel):
@@ -440,6 +444,9 @@ class MiniMaxText01PreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False
+    # a lightning state cannot be rolled back to an earlier token: transformers refuses assisted generation and
+    # prompt lookup (which verify drafts and undo the rejected ones) with its own message
+    _is_stateful = True
 
     @classmethod
     def from_pretrained(cls, *args, ignore_mismatched_sizes: bool = False, output_loading_info: bool = False, **kwargs):
@@ -480,14 +487,14 @@ def check_loading_info(model: PreTrainedModel, info: dict, ignore_mismatched_siz
         if any(".shared_mlp." in key or key.endswith(".coefficient.weight") for key in missing):
             hint += " The config asks for a shared expert (shared_intermediate_size > 0) that the checkpoint lacks."
         raise ValueError(
-            f"The checkpoint lacks {len(missing)} weights the model needs, which would be left at random: "
-            f"{summarize_keys(missing)}.{hint} {fix}"
+            f"The checkpoint lacks {len(missing)} weight{'s' * (len(missing) > 1)} the model needs (they would "
+            f"start at random): {summarize_keys(missing)}.{hint} {fix}"
         )
     unexpected = sorted(key for key in info["unexpected_keys"] if not _is_head_tensor(model, key))
     if unexpected:
         raise ValueError(
-            f"The checkpoint holds {len(unexpected)} tensors this model does not use: {summarize_keys(unexpected)}. "
-            f"{fix}"
+            f"The checkpoint holds {len(unexpected)} tensor{'s' * (len(unexpected) > 1)} this model does not use: "
+            f"{summarize_keys(unexpected)}. {fix}"
         )
 
 
@@ -581,7 +588,34 @@ def softmax_attention_mask(padding_mask, resets, batch_size, query_len, past_len
     return allowed | (k_pos == q_pos)
 
 
+def join_span_attentions(span_attentions: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """Per-span attention weights (span s: one [B, H, T_s, P + end_s] tensor per softmax layer) -> one
+    [B, H, T, P + T] tensor per layer, as an unchunked forward gives: the keys a span has not reached yet get weight
+    0 (causal), then the spans' rows are stacked."""
+    total_keys = span_attentions[-1][0].shape[-1] if span_attentions[-1] else 0
+    return [
+        torch.cat([F.pad(weights, (0, total_keys - weights.shape[-1])) for weights in per_span], dim=2)
+        for per_span in zip(*span_attentions)
+    ]
+
+
 class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
+    """The decoder stack without the LM head. Optional outputs, as in transformers' native models (each flag defaults
+    to the config's `output_hidden_states` / `output_attentions` / `output_router_logits`; `return_dict=False`, or
+    `config.return_dict = False`, gives `output.to_tuple()`, which leaves out the fields that are None):
+
+    - `hidden_states`: num_hidden_layers + 1 tensors [B, T, D]: the embeddings, every layer's output, and the last
+      one after the final norm (equal to `last_hidden_state`).
+    - `attentions`: one tensor [B, H, T, P+T] per *softmax* layer, in layer order
+      (`config.attn_type_list[i] == 1`): lightning layers have no attention matrix and are left out, as transformers'
+      output recorder leaves out layers that return None. Only the eager backend computes the weights
+      (`attn_implementation="eager"`); sdpa and flash warn and return none, as in transformers.
+    - `router_logits`: num_hidden_layers tensors [B * T, num_local_experts], the router's logits before softmax.
+
+    They are collected in the layer loop rather than by transformers' output-capturing hooks (`capture_outputs`),
+    because a chunked prefill runs every layer once per span and the spans' outputs are joined afterwards.
+    """
+
     def __init__(self, config: MiniMaxText01Config):
         super().__init__(config)
         self.padding_idx = config.pad_token_id
@@ -598,6 +632,7 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -606,6 +641,7 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         past_key_values: MiniMaxText01Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         output_router_logits: bool | None = None,
         cache: MiniMaxText01Cache | None = None,  # the name transformers >= 5.2x uses for past_key_values
@@ -619,6 +655,11 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         hidden_states_to_keep (`int`, defaults to 0): return the last hidden state of only the last this many
             tokens (0 = all); with chunking, the others are never held at once.
         """
+        output_attentions, output_hidden_states, output_router_logits = self.config_defaults(
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            output_router_logits=output_router_logits,
+        )
         self.check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cache)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
@@ -667,10 +708,10 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         if past_key_values is not None:
             past_key_values.record_layout(padding_mask, packed=resets is not None)
         keep_from = T - hidden_states_to_keep if 0 < hidden_states_to_keep < T else 0
-        hidden_parts, hidden_state_parts, router_logit_parts = [], [], []
+        hidden_parts, hidden_state_parts, router_logit_parts, attention_parts = [], [], [], []
         for start in range(0, T, span):
             sl = slice(start, start + span)
-            hidden, states, router_logits = self._forward_span(
+            hidden, states, router_logits, attentions = self._forward_span(
                 self.embed_tokens(input_ids[:, sl]) if inputs_embeds is None else inputs_embeds[:, sl],
                 position_ids[:, sl],
                 padding_mask[:, : past_len + start + span] if padding_mask is not None else None,
@@ -678,23 +719,27 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
                 past_key_values,
                 output_hidden_states,
                 output_router_logits,
+                output_attentions,
                 **kwargs,
             )
             if start + hidden.shape[1] > keep_from:  # only the kept tail of the prompt outlives its span
                 hidden_parts.append(hidden[:, max(keep_from - start, 0) :])
             hidden_state_parts.append(states)
             router_logit_parts.append(router_logits)
+            attention_parts.append(attentions)
         hidden_states = torch.cat(hidden_parts, dim=1) if len(hidden_parts) > 1 else hidden_parts[0]
         all_hidden_states = [torch.cat(states, dim=1) for states in zip(*hidden_state_parts)]
         all_router_logits = [  # [B * T, E] per layer, batch-major like an unchunked forward
             torch.cat([logits.view(B, -1, logits.shape[-1]) for logits in per_span], dim=1).flatten(0, 1)
             for per_span in zip(*router_logit_parts)
         ]
+        all_attentions = join_span_attentions(attention_parts) if len(attention_parts) > 1 else attention_parts[0]
 
         return MoeModelOutputWithPast(
             last_hidden_state=hidden_states,
             **{CACHE_FIELD: past_key_values if use_cache else None},
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(all_attentions) if output_attentions else None,
             router_logits=tuple(all_router_logits) if output_router_logits else None,
         )
 
@@ -781,13 +826,18 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
                 "past_key_values=None."
             )
 
+    def config_defaults(self, **flags: bool | None) -> tuple[bool, ...]:
+        """Each output flag as passed, or the config's value of the same name when it is None."""
+        return tuple(bool(getattr(self.config, name)) if flag is None else flag for name, flag in flags.items())
+
     def _forward_span(
         self, inputs_embeds, position_ids, padding_mask, resets, cache, output_hidden_states, output_router_logits,
-        **kwargs,
+        output_attentions, **kwargs,
     ):
         """The decoder stack on T consecutive new tokens; padding_mask bool [B, P+T] or None; resets bool [B, T]
         (starts of packed sequences) or None. Returns (final-normed hidden states, per-layer inputs + final output
-        if requested, router logits)."""
+        if requested, router logits if requested, the softmax layers' attention weights if requested and the
+        backend computed them)."""
         B, T, _ = inputs_embeds.shape
         past_len = cache.get_seq_length() if cache is not None else 0
         rotary = self.rotary_emb(position_ids)
@@ -802,21 +852,24 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         token_mask = padding_mask[:, -T:] if padding_mask is not None else None
 
         hidden_states = inputs_embeds
-        all_hidden_states, all_router_logits = [], []
+        all_hidden_states, all_router_logits, all_attentions = [], [], []
         for layer in self.layers:
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
-            hidden_states, router_logits = layer(
-                hidden_states, rotary, softmax_mask, token_mask, resets, cache=cache, **kwargs
-            )
+            hidden_states, router_logits, attn_weights = layer(
+                hidden_states, rotary, softmax_mask, token_mask, resets, cache=cache,
+                output_attentions=output_attentions, **kwargs,
+            )  # fmt: skip
             if output_router_logits:
                 all_router_logits.append(router_logits)
+            if output_attentions and attn_weights is not None:  # kept only on request: [B, H, T, P+T] each
+                all_attentions.append(attn_weights)
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden_states.append(hidden_states)
         if cache is not None:
             cache.seen_tokens += T
-        return hidden_states, all_hidden_states, all_router_logits
+        return hidden_states, all_hidden_states, all_router_logits, all_attentions
 
     @staticmethod
     def _padding_mask(attention_mask, batch_size, total_len):
@@ -861,6 +914,7 @@ class MiniMaxText01ForCausalLM(MiniMaxText01PreTrainedModel, MiniMaxText01Genera
     def set_input_embeddings(self, value):
         self.model.embed_tokens = value
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -874,17 +928,18 @@ class MiniMaxText01ForCausalLM(MiniMaxText01PreTrainedModel, MiniMaxText01Genera
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         cache: MiniMaxText01Cache | None = None,
+        output_attentions: bool | None = None,
         prefill_chunk_size: int | None = None,
         **kwargs,
     ) -> MoeCausalLMOutputWithPast:
-        r"""
+        r"""Logits (fp32) over the vocabulary; the optional outputs are the base model's (see MiniMaxText01Model).
+
         prefill_chunk_size (`int`, *optional*): run prompts longer than this through the cache in chunks of this
-            many tokens (default `config.prefill_chunk_size`); also accepted by `generate()`.
+            many tokens (default `config.prefill_chunk_size`).
         """
         output_router_logits = (
             output_router_logits if output_router_logits is not None else self.config.output_router_logits
         )
-        kwargs.pop("return_dict", None)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -892,11 +947,13 @@ class MiniMaxText01ForCausalLM(MiniMaxText01PreTrainedModel, MiniMaxText01Genera
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             output_router_logits=output_router_logits,
             cache=cache,
             prefill_chunk_size=prefill_chunk_size,
             hidden_states_to_keep=logits_to_keep if isinstance(logits_to_keep, int) else 0,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -919,6 +976,7 @@ class MiniMaxText01ForCausalLM(MiniMaxText01PreTrainedModel, MiniMaxText01Genera
             logits=logits,
             **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
             hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
             router_logits=outputs.router_logits,
         )
 

@@ -1,8 +1,8 @@
 """MiniMax-VL-01: transformers' CLIP vision tower + a two-layer projector + the MiniMax-Text-01 decoder.
 
-Reading order: projector -> pretrained base (weights init, no-split modules) -> the model: image features
-(CLIP -> drop CLS -> projector), the anyres pack (thumbnail, stitched and unpadded tile grid, a newline per row),
-the merge into the text embeddings, forward, generation.
+Reading order: projector -> pretrained base (weights init, no-split modules) -> the base model (`AutoModel`):
+image features (CLIP -> drop CLS -> projector), the anyres pack (thumbnail, stitched and unpadded tile grid, a
+newline per row), the merge into the text embeddings, forward -> the model with the LM head: generation, forward.
 
 The parameter names are the released checkpoint keys, with no renaming on load or save:
 `vision_tower.vision_model.*`, `multi_modal_projector.linear_{1,2}.*`, `image_newline`, `language_model.model.*`,
@@ -14,8 +14,9 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import MoeCausalLMOutputWithPast
+from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
+from transformers.utils import can_return_tuple
 
 from .configuration_minimax_vl_01 import MiniMaxVL01Config
 from .image_processing_minimax_vl_01 import (
@@ -25,7 +26,12 @@ from .image_processing_minimax_vl_01 import (
     unpadded_feature_grid,
 )
 from .cache_minimax_text_01 import MiniMaxText01Cache
-from .modeling_minimax_text_01 import MiniMaxText01ForCausalLM, MiniMaxText01GenerationMixin, check_loading_info
+from .modeling_minimax_text_01 import (
+    MiniMaxText01ForCausalLM,
+    MiniMaxText01GenerationMixin,
+    MiniMaxText01Model,
+    check_loading_info,
+)
 
 
 # The two ways the processor's output can disagree with the model's image geometry.
@@ -72,6 +78,9 @@ class MiniMaxVL01PreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False
+    # a lightning state cannot be rolled back to an earlier token: transformers refuses assisted generation and
+    # prompt lookup (which verify drafts and undo the rejected ones) with its own message
+    _is_stateful = True
 
     @classmethod
     def from_pretrained(cls, *args, ignore_mismatched_sizes: bool = False, output_loading_info: bool = False, **kwargs):
@@ -83,17 +92,17 @@ class MiniMaxVL01PreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         super()._init_weights(module)
-        if isinstance(module, MiniMaxVL01ForConditionalGeneration):
+        if isinstance(module, MiniMaxVL01Model):
             # one learned vector of embedding scale, appended after every row of the tile grid
             init.normal_(module.image_newline, mean=0.0, std=self.config.text_config.hidden_size**-0.5)
 
 
-class MiniMaxVL01ForConditionalGeneration(MiniMaxVL01PreTrainedModel, MiniMaxText01GenerationMixin):
-    """Image-text-to-text model. In `generate()`, transformers itself (5.17 and later) passes `pixel_values` to the
-    prefill only when a cache is used, and at every step without a cache, so `prepare_inputs_for_generation` is
-    inherited unchanged; `image_sizes` alone is ignored."""
+class MiniMaxVL01Model(MiniMaxVL01PreTrainedModel):
+    """The base model (`AutoModel`): vision tower, projector and the text decoder without its LM head; returns the
+    decoder's hidden states. Its parameter names are the released ones less `language_model.lm_head.weight`, so it
+    loads from a MiniMax-VL-01 checkpoint as it is. MiniMaxVL01ForConditionalGeneration adds the head."""
 
-    _tied_weights_keys = {}
+    _keys_to_ignore_on_load_unexpected = [r"^language_model\.lm_head\."]  # the head's weight, unused here
 
     def __init__(self, config: MiniMaxVL01Config):
         super().__init__(config)
@@ -101,21 +110,19 @@ class MiniMaxVL01ForConditionalGeneration(MiniMaxVL01PreTrainedModel, MiniMaxTex
         self.vision_tower = nn.ModuleDict({"vision_model": MiniMaxVL01VisionModel._from_config(config.vision_config)})
         self.multi_modal_projector = MiniMaxVL01MultiModalProjector(config)
         self.image_newline = nn.Parameter(torch.empty(config.text_config.hidden_size))
-        self.language_model = MiniMaxText01ForCausalLM._from_config(config.text_config)
+        self.language_model = self._build_language_model(config)
         self.post_init()
 
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # the language model builds its own MiniMaxText01Cache (lightning states + K/V)
+    @staticmethod
+    def _build_language_model(config: MiniMaxVL01Config) -> nn.Module:
+        # a container again: `language_model.model.*`, the released names of the text decoder
+        return nn.ModuleDict({"model": MiniMaxText01Model._from_config(config.text_config)})
 
     def get_input_embeddings(self):
-        return self.language_model.get_input_embeddings()
+        return self.language_model.model.get_input_embeddings()
 
     def set_input_embeddings(self, value):
-        self.language_model.set_input_embeddings(value)
-
-    def get_output_embeddings(self):
-        return self.language_model.lm_head
+        self.language_model.model.set_input_embeddings(value)
 
     # -- image features -----------------------------------------------------------------------------------------
 
@@ -155,6 +162,9 @@ class MiniMaxVL01ForConditionalGeneration(MiniMaxVL01PreTrainedModel, MiniMaxTex
     def _check_pixel_inputs(self, pixel_values, image_sizes) -> tuple[list[tuple[int, int]], list[int]]:
         """Validate the image inputs; return the original (height, width) and the crop count of each image."""
         S = self.config.tile_size
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"pixel_values must be a torch tensor, got {type(pixel_values).__name__}. Call the "
+                            "processor with return_tensors='pt'.")
         if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != (3, S, S):
             raise ValueError(
                 f"pixel_values must have shape [total_crops, 3, {S}, {S}], got {tuple(pixel_values.shape)}. Use the "
@@ -196,6 +206,92 @@ class MiniMaxVL01ForConditionalGeneration(MiniMaxVL01PreTrainedModel, MiniMaxTex
             )
         mask = image_mask[..., None].to(inputs_embeds.device)
         return inputs_embeds.masked_scatter(mask, features.to(inputs_embeds.device, inputs_embeds.dtype))
+
+    # -- forward ------------------------------------------------------------------------------------------------
+
+    def _embed_inputs(self, input_ids, pixel_values, image_sizes, inputs_embeds, text_inputs: dict):
+        """-> (input_ids, inputs_embeds) for the decoder: with images, the text embeddings with the image features
+        written at the image tokens (and input_ids None); without, the inputs unchanged. `text_inputs` (mask,
+        positions, cache) go to the language model's input checks, which would only see embeddings otherwise."""
+        if pixel_values is None:
+            return input_ids, inputs_embeds
+        if input_ids is None or inputs_embeds is not None:
+            raise ValueError(
+                "pixel_values need input_ids (the image tokens mark where the features go); pass input_ids "
+                "instead of inputs_embeds."
+            )
+        self.language_model.model.check_inputs(input_ids, None, **text_inputs)
+        image_features = self.get_image_features(pixel_values, image_sizes)
+        text_embeds = self.get_input_embeddings()(input_ids)
+        return None, self._merge_image_features(input_ids, text_embeds, image_features)
+
+    def _output_flags(self, **flags: bool | None) -> tuple[bool, ...]:
+        """Each output flag as passed, or on by default when this config or its text config sets it."""
+        configs = (self.config, self.config.text_config)
+        return tuple(
+            any(getattr(c, name, False) for c in configs) if flag is None else flag for name, flag in flags.items()
+        )
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: MiniMaxText01Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_router_logits: bool | None = None,
+        cache: MiniMaxText01Cache | None = None,  # the name transformers >= 5.2x uses for past_key_values
+        **kwargs,
+    ) -> MoeModelOutputWithPast:
+        """The text decoder's output (MiniMaxText01Model: last_hidden_state and the optional outputs it documents)."""
+        output_attentions, output_hidden_states, output_router_logits = self._output_flags(
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            output_router_logits=output_router_logits,
+        )
+        text_inputs = dict(attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
+                           cache=cache)
+        input_ids, inputs_embeds = self._embed_inputs(input_ids, pixel_values, image_sizes, inputs_embeds, text_inputs)
+        return self.language_model.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            output_router_logits=output_router_logits,
+            cache=cache,
+            return_dict=True,
+            **kwargs,
+        )
+
+
+class MiniMaxVL01ForConditionalGeneration(MiniMaxVL01Model, MiniMaxText01GenerationMixin):
+    """Image-text-to-text model: MiniMaxVL01Model with the language model's LM head (`language_model` is a
+    MiniMaxText01ForCausalLM). In `generate()`, transformers itself (5.17 and later) passes `pixel_values` to the
+    prefill only when a cache is used, and at every step without a cache, so `prepare_inputs_for_generation` is
+    inherited unchanged; `image_sizes` alone is ignored."""
+
+    _tied_weights_keys = {}
+
+    @staticmethod
+    def _build_language_model(config: MiniMaxVL01Config) -> nn.Module:
+        return MiniMaxText01ForCausalLM._from_config(config.text_config)
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # the language model builds its own MiniMaxText01Cache (lightning states + K/V)
+
+    def get_output_embeddings(self):
+        return self.language_model.lm_head
 
     # -- generation ---------------------------------------------------------------------------------------------
 
@@ -239,6 +335,7 @@ class MiniMaxVL01ForConditionalGeneration(MiniMaxVL01PreTrainedModel, MiniMaxTex
 
     # -- forward ------------------------------------------------------------------------------------------------
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -254,21 +351,20 @@ class MiniMaxVL01ForConditionalGeneration(MiniMaxVL01PreTrainedModel, MiniMaxTex
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         cache: MiniMaxText01Cache | None = None,  # the name transformers >= 5.2x uses for past_key_values
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> MoeCausalLMOutputWithPast:
-        if pixel_values is not None:
-            if input_ids is None or inputs_embeds is not None:
-                raise ValueError(
-                    "pixel_values need input_ids (the image tokens mark where the features go); pass input_ids "
-                    "instead of inputs_embeds."
-                )
-            # the language model only sees the merged embeddings: its checks of the token ids run here
-            text_model = self.language_model.model
-            text_model.check_inputs(input_ids, None, attention_mask, position_ids, past_key_values, cache)
-            image_features = self.get_image_features(pixel_values, image_sizes)
-            text_embeds = self.get_input_embeddings()(input_ids)
-            inputs_embeds = self._merge_image_features(input_ids, text_embeds, image_features)
-            input_ids = None
+        """The language model's output (MiniMaxText01ForCausalLM) on the text embeddings with the image features
+        written at the image tokens. Each optional output is on when requested, or by default when this config or its
+        text config sets the flag; `return_dict=False` (or `config.return_dict = False`) gives a tuple."""
+        output_attentions, output_hidden_states, output_router_logits = self._output_flags(
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            output_router_logits=output_router_logits,
+        )
+        text_inputs = dict(attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
+                           cache=cache)
+        input_ids, inputs_embeds = self._embed_inputs(input_ids, pixel_values, image_sizes, inputs_embeds, text_inputs)
         return self.language_model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -279,10 +375,12 @@ class MiniMaxVL01ForConditionalGeneration(MiniMaxVL01PreTrainedModel, MiniMaxTex
             use_cache=use_cache,
             output_router_logits=output_router_logits,
             output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
             logits_to_keep=logits_to_keep,
             cache=cache,
+            return_dict=True,
             **kwargs,
         )
 
 
-__all__ = ["MiniMaxVL01ForConditionalGeneration", "MiniMaxVL01PreTrainedModel"]
+__all__ = ["MiniMaxVL01ForConditionalGeneration", "MiniMaxVL01Model", "MiniMaxVL01PreTrainedModel"]

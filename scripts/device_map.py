@@ -253,7 +253,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", help="model folder or config.json")
     parser.add_argument("--gpus", type=int, required=True, help="number of GPUs (ids 0..N-1)")
-    parser.add_argument("--gpu-memory", default="80GiB", help="memory of each GPU (default 80GiB)")
+    parser.add_argument("--gpu-memory", default="80GiB",
+                        help="memory of each GPU: 80GiB, 141GB or a byte count (default 80GiB)")
     parser.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="weight dtype (int8 = quanto int8)")
     parser.add_argument("--context-length", type=int, default=DEFAULT_CONTEXT_LENGTH,
                         help=f"tokens of K/V cache to reserve per sequence (default {DEFAULT_CONTEXT_LENGTH})")

@@ -74,9 +74,14 @@ def load_reader(checkpoint: Path, config):
         raise ValueError(f"Cannot load the {reader_class.__name__.removeprefix('Auto').lower()} of {checkpoint} "
                          f"({type(error).__name__}: {error}). Check its tokenizer files.") from None
     image_processor = getattr(reader, "image_processor", None)
-    if image_processor is not None and image_processor.image_grid_pinpoints != config.image_grid_pinpoints:
-        raise ValueError(f"{checkpoint}: the image processor's image_grid_pinpoints differ from config.json's; "
-                         "images would be tiled differently from what the model expects. Make them equal.")
+    if image_processor is not None:
+        processor_geometry = (image_processor.tile_size, image_processor.image_grid_pinpoints)
+        if processor_geometry != (config.tile_size, config.image_grid_pinpoints):
+            raise ValueError(
+                f"{checkpoint}: the image processor's tile size / image_grid_pinpoints {processor_geometry} differ "
+                f"from config.json's {(config.tile_size, config.image_grid_pinpoints)}; images would be tiled "
+                "differently from what the model expects. Make preprocessor_config.json agree with config.json."
+            )
     return reader
 
 

@@ -470,7 +470,7 @@ def time_lightning_prefill(report, clock, config, nconfig, sizes, device, dtype)
         cache = hybrid_cache.MiniMaxText01Cache(config)
         out = torch.empty_like(x)
         for start in range(0, tokens, span):
-            out[:, start : start + span] = layer(x[:, start : start + span], cache=cache)
+            out[:, start : start + span] = layer(x[:, start : start + span], cache=cache)[0]
         return out
 
     report.time(what, f"{impl}, {span}-token spans", tokens, lambda: clock.ms(in_spans, reps=1),

@@ -6,7 +6,7 @@
 The folder holds what a real Hub repo holds: `config.json` with the released keys and `auto_map`,
 `model.safetensors` with the released key names, the remote-code `.py` files, a small byte-level tokenizer with
 the MiniMax special tokens and chat template, and `generation_config.json` (eos = `<end_of_sentence>`). It loads
-with `AutoConfig` / `AutoTokenizer` / `AutoModelForCausalLM` and `trust_remote_code=True`, with HF_HUB_OFFLINE=1.
+with `AutoConfig` / `AutoTokenizer` / `AutoModel` / `AutoModelForCausalLM` and `trust_remote_code=True`, offline.
 The VL folder adds the processor and image-processor configs (`AutoProcessor`); its CLIP tower and language model
 are tiny, but the image geometry is the released one (336-px tiles, patch 14, the 28 pinpoints, 576 thumbnail
 tokens), so image token counts equal the released model's.
@@ -24,6 +24,7 @@ from tiny_tokenizer import build_tiny_tokenizer, special_token_ids
 
 TEXT_AUTO_MAP = {
     "AutoConfig": "configuration_minimax_text_01.MiniMaxText01Config",
+    "AutoModel": "modeling_minimax_text_01.MiniMaxText01Model",
     "AutoModelForCausalLM": "modeling_minimax_text_01.MiniMaxText01ForCausalLM",
 }
 
@@ -77,6 +78,7 @@ def build_text_checkpoint(out: Path, seed: int = 0) -> Path:
 
 VL_AUTO_MAP = {
     "AutoConfig": "configuration_minimax_vl_01.MiniMaxVL01Config",
+    "AutoModel": "modeling_minimax_vl_01.MiniMaxVL01Model",
     "AutoModelForCausalLM": "modeling_minimax_vl_01.MiniMaxVL01ForConditionalGeneration",
     "AutoModelForImageTextToText": "modeling_minimax_vl_01.MiniMaxVL01ForConditionalGeneration",
 }

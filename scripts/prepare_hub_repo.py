@@ -5,8 +5,11 @@
 OUT (new or empty) receives: the safetensors weights (and their index), `generation_config.json`, the tokenizer and
 processor files, the remote-code `.py` files of this repository (not the checkpoint's copies), `config.json` with
 the canonical `model_type` and a validated `auto_map`, the processor configs with their `auto_map` (VL-01), and a
-model card `README.md`. Every `auto_map` entry is checked to name a class defined in a file of OUT. `--push`
-uploads OUT with huggingface_hub's `upload_folder` (the token comes from `hf auth login` or HF_TOKEN).
+model card `README.md`. Every `auto_map` entry is checked to name a class defined in a file of OUT. Before anything
+is written, the weights are checked from the safetensors headers alone: every file complete, every shard the index
+names present and holding its tensors, and the tensors exactly those (and of the shapes) config.json describes.
+`--push` uploads OUT with huggingface_hub's `upload_folder` (the token comes from `hf auth login` or HF_TOKEN), only
+after all checks passed.
 """
 
 import argparse
@@ -15,6 +18,8 @@ import json
 import math
 import shutil
 from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData, metadata_load
 
 from device_map import build_meta_model
 from generate import PROCESSOR_FILES
@@ -36,6 +41,14 @@ INDEX_FILE = "model.safetensors.index.json"
 # bytes per element of the safetensors dtypes a checkpoint may hold
 DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
                "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+# The released repositories: the default `base_model`, and their licence (MiniMax's own model licence, not an SPDX
+# one: on the Hub that is `license: other` with a name and a link). A checkpoint's own README.md metadata wins.
+BASE_MODELS = {"text": "MiniMaxAI/MiniMax-Text-01", "vl": "MiniMaxAI/MiniMax-VL-01"}
+RELEASED_LICENSE = {
+    "license": "other",
+    "license_name": "minimax-model-license",
+    "license_link": "https://github.com/MiniMax-AI/MiniMax-01/blob/main/LICENSE-MODEL",
+}
 
 
 def read_json(path: Path) -> dict:
@@ -66,15 +79,16 @@ def safetensors_header(path: Path) -> dict:
             raise ValueError(f"{damaged}: {size} bytes, too short for its header. Download or convert it again.")
         try:
             header = json.loads(file.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ValueError(f"{damaged}: its header is not valid JSON. Download or convert it again.") from None
-    header.pop("__metadata__", None)
-    for name, tensor in header.items():
-        start, end = tensor["data_offsets"]
-        element = DTYPE_BYTES.get(tensor["dtype"])
-        if element is not None and end - start != element * math.prod(tensor["shape"]):
-            raise ValueError(f"{damaged}: tensor {name} {tensor['dtype']} {tensor['shape']} has {end - start} bytes.")
-    needed = 8 + length + max((tensor["data_offsets"][1] for tensor in header.values()), default=0)
+            header.pop("__metadata__", None)
+            spans = {name: (t["dtype"], t["shape"], *t["data_offsets"]) for name, t in header.items()}
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+            raise ValueError(f"{damaged}: its header is not a valid safetensors header. Download or convert it "
+                             "again.") from None
+    for name, (dtype, shape, start, end) in spans.items():
+        element = DTYPE_BYTES.get(dtype)
+        if element is not None and end - start != element * math.prod(shape):
+            raise ValueError(f"{damaged}: tensor {name} {dtype} {shape} has {end - start} bytes.")
+    needed = 8 + length + max((end for *_, end in spans.values()), default=0)
     if needed != size:
         raise ValueError(f"{damaged}: its header describes {needed} bytes but the file has {size}. Download or "
                          "convert it again.")
@@ -110,9 +124,10 @@ def check_weights(checkpoint: Path, config) -> None:
     summarize = load("modeling_minimax_text_01").summarize_keys
     problems = []
     if missing := sorted(set(expected) - set(found)):
-        problems.append(f"missing {len(missing)} tensors the model needs: {summarize(missing)}")
+        problems.append(f"missing {len(missing)} tensor{'s' * (len(missing) > 1)} the model needs: "
+                        f"{summarize(missing)}")
     if unused := sorted(set(found) - set(expected)):
-        problems.append(f"{len(unused)} tensors the model does not use: {summarize(unused)}")
+        problems.append(f"{len(unused)} tensor{'s' * (len(unused) > 1)} the model does not use: {summarize(unused)}")
     if wrong := sorted(name for name in set(found) & set(expected) if found[name] != expected[name]):
         problems.append("wrong shapes: " + "; ".join(f"{n} {found[n]} vs {expected[n]}" for n in wrong[:5]))
     if problems:
@@ -198,21 +213,53 @@ def prepare_repo(checkpoint, out) -> Path:
     if vl:
         write_processor_auto_maps(out)
     validate_auto_maps(out)
-    (out / "README.md").write_text(model_card(config, files))
+    card = model_card(config, files, source_card_metadata(checkpoint))
+    check_card_metadata(card)
+    (out / "README.md").write_text(card)
     return out
+
+
+def source_card_metadata(checkpoint: Path) -> dict:
+    """The YAML metadata of the checkpoint's own README.md (empty when it has none)."""
+    readme = checkpoint / "README.md"
+    return (metadata_load(readme) or {}) if readme.is_file() else {}
+
+
+def card_metadata(vl: bool, source: dict) -> dict:
+    """The card's metadata: licence and base model carried over from the source card when it names them."""
+    licence = {k: source[k] for k in RELEASED_LICENSE if k in source} if "license" in source else RELEASED_LICENSE
+    return {
+        **licence,
+        "base_model": source.get("base_model", BASE_MODELS["vl" if vl else "text"]),
+        "library_name": "transformers",
+        "pipeline_tag": "image-text-to-text" if vl else "text-generation",
+        "tags": ["minimax", "mixture-of-experts", "linear-attention", "custom_code"],
+    }
+
+
+def check_card_metadata(card: str) -> None:
+    """Parse the card as huggingface_hub does (its ModelCard, strict) and check the fields the Hub requires of this
+    repo. The Hub's own check (`ModelCard.validate`, online) runs before `--push` uploads."""
+    data = ModelCard(card, ignore_metadata_errors=False).data
+    missing = [key for key in ("license", "base_model", "library_name", "pipeline_tag") if not data.get(key)]
+    if data.get("license") == "other":
+        missing += [key for key in ("license_name", "license_link") if not data.get(key)]
+    if missing:
+        raise ValueError(f"The model card's metadata lacks {', '.join(missing)}; add them to the card's YAML block.")
 
 
 def push(out: Path, repo_id: str, private: bool = False) -> str:
     """Create the Hub repo if needed and upload OUT; returns the commit URL."""
     from huggingface_hub import create_repo, upload_folder
 
+    ModelCard.load(out / "README.md").validate()  # the Hub's metadata check, before anything is created
     create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     commit = upload_folder(folder_path=out, repo_id=repo_id, repo_type="model",
                            commit_message="MiniMax-01 remote code for transformers 5")
     return commit.commit_url
 
 
-def model_card(config, files: list[str]) -> str:
+def model_card(config, files: list[str], source_metadata: dict | None = None) -> str:
     vl = is_vl(config)
     text_config, prefix = text_part(config)
     n_params = sum(p.numel() for p in build_meta_model(config).parameters())
@@ -225,8 +272,8 @@ def model_card(config, files: list[str]) -> str:
     )
     usage = VL_USAGE if vl else TEXT_USAGE
     return CARD.format(
+        metadata=ModelCardData(**card_metadata(vl, source_metadata or {})).to_yaml(),
         name=name,
-        pipeline="image-text-to-text" if vl else "text-generation",
         params=f"{n_params / 1e9:.1f} B" if n_params >= 1e9 else f"{n_params / 1e6:.1f} M",
         layers=len(types),
         lightning=types.count("linear_attention"),
@@ -237,6 +284,13 @@ def model_card(config, files: list[str]) -> str:
         "plus a thumbnail) feed the language model." if vl else "",
         range=TRANSFORMERS_RANGE,
         usage=usage,
+        device_map=DEVICE_MAP_USAGE.format(
+            prefix=prefix,
+            layers=text_config.num_hidden_layers,
+            vision='device_map.update({"vision_tower": 0, "multi_modal_projector": 0, "image_newline": 0})\n'
+            if vl else "",
+        ),
+        processor="`AutoTokenizer` and `AutoProcessor`" if vl else "`AutoTokenizer`",
         skip=f'skip = ["{prefix}lm_head", "{prefix}model.embed_tokens"' + skip,
         files=file_list(files, REMOTE_CODE_FILES if vl else TEXT_CODE_FILES),
     )
@@ -257,6 +311,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 path = "REPO_ID_OR_FOLDER"
 tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
 model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype="bfloat16", device_map="auto")
+# AutoModel loads the base model (hidden states, no LM head)
 messages = [{"role": "user", "content": [{"type": "text", "text": "What is lightning attention?"}]}]
 inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
 output = model.generate(**inputs.to(model.device), max_new_tokens=200)
@@ -271,6 +326,7 @@ from transformers import AutoModelForCausalLM, AutoProcessor
 path = "REPO_ID_OR_FOLDER"
 processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
 model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype="bfloat16", device_map="auto")
+# AutoModelForImageTextToText loads the same class; AutoModel loads the base model (hidden states, no LM head)
 messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the picture."}]}]
 prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 inputs = processor(text=prompt, images=[Image.open("photo.jpg")], return_tensors="pt").to(model.device)
@@ -278,15 +334,20 @@ output = model.generate(**inputs, max_new_tokens=200)
 print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 ```"""
 
+DEVICE_MAP_USAGE = """\
+```python
+import torch
+from transformers import AutoModelForCausalLM
+
+gpus, layers = torch.cuda.device_count(), {layers}
+device_map = {{f"{prefix}model.layers.{{i}}": i * gpus // layers for i in range(layers)}}
+device_map.update({{"{prefix}model.embed_tokens": 0, "{prefix}model.norm": gpus - 1, "{prefix}lm_head": gpus - 1}})
+{vision}model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype="bfloat16", device_map=device_map)
+```"""
+
 CARD = """\
 ---
-library_name: transformers
-pipeline_tag: {pipeline}
-tags:
-- minimax
-- mixture-of-experts
-- linear-attention
-- custom_code
+{metadata}
 ---
 
 # {name} (remote code for transformers 5)
@@ -300,6 +361,8 @@ that follows the released math.
 
 - `transformers{range}` and `torch` (any build; no flash-attn needed), `accelerate` for `device_map`,
   `optimum-quanto` for int8. Loading needs `trust_remote_code=True`.
+- Pass `trust_remote_code=True` to {processor} too, not only to the model: without it transformers
+  stops and asks in the terminal whether to run the repository's code.
 
 ## Usage
 
@@ -309,11 +372,14 @@ The released model needs several GPUs: in bfloat16 the weights alone take about 
 (below) about half. Pass `device_map="auto"`, or a whole-layer map `{{module name: GPU}}` (embeddings on the first
 GPU, final norm and `lm_head` on the last), with room left on every GPU for the K/V cache of the softmax layers
 (4 KiB per token per layer in bf16), the lightning states (4 MiB per layer per sequence, fp32) and activations.
+An even whole-layer split:
+
+{device_map}
 
 ### int8 weights (optimum-quanto)
 
 ```python
-from transformers import QuantoConfig
+from transformers import AutoModelForCausalLM, QuantoConfig
 
 {skip}
 quantization_config = QuantoConfig(weights="int8", modules_to_not_convert=skip)
@@ -341,6 +407,16 @@ Every expert and attention projection is quantized; router gates, embeddings and
   which int8 quanto does not quantize.
 - Positions count the tokens already in the cache even though layer 0 is a lightning layer, so manual decoding
   without `position_ids` is right.
+
+## Limitations
+
+- `transformers serve` and `transformers chat` cannot load this model: they look the model class up by its name
+  among transformers' own classes (`architectures` in config.json), which a remote-code class is not. Use
+  `generate()` or the `pipeline` (`trust_remote_code=True`) instead.
+- Assisted generation and prompt lookup are refused (transformers' message for stateful models): a lightning
+  state cannot be rolled back to drop rejected draft tokens.
+- `output_attentions=True` (with `attn_implementation="eager"`) returns the weights of the softmax layers only;
+  the lightning layers have no attention matrix.
 
 ## Behaviours worth knowing
 

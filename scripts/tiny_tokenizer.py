@@ -55,6 +55,10 @@ MODEL_MAX_LENGTH = 10_240_000
 #   when the conversation starts with one, otherwise before the first message. The tool is dumped as given
 #   (``tojson``, i.e. ``json.dumps`` with ``", "``/``": "`` separators and insertion order kept).
 # * Any other role raises an error.
+# * ``{% generation %}`` ... ``{% endgeneration %}`` mark what the model writes in an assistant turn: its text and
+#   the closing ``<end_of_sentence>`` (not the header, which is the generation prompt, nor the newline after it).
+#   ``apply_chat_template(..., return_assistant_tokens_mask=True, return_dict=True)`` turns them into the
+#   ``assistant_masks`` that TRL's assistant-only loss reads.
 CHAT_TEMPLATE = r"""{#- MiniMax-01 chat format; see scripts/tiny_tokenizer.py for the rules. -#}
 {%- macro render_content(content) -%}
 {%- if content is string -%}
@@ -90,7 +94,11 @@ CHAT_TEMPLATE = r"""{#- MiniMax-01 chat format; see scripts/tiny_tokenizer.py fo
 {%- elif message['role'] == 'user' -%}
 {{- '<beginning_of_sentence>user name=user\n' + render_content(message['content']) + '<end_of_sentence>\n' -}}
 {%- elif message['role'] == 'assistant' -%}
-{{- '<beginning_of_sentence>ai name=assistant\n' + render_content(message['content']) + '<end_of_sentence>\n' -}}
+{{- '<beginning_of_sentence>ai name=assistant\n' -}}
+{%- generation -%}
+{{- render_content(message['content']) + '<end_of_sentence>' -}}
+{%- endgeneration -%}
+{{- '\n' -}}
 {%- elif message['role'] == 'tool' -%}
 {%- if message['content'] is mapping -%}
 {%- set response = message['content'] -%}

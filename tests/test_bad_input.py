@@ -208,7 +208,8 @@ def test_released_vl_config_loads_unchanged_without_warnings(tmp_path, caplog):
 def test_checkpoint_missing_one_expert_names_the_key(tiny_text, tmp_path):
     key = "model.layers.5.block_sparse_moe.experts.2.w3.weight"
     folder = edited_checkpoint(tiny_text, tmp_path / "ckpt", tensors={key: None})
-    with pytest.raises(ValueError, match=r"lacks 1 weights .*left at random: " + key.replace(".", r"\.")):
+    phrase = r"lacks 1 weight the model needs \(they would start at random\): " + key.replace(".", r"\.")
+    with pytest.raises(ValueError, match=phrase):
         mm.MiniMaxText01ForCausalLM.from_pretrained(folder)
 
 
@@ -222,7 +223,7 @@ def test_config_asking_for_a_shared_expert_the_checkpoint_lacks(tiny_text, tmp_p
 def test_config_without_attn_type_list_against_a_different_pattern(tiny_text, tmp_path):
     """The released pattern (softmax at layer 7) replaces the tiny one (3 and 7): layer 3's weights do not fit."""
     folder = edited_checkpoint(tiny_text, tmp_path / "ckpt", config={"attn_type_list": None})
-    phrase = r"lacks 4 weights.*model\.layers\.3\.self_attn\.qkv_proj\.weight.*attn_type_list"
+    phrase = r"lacks 4 weights the model needs.*model\.layers\.3\.self_attn\.qkv_proj\.weight.*attn_type_list"
     with pytest.raises(ValueError, match=phrase):
         mm.MiniMaxText01ForCausalLM.from_pretrained(folder)
 
@@ -295,7 +296,7 @@ def test_int8_quanto_loading_passes_the_key_checks(tiny_text):
 @pytest.mark.smoke
 def test_vl_checkpoint_missing_a_tensor_names_it(tiny_vl, tmp_path):
     folder = edited_checkpoint(tiny_vl, tmp_path / "ckpt", tensors={"image_newline": None})
-    with pytest.raises(ValueError, match=r"lacks 1 weights .*image_newline.*text_config\.\* for VL-01"):
+    with pytest.raises(ValueError, match=r"lacks 1 weight .*image_newline.*text_config\.\* for VL-01"):
         vl.MiniMaxVL01ForConditionalGeneration.from_pretrained(folder)
 
 
@@ -466,6 +467,12 @@ def test_wide_grayscale_gives_the_pixels_of_its_8_bit_equivalent(to_wide):
     torch.testing.assert_close(pixel_values(wide), pixel_values(Image.fromarray(pixels)), atol=1e-5, rtol=0)
 
 
+def test_uint16_arrays_give_the_pixels_of_their_8_bit_equivalent():
+    """16-bit PNGs read by imageio / OpenCV arrive as uint16 arrays: read as 0..65535, like PIL's I;16."""
+    colour = np.random.default_rng(1).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    torch.testing.assert_close(pixel_values(colour.astype(np.uint16) * 257), pixel_values(colour), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize(
     "image, phrase",
     [(Image.fromarray(np.full((8, 8), 2.0, dtype=np.float32)), r"mode 'F' must hold values in 0\.\.1"),
@@ -569,6 +576,13 @@ def test_vl_prompt_with_token_ids_outside_the_vocabulary(vl_model_and_ids):
         model(input_ids=ids, **inputs)
 
 
+def test_pixel_values_as_lists_ask_for_tensors(vl_model_and_ids):
+    model, image_token = vl_model_and_ids
+    inputs = image_processing.MiniMaxVL01ImageProcessor()(rgb(336, 336))  # no return_tensors: NumPy arrays
+    with pytest.raises(TypeError, match=r"pixel_values must be a torch tensor, got ndarray.*return_tensors='pt'"):
+        model(input_ids=torch.full((1, 1176), image_token), **inputs)
+
+
 def test_raw_uint8_crops_are_refused(vl_model_and_ids):
     model, image_token = vl_model_and_ids
     inputs = image_processing.MiniMaxVL01ImageProcessor(do_rescale=False, do_normalize=False)(rgb(336, 336),
@@ -589,7 +603,8 @@ def test_generate_script_refuses_a_processor_with_other_pinpoints_before_loading
             target["image_grid_pinpoints"] = [[336, 672]]
             path.write_text(json.dumps(values))
     monkeypatch.setattr(gen.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("weights loaded"))
-    with pytest.raises(ValueError, match="image processor's image_grid_pinpoints differ from config.json's"):
+    phrase = r"image processor's tile size / image_grid_pinpoints \(336, \[\[336, 672\]\]\) differ from config\.json's"
+    with pytest.raises(ValueError, match=phrase):
         gen.load_model(folder)
 
 
@@ -650,7 +665,7 @@ def test_generate_script_reports_a_bad_checkpoint_as_a_usage_error(tiny_text, tm
     folder = edited_checkpoint(tiny_text, tmp_path / "ckpt", tensors={"model.norm.weight": None})
     with pytest.raises(SystemExit) as exit_info:
         gen.main([str(folder), "--prompt", "hi"])
-    assert exit_info.value.code == 2 and "lacks 1 weights the model needs" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "lacks 1 weight the model needs" in capsys.readouterr().err
 
 
 def test_read_images_keeps_the_orientation_for_the_processor(tmp_path):
@@ -694,9 +709,10 @@ def test_truncated_safetensors_is_refused_before_assembly(tiny_text, tmp_path):
 
 def test_safetensors_with_a_garbage_header_is_refused(tiny_text, tmp_path):
     folder = edited_checkpoint(tiny_text, tmp_path / "ckpt")
-    (folder / "model.safetensors").write_bytes((100).to_bytes(8, "little") + b"\xff" * 100)
-    with pytest.raises(ValueError, match="header is not valid JSON"):
-        hub.prepare_repo(folder, tmp_path / "repo")
+    for header in (b"\xff" * 100, b'{"w": {"dtype": "F32"}}', b"[1, 2]"):
+        (folder / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+        with pytest.raises(ValueError, match="is not a valid safetensors header"):
+            hub.prepare_repo(folder, tmp_path / "repo")
 
 
 @pytest.mark.smoke
@@ -744,5 +760,5 @@ def test_weights_that_do_not_fit_the_config_are_refused(tiny_text, tmp_path):
 
 def test_vl_weights_with_an_unused_tensor_are_refused(tiny_vl, tmp_path):
     folder = edited_checkpoint(tiny_vl, tmp_path / "ckpt", tensors={"extra.weight": torch.ones(2)})
-    with pytest.raises(ValueError, match=r"1 tensors the model does not use: extra\.weight"):
+    with pytest.raises(ValueError, match=r"1 tensor the model does not use: extra\.weight"):
         hub.prepare_repo(folder, tmp_path / "repo")

@@ -409,6 +409,7 @@ def test_prepared_repos_load_offline(tiny_text, tiny_vl, tmp_path):
     config = json.loads((text_repo / "config.json").read_text())
     assert config["auto_map"] == {
         "AutoConfig": "configuration_minimax_text_01.MiniMaxText01Config",
+        "AutoModel": "modeling_minimax_text_01.MiniMaxText01Model",
         "AutoModelForCausalLM": "modeling_minimax_text_01.MiniMaxText01ForCausalLM",
     }
     code = "modeling_minimax_text_01.py"
