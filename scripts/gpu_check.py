@@ -5,7 +5,8 @@
 
 Part 1, checks (a tiny model in fp32, the same weights on both sides; exit status 1 if one fails or errors):
 - fla prefill: the lightning prefill through flash-linear-attention's Triton kernel vs the plain chunked path, on a
-  left-padded batch prefilled with a cache, a cached continuation and decode steps, plus the input gradient;
+  left-padded batch prefilled with a cache, a cached continuation and decode steps, and on packed sequences
+  (logits and input gradient);
 - grouped-mm experts (`config.moe_grouped_mm`) vs the per-expert loop;
 - static-cache decode: `generate(..., cache_implementation="static")` vs the dynamic cache, eager and with
   `torch.compile(model.forward, fullgraph=True, mode="reduce-overhead")` (CUDA graphs); "not available" while the
@@ -125,8 +126,7 @@ def peak_memory(device: torch.device, result: dict):
 
 def measure_ceilings(clock: Clock, device, dtype, tiny: bool) -> dict:
     """Copy bandwidth (bytes read + written per second) and matmul rate (FLOP/s) of this device in `dtype`."""
-    elements = (8 if tiny else 2048) << 20
-    src = torch.ones(elements // 2, dtype=dtype, device=device)
+    src = torch.ones((4 if tiny else 1024) << 20, dtype=dtype, device=device)  # 2 GiB in bf16 at full size
     dst = torch.empty_like(src)
     copy_ms = clock.ms(lambda: dst.copy_(src))
     n = 256 if tiny else 8192
@@ -194,7 +194,8 @@ class Report:
 
     @property
     def failed(self) -> bool:
-        """A check failed or errored, or a path other than native minimax raised (native's failures are only reported)."""
+        """A check failed or errored, or a path other than native minimax raised (native's own failures are only
+        reported)."""
         return any(c["status"] in ("FAIL", "ERROR") for c in self.checks) or any(
             r["status"] == "ERROR" and not r["impl"].startswith("native") for r in self.rows)
 
@@ -259,6 +260,26 @@ def padded_batch(device, length=70, padding=9, seed=3):
     return ids, mask
 
 
+def packed_batch(device, rows=((11, 30, 25), (40, 20)), seed=4):
+    """Rows of packed sequences (position_ids restart at 0 where one begins), right-padded to one length:
+    ids, position_ids, attention_mask [B, T]."""
+    T = max(sum(row) for row in rows)
+    ids = torch.randint(0, 512, (len(rows), T), generator=torch.Generator().manual_seed(seed))
+    positions, mask = torch.zeros_like(ids), torch.zeros_like(ids)
+    for b, lengths in enumerate(rows):
+        positions[b, : sum(lengths)] = torch.cat([torch.arange(n) for n in lengths])
+        mask[b, : sum(lengths)] = 1
+    return ids.to(device), positions.to(device), mask.to(device)
+
+
+def packed_logits_and_input_gradient(model, ids, positions, mask):
+    """Logits of a packed batch (no cache) and the gradient of their sum over real tokens w.r.t. the embeddings."""
+    embeds = model.model.embed_tokens(ids).detach().requires_grad_(True)
+    logits = model(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, use_cache=False).logits
+    logits[mask.bool()].sum().backward()
+    return logits.detach(), embeds.grad
+
+
 @contextmanager
 def patched(module, name, value):
     old = getattr(module, name)
@@ -282,23 +303,20 @@ def check_fla_prefill(device):
         calls.append(args[0].shape[2])
         return kernels.lightning_attention_fla(*args)
 
-    def input_gradient():
-        embeds = model.model.embed_tokens(ids).detach().requires_grad_(True)
-        model(inputs_embeds=embeds, attention_mask=mask).logits[mask.bool()].sum().backward()
-        return embeds.grad
-
+    packed = packed_batch(device)
     with patched(modeling, "lightning_attention_fla", counted):
         fla_logits, fla_states = padded_prefill_continuation_decode(model, ids, mask, 40)
-        fla_grad = input_gradient()
+        fla_packed, fla_grad = packed_logits_and_input_gradient(model, *packed)
     if not calls:
         raise RuntimeError("the model never called lightning_attention_fla on CUDA")
     with patched(modeling, "use_fla_prefill", lambda q: False):
         plain_logits, plain_states = padded_prefill_continuation_decode(model, ids, mask, 40)
-        plain_grad = input_gradient()
-    keep = mask.bool()
+        plain_packed, plain_grad = packed_logits_and_input_gradient(model, *packed)
+    keep, keep_packed = mask.bool(), packed[2].bool()
     errors = {"logits": rel_err(fla_logits[keep], plain_logits[keep]),
               "states": max(rel_err(a, b) for a, b in zip(fla_states, plain_states)),
-              "input gradient": rel_err(fla_grad, plain_grad)}
+              "packed logits": rel_err(fla_packed[keep_packed], plain_packed[keep_packed]),
+              "packed input gradient": rel_err(fla_grad, plain_grad)}
     return max(errors.values()), ", ".join(f"{k} {v:.1e}" for k, v in errors.items()) + f"; {len(calls)} fla calls"
 
 
@@ -368,7 +386,7 @@ def check_bf16(device):
 
 
 def run_checks(report: Report, device):
-    report.check("fla prefill vs plain chunked path (padded, cached, decode, gradient)",
+    report.check("fla prefill vs plain chunked path (padded, cached, decode; packed, gradient)",
                  lambda: check_fla_prefill(device), tolerance=1e-2)  # fla's fp32 tl.dot runs in TF32 on GPUs
     report.check("grouped-mm experts vs per-expert loop", lambda: check_grouped_mm(device), tolerance=1e-4)
     report.check("static-cache generate vs dynamic cache (eager)", lambda: check_static_cache(device, False),

@@ -7,7 +7,7 @@ import json
 import gpu_check
 
 CPU_ONLY_SKIPS = {  # check -> why it cannot run on CPU
-    "fla prefill vs plain chunked path (padded, cached, decode, gradient)": "CUDA only",
+    "fla prefill vs plain chunked path (padded, cached, decode; packed, gradient)": "CUDA only",
     "grouped-mm experts vs per-expert loop": "CUDA only",
     "static-cache compiled decode (CUDA graphs) vs dynamic cache": "need a CUDA device",
 }
