@@ -423,6 +423,26 @@ def format_tensor_parallel_plan(plan: TensorParallelPlan) -> str:
     return "\n".join(lines)
 
 
+def prefill_chunk_activation_bytes(config, chunk: int, tp: int = 1, batch_size: int = 1, element: int = 2) -> int:
+    """Peak activation bytes per GPU of a prefill fed in chunks of `chunk` tokens (`prefill_chunk_size`): what one
+    decoder layer holds at once for one chunk, the largest of the three layer parts, on top of the residual stream.
+
+    Residual stream: the layer input, its norm and the residual, [B, C, D] each. Lightning: qkv, q / k / v and the
+    output in fp32, the gate, the projection: [B, C, H d / tp]-sized, plus [B, C, D]. Softmax: q, k, v and the
+    log-sum-exp merge's fp32 partial outputs. MoE: the router's fp32 probabilities, and at worst one expert taking
+    every token: its gathered input [B C, D] and w1 / w3 outputs [B C, I / tp], plus the [B, C, D] sum. Nothing
+    here grows with the cached context (the K/V is counted as cache)."""
+    text_config, _ = text_part(config)
+    rows = batch_size * chunk
+    D, inner = text_config.hidden_size, text_config.num_attention_heads * text_config.head_dim // tp
+    kv_inner = text_config.num_key_value_heads * text_config.head_dim // tp
+    residual = 3 * rows * D * element
+    lightning = rows * inner * (4 * element + 4 * 4) + rows * D * element
+    softmax = rows * (inner + 2 * kv_inner) * element + 3 * rows * inner * 4
+    moe = rows * text_config.num_local_experts * 4 + rows * (2 * D + 2 * text_config.intermediate_size // tp) * element
+    return residual + max(lightning, softmax, moe)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", help="model folder or config.json")
@@ -438,8 +458,12 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=1, help="sequences decoded at once (default 1)")
     parser.add_argument("--headroom", default=DEFAULT_HEADROOM,
                         help=f"per-GPU reserve for activations and the CUDA context (default {DEFAULT_HEADROOM})")
+    parser.add_argument("--prefill-chunk", type=int, default=None,
+                        help="also estimate the activations of a prefill in chunks of this many tokens, per GPU")
     parser.add_argument("--json", action="store_true", help="print {module name: GPU index} as JSON")
     args = parser.parse_args(argv)
+    if args.prefill_chunk is not None and args.prefill_chunk < 1:
+        parser.error(f"--prefill-chunk must be a positive token count, got {args.prefill_chunk}.")
     if args.tp is not None and args.json:
         parser.error("--json prints a device map; a tensor-parallel layout needs none (torchrun + tp_plan='auto').")
     try:
@@ -448,12 +472,25 @@ def main(argv=None):
             plan = plan_tensor_parallel(config, args.tp, args.pp, args.gpu_memory, args.dtype, args.headroom,
                                         args.context_length, args.batch_size)  # fmt: skip
             print(format_tensor_parallel_plan(plan))
+            print_chunk_activations(args, config, plan.headroom, args.tp)
             return
         plan = plan_device_map(config, args.gpus, args.gpu_memory, args.dtype, args.headroom, args.context_length,
                                args.batch_size)
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
     print(json.dumps(plan.device_map, indent=1) if args.json else format_plan(plan))
+    if not args.json:
+        print_chunk_activations(args, config, plan.headroom, 1)
+
+
+def print_chunk_activations(args, config, headroom: int, tp: int) -> None:
+    if args.prefill_chunk is None:
+        return
+    element = 4 if args.dtype == "float32" else 2
+    need = prefill_chunk_activation_bytes(config, args.prefill_chunk, tp, args.batch_size, element)
+    verdict = "within" if need <= headroom else "MORE than"
+    print(f"A prefill in chunks of {args.prefill_chunk:,} tokens holds about {need / GIB:.2f} GiB of activations per "
+          f"GPU at its peak, {verdict} the {headroom / GIB:.1f} GiB headroom (independent of the context length).")
 
 
 if __name__ == "__main__":

@@ -122,3 +122,32 @@ def test_vl_image_straddling_a_chunk_boundary(vl_model, processor):  # noqa: F81
         finally:
             vl_model.config.text_config.prefill_chunk_size = None
     assert rel(chunked, whole) < 1e-5
+
+
+def test_planner_estimates_chunk_activations_independent_of_the_context(tmp_path):
+    """The planner's chunk-activation estimate: linear in the chunk, split by tensor parallel, printed beside the
+    layout, and the same for any context length (the K/V is the cache's, not the chunk's)."""
+    import json
+    from pathlib import Path
+
+    from device_map import main as planner, prefill_chunk_activation_bytes
+
+    released = json.loads((Path(__file__).resolve().parents[2] / "shared/spec/released-configs/"
+                           "minimax-text-01.config.json").read_text())
+    config = load("configuration_minimax_text_01").MiniMaxText01Config(**released)
+    one, two = (prefill_chunk_activation_bytes(config, c, tp=8) for c in (8192, 16384))
+    assert two == 2 * one and prefill_chunk_activation_bytes(config, 8192, tp=1) > 3 * one  # residual not split
+    # released sizes at TP 8, chunks of 8192 in bf16: residual stream 3 x 8192 x 6144 x 2 bytes, then the lightning
+    # layer, the largest part: 8192 x 1024 x (4 x 2 + 4 x 4) + 8192 x 6144 x 2
+    assert one == 3 * 8192 * 6144 * 2 + 8192 * 1024 * 24 + 8192 * 6144 * 2
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(released))
+    import contextlib
+    import io
+
+    for context in ("1000000", "4000000"):
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            planner([str(path), "--tp", "8", "--gpu-memory", "141GB", "--context-length", context,
+                     "--prefill-chunk", "8192"])
+        assert f"about {one / 2**30:.2f} GiB of activations per GPU" in printed.getvalue()
