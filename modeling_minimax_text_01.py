@@ -21,7 +21,14 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 from transformers.utils import logging
 
-from .cache_minimax_text_01 import MiniMaxText01Cache
+from .cache_minimax_text_01 import (
+    CACHE_FIELD,
+    MiniMaxGenerationMixin,
+    MiniMaxText01Cache,
+    MiniMaxText01StaticCache,
+    static_cache_attention_mask,
+    static_cache_padding_mask,
+)
 from .configuration_minimax_text_01 import SOFTMAX, MiniMaxText01Config
 from .lightning_attention import (
     compute_dtype,
@@ -34,9 +41,6 @@ from .lightning_attention import (
 )
 
 logger = logging.get_logger(__name__)
-
-# transformers >= 5.2x names the output's cache field `cache`; 5.17 calls it `past_key_values`.
-CACHE_FIELD = "cache" if "cache" in MoeModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 class MiniMaxText01RMSNorm(nn.Module):
@@ -93,6 +97,8 @@ class MiniMaxText01LightningAttention(nn.Module):
 
     def step_decay(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """exp(-slopes) [H, 1, 1] for the decode step, computed once instead of every token."""
+        if torch.compiler.is_compiling():  # in the graph: caching it here would change the module and recompile
+            return torch.exp(-self.slopes(device).to(dtype))[:, None, None]
         decay = self._step_decay
         if decay is None or (decay.device, decay.dtype) != (device, dtype):
             self._step_decay = torch.exp(-self.slopes(device).to(dtype))[:, None, None]
@@ -286,8 +292,38 @@ def grouped_experts_forward(x_sorted, counts, w13, w2, act):
     return _grouped_mm(act(gate) * up, w2, offs=offsets)
 
 
+def gathered_experts_forward(x, weights, experts, w1, w3, w2, act):
+    """The k chosen experts of each of N tokens, reading only the chosen rows of the stacked weights: no host sync,
+    no data-dependent shape. x [N, D], weights / experts [N, k]; w1 / w3 [E, I, D], w2 [E, D, I] -> [N, D].
+    Written as products and sums over gathered weights, which inductor fuses into reductions that read each
+    chosen weight once; used only inside torch.compile (eager would materialise [N k, I, D])."""
+    idx = experts.flatten()  # [S = N k]
+    xs = x.repeat_interleave(experts.shape[1], dim=0)[:, None, :]  # [S, 1, D]
+    h = act((w1[idx] * xs).sum(-1)) * (w3[idx] * xs).sum(-1)  # [S, I]
+    y = (w2[idx] * h[:, None, :]).sum(-1)  # [S, D]
+    return (y.view(*experts.shape, -1) * weights[..., None]).sum(1)
+
+
+def stackable_experts(moe: nn.Module) -> bool:
+    """Plain nn.Linear experts holding plain Parameters (not quanto's QLinear, not DTensor shards, not meta
+    placeholders of an offloaded model), all on one device in one dtype."""
+    weights = [layer.weight for expert in moe.experts for layer in (expert.w1, expert.w3, expert.w2)]
+    return (
+        experts_are_plain_linear(moe)
+        and all(type(w) is nn.Parameter and not w.is_meta for w in weights)
+        and len({(w.device, w.dtype) for w in weights}) == 1
+    )
+
+
 class MiniMaxText01SparseMoeBlock(nn.Module):
-    """Top-k routing with an fp32 softmax and renormalised weights; no capacity limit, no router bias."""
+    """Top-k routing with an fp32 softmax and renormalised weights; no capacity limit, no router bias.
+
+    Routing paths: eager decode of one token runs its k experts directly; eager otherwise groups tokens by expert;
+    under torch.compile in inference (the static-cache decode) no path may sync with the host, so up to
+    `num_experts` (token, expert) pairs go through `gathered_experts_forward` over the stacked weights
+    (`expert_stacks`), and larger inputs (or experts that cannot be stacked: quanto, tensor-parallel shards) run
+    every expert on every token, weighted by the routing weight (0 where not chosen).
+    """
 
     def __init__(self, config: MiniMaxText01Config):
         super().__init__()
@@ -300,6 +336,8 @@ class MiniMaxText01SparseMoeBlock(nn.Module):
             MiniMaxText01Expert(config.hidden_size, config.intermediate_size, config.hidden_act)
             for _ in range(self.num_experts)
         )
+        self._expert_stacks: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._stacked_from: list[nn.Parameter] = []
 
     def stacked_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """[E, D, 2I] (w1 | w3) and [E, I, D] (w2) for grouped matmul, stacked once per device and dtype.
@@ -314,6 +352,44 @@ class MiniMaxText01SparseMoeBlock(nn.Module):
             self._stacked = (w13.contiguous(), w2.contiguous())
         return self._stacked
 
+    def expert_stacks(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(w1 [E, I, D], w3 [E, I, D], w2 [E, D, I]) for the compiled decode, or None when the experts cannot be
+        stacked. Each expert's `weight` becomes a view into these, so the model keeps one copy of the weights and
+        the checkpoint names and per-expert nn.Linear layout stay. Built in eager mode (any eager inference forward
+        of more than one token, e.g. the prefill before a compiled decode, builds or refreshes them); `.to()` and
+        friends drop them, and inside a compiled graph they are used only while every expert parameter is still
+        the Parameter object they were built from (guarded by dynamo)."""
+        if torch.compiler.is_compiling():
+            if self._expert_stacks is not None and all(a is b for a, b in zip(self._expert_params(), self._stacked_from)):
+                return self._expert_stacks
+            return None
+        if self._expert_stacks is None or not self._stacks_in_use():
+            self._expert_stacks = self._stack_experts() if stackable_experts(self) else None
+        return self._expert_stacks
+
+    def _expert_params(self) -> list[nn.Parameter]:
+        return [getattr(expert, name).weight for name in ("w1", "w3", "w2") for expert in self.experts]
+
+    def _stacks_in_use(self) -> bool:
+        params = self._expert_params()
+        views = [stack[e] for stack in self._expert_stacks for e in range(self.num_experts)]
+        return all(p is q and p.data_ptr() == v.data_ptr() for p, q, v in zip(params, self._stacked_from, views))
+
+    @torch.no_grad()
+    def _stack_experts(self):
+        stacks = tuple(
+            torch.stack([getattr(expert, name).weight for expert in self.experts]) for name in ("w1", "w3", "w2")
+        )
+        for name, stack in zip(("w1", "w3", "w2"), stacks):
+            for expert, view in zip(self.experts, stack):
+                getattr(expert, name).weight.data = view  # the separate per-expert storage is freed
+        self._stacked_from = self._expert_params()
+        return stacks
+
+    def _apply(self, fn, recurse=True):
+        self._expert_stacks = None  # .to() / .half() / ... give every parameter new storage: rebuild when needed
+        return super()._apply(fn, recurse)
+
     def forward(self, x):
         B, T, D = x.shape
         x = x.reshape(-1, D)
@@ -324,6 +400,11 @@ class MiniMaxText01SparseMoeBlock(nn.Module):
         weights, experts = probs.topk(self.top_k, dim=-1)  # [N, k]
         weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
 
+        if not torch.is_grad_enabled():
+            if torch.compiler.is_compiling():
+                return self._traceable_experts(x, weights, experts).view(B, T, D), router_logits
+            if T > 1:
+                self.expert_stacks()  # built or refreshed in an eager prefill, for a later compiled decode
         if x.shape[0] == 1 and not torch.is_grad_enabled():  # one-sequence decode: run its k experts directly
             out = None
             for w, e in zip(weights[0].tolist(), experts[0].tolist()):  # Python scalars: no 0-dim tensor ops
@@ -349,6 +430,17 @@ class MiniMaxText01SparseMoeBlock(nn.Module):
                 y = y * expert_weights if torch.is_grad_enabled() else y.mul_(expert_weights)
                 out.index_add_(0, expert_tokens, y)
         return out.view(B, T, D), router_logits
+
+    def _traceable_experts(self, x, weights, experts):
+        """The experts without host syncs or data-dependent shapes (torch.compile, inference). x [N, D] -> [N, D]."""
+        stacks = self.expert_stacks() if experts.numel() <= self.num_experts else None
+        if stacks is not None:
+            return gathered_experts_forward(x, weights, experts, *stacks, self.experts[0].act)
+        dense = torch.zeros(x.shape[0], self.num_experts, dtype=x.dtype, device=x.device).scatter(1, experts, weights)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            out = out + expert(x) * dense[:, e : e + 1]
+        return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -411,7 +503,8 @@ class MiniMaxText01PreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False
+    _can_compile_fullgraph = True  # with MiniMaxText01StaticCache (generate(cache_implementation="static"))
+    _is_stateful = True  # a lightning state cannot be rolled back: transformers refuses assisted generation
 
     @classmethod
     def from_pretrained(cls, *args, ignore_mismatched_sizes: bool = False, output_loading_info: bool = False, **kwargs):
@@ -494,16 +587,22 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         B, T, _ = inputs_embeds.shape
         if T == 0:
             raise ValueError("Empty input: the sequence has no tokens.")
-        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
-        if past_len + T > self.config.max_position_embeddings:
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0  # static: device tensor
+        static = isinstance(past_key_values, MiniMaxText01StaticCache)
+        if static:
+            self._check_static_cache(past_key_values, T)
+        elif past_len + T > self.config.max_position_embeddings:
             logger.warning_once(
                 f"Sequence length {past_len + T} exceeds max_position_embeddings ({self.config.max_position_embeddings}); "
                 "the model runs, but quality beyond the trained context is not guaranteed."
             )
 
-        padding_mask = self._padding_mask(attention_mask, B, past_len + T, check_right_padding=use_cache and T > 1)
+        if static:  # bool [B, max_cache_len]: fixed shape for every step
+            padding_mask = static_cache_padding_mask(attention_mask, B, past_key_values.max_cache_len)
+        else:
+            padding_mask = self._padding_mask(attention_mask, B, past_len + T, check_right_padding=use_cache and T > 1)
         if position_ids is None:
-            position_ids = torch.arange(past_len, past_len + T, device=inputs_embeds.device).expand(B, T)
+            position_ids = (torch.arange(T, device=inputs_embeds.device) + past_len).expand(B, T)
         # Long prompts run in spans of `prefill_chunk_size` tokens through the cache: activation memory is bounded
         # by the span, total memory grows only with the K/V cache (linear in tokens).
         span = self.config.prefill_chunk_size or T
@@ -513,7 +612,7 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
             self._forward_span(
                 inputs_embeds[:, start : start + span],
                 position_ids[:, start : start + span],
-                padding_mask[:, : past_len + start + span] if padding_mask is not None else None,
+                padding_mask[:, : past_len + start + span] if padding_mask is not None and not static else padding_mask,
                 past_key_values,
                 output_hidden_states,
                 **kwargs,
@@ -543,11 +642,16 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         B, T, _ = inputs_embeds.shape
         past_len = cache.get_seq_length() if cache is not None else 0
         rotary = self.rotary_emb(position_ids)
-        if (self.config._attn_implementation or "").startswith("flash"):
-            softmax_mask = padding_mask  # flash backends take the 2-D padding mask and apply causality themselves
+        if isinstance(cache, MiniMaxText01StaticCache):  # K/V slots [max_cache_len]; the new tokens at cache_position
+            cache_position = torch.arange(T, device=inputs_embeds.device) + past_len
+            softmax_mask = static_cache_attention_mask(padding_mask, cache_position, cache.max_cache_len)
+            token_mask = padding_mask.index_select(1, cache_position) if padding_mask is not None else None
         else:
-            softmax_mask = softmax_attention_mask(padding_mask, B, T, past_len, inputs_embeds.device)
-        token_mask = padding_mask[:, -T:] if padding_mask is not None else None
+            if (self.config._attn_implementation or "").startswith("flash"):
+                softmax_mask = padding_mask  # flash backends take the 2-D padding mask and apply causality themselves
+            else:
+                softmax_mask = softmax_attention_mask(padding_mask, B, T, past_len, inputs_embeds.device)
+            token_mask = padding_mask[:, -T:] if padding_mask is not None else None
 
         hidden_states = inputs_embeds
         all_hidden_states, all_router_logits = [], []
@@ -564,6 +668,14 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         if cache is not None:
             cache.seen_tokens += T
         return hidden_states, all_hidden_states, all_router_logits
+
+    def _check_static_cache(self, cache: MiniMaxText01StaticCache, new_tokens: int) -> None:
+        if (self.config._attn_implementation or "").startswith("flash"):
+            raise ValueError(
+                "The static cache needs a masked attention backend over its max_cache_len slots: load the model with "
+                "attn_implementation='sdpa' or 'eager', or use the default dynamic cache with flash attention."
+            )
+        cache.check_room(new_tokens)
 
     @staticmethod
     def _padding_mask(attention_mask, batch_size, total_len, check_right_padding):
@@ -586,7 +698,7 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         return mask
 
 
-class MiniMaxText01ForCausalLM(MiniMaxText01PreTrainedModel, GenerationMixin):
+class MiniMaxText01ForCausalLM(MiniMaxGenerationMixin, MiniMaxText01PreTrainedModel, GenerationMixin):
     _tied_weights_keys = {}
 
     def __init__(self, config: MiniMaxText01Config):

@@ -25,7 +25,7 @@ from .image_processing_minimax_vl_01 import (
     select_best_resolution,
     unpadded_feature_grid,
 )
-from .cache_minimax_text_01 import MiniMaxText01Cache
+from .cache_minimax_text_01 import MiniMaxGenerationMixin, MiniMaxText01Cache
 from .modeling_minimax_text_01 import MiniMaxText01ForCausalLM
 
 
@@ -64,7 +64,8 @@ class MiniMaxVL01PreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False
+    _can_compile_fullgraph = True  # with MiniMaxText01StaticCache (generate(cache_implementation="static"))
+    _is_stateful = True  # the language model's lightning states cannot be rolled back
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -73,7 +74,7 @@ class MiniMaxVL01PreTrainedModel(PreTrainedModel):
             init.normal_(module.image_newline, mean=0.0, std=self.config.text_config.hidden_size**-0.5)
 
 
-class MiniMaxVL01ForConditionalGeneration(MiniMaxVL01PreTrainedModel, GenerationMixin):
+class MiniMaxVL01ForConditionalGeneration(MiniMaxGenerationMixin, MiniMaxVL01PreTrainedModel, GenerationMixin):
     """Image-text-to-text model. In `generate()`, transformers itself (5.17 and later) passes `pixel_values` to the
     prefill only when a cache is used, and at every step without a cache, so `prepare_inputs_for_generation` is
     inherited unchanged; `image_sizes` alone is ignored."""
