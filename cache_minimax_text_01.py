@@ -75,14 +75,6 @@ class StaticKVLayer(StaticLayer):
     """transformers' StaticLayer (K/V [B, H_kv, max_cache_len, d], written at the running position) whose beam
     reorder writes in place, so the buffers keep the address a compiled graph or CUDA graph was recorded with."""
 
-    def update(self, key_states, value_states, *args, **kwargs):
-        if self.is_initialized and key_states.shape[0] != self.keys.shape[0]:
-            raise ValueError(
-                f"This static cache holds batch {self.keys.shape[0]}, got {key_states.shape[0]} rows. Build the "
-                "cache with max_batch_size equal to the batch (times num_beams)."
-            )
-        return super().update(key_states, value_states, *args, **kwargs)
-
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         if self.is_initialized:
             for buffer in (self.keys, self.values):
@@ -109,12 +101,6 @@ class LightningStateLayer(LinearAttentionLayer):
             raise TypeError(f"Lightning states are kept in fp32 (or fp64), got {recurrent_states.dtype}.")
         self.device = recurrent_states.device
         if self.in_place:
-            current = self.recurrent_states[0]
-            if current is not None and current.shape != recurrent_states.shape:
-                raise ValueError(
-                    f"This static cache holds lightning states of shape {tuple(current.shape)}, got "
-                    f"{tuple(recurrent_states.shape)}. Build the cache with max_batch_size equal to the batch."
-                )
             super().update_recurrent_state(recurrent_states, state_idx)  # allocates once, then copies in place
         else:
             self.recurrent_states[0] = recurrent_states
@@ -259,8 +245,16 @@ class MiniMaxText01StaticCache(MiniMaxText01Cache):
             if not torch.compiler.is_compiling():
                 torch._dynamo.mark_static_address(self.seen_tokens)
 
-    def check_room(self, new_tokens: int) -> None:
-        """Raise before a forward that would overflow the K/V buffers (eager only: this reads the count, a sync)."""
+    def check_inputs(self, batch_size: int, new_tokens: int) -> None:
+        """Raise before a forward with another batch size (the first forward fixes it when the cache was built
+        without one), or one that would overflow the K/V buffers (eager only: reading the count is a host sync)."""
+        if self.max_batch_size is None:
+            self.max_batch_size = batch_size
+        if batch_size != self.max_batch_size:
+            raise ValueError(
+                f"This static cache holds batch {self.max_batch_size}, got {batch_size} rows. Build one with "
+                "max_batch_size equal to the batch (times num_beams / num_return_sequences)."
+            )
         if not torch.compiler.is_compiling() and int(self.seen_tokens) + new_tokens > self.max_cache_len:
             raise ValueError(
                 f"The static cache holds {self.max_cache_len} tokens; {int(self.seen_tokens)} are cached and "

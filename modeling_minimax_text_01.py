@@ -590,7 +590,7 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0  # static: device tensor
         static = isinstance(past_key_values, MiniMaxText01StaticCache)
         if static:
-            self._check_static_cache(past_key_values, T)
+            self._check_static_cache(past_key_values, B, T)
         elif past_len + T > self.config.max_position_embeddings:
             logger.warning_once(
                 f"Sequence length {past_len + T} exceeds max_position_embeddings ({self.config.max_position_embeddings}); "
@@ -669,13 +669,13 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
             cache.seen_tokens += T
         return hidden_states, all_hidden_states, all_router_logits
 
-    def _check_static_cache(self, cache: MiniMaxText01StaticCache, new_tokens: int) -> None:
+    def _check_static_cache(self, cache: MiniMaxText01StaticCache, batch_size: int, new_tokens: int) -> None:
         if (self.config._attn_implementation or "").startswith("flash"):
             raise ValueError(
                 "The static cache needs a masked attention backend over its max_cache_len slots: load the model with "
                 "attn_implementation='sdpa' or 'eager', or use the default dynamic cache with flash attention."
             )
-        cache.check_room(new_tokens)
+        cache.check_inputs(batch_size, new_tokens)
 
     @staticmethod
     def _padding_mask(attention_mask, batch_size, total_len, check_right_padding):
