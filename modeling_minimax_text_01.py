@@ -337,7 +337,8 @@ class MiniMaxText01SparseMoeBlock(nn.Module):
             for _ in range(self.num_experts)
         )
         self._expert_stacks: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        self._stacked_from: list[nn.Parameter] = []
+        self._stacked_from: list[nn.Parameter] = []  # the expert weights the stacks were built from
+        self._stacked_ptrs: list[int] = []
 
     def stacked_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """[E, D, 2I] (w1 | w3) and [E, I, D] (w2) for grouped matmul, stacked once per device and dtype.
@@ -360,9 +361,10 @@ class MiniMaxText01SparseMoeBlock(nn.Module):
         friends drop them, and inside a compiled graph they are used only while every expert parameter is still
         the Parameter object they were built from (guarded by dynamo)."""
         if torch.compiler.is_compiling():
-            if self._expert_stacks is not None and all(a is b for a, b in zip(self._expert_params(), self._stacked_from)):
-                return self._expert_stacks
-            return None
+            current = self._expert_stacks is not None and all(
+                p is q for p, q in zip(self._expert_params(), self._stacked_from)
+            )
+            return self._expert_stacks if current else None
         if self._expert_stacks is None or not self._stacks_in_use():
             self._expert_stacks = self._stack_experts() if stackable_experts(self) else None
         return self._expert_stacks
@@ -371,9 +373,11 @@ class MiniMaxText01SparseMoeBlock(nn.Module):
         return [getattr(expert, name).weight for name in ("w1", "w3", "w2") for expert in self.experts]
 
     def _stacks_in_use(self) -> bool:
-        params = self._expert_params()
-        views = [stack[e] for stack in self._expert_stacks for e in range(self.num_experts)]
-        return all(p is q and p.data_ptr() == v.data_ptr() for p, q, v in zip(params, self._stacked_from, views))
+        """Every expert weight is still the Parameter that was stacked, still viewing its slot of the stack."""
+        return all(
+            p is q and p.data_ptr() == ptr
+            for p, (q, ptr) in zip(self._expert_params(), zip(self._stacked_from, self._stacked_ptrs))
+        )
 
     @torch.no_grad()
     def _stack_experts(self):
@@ -383,7 +387,9 @@ class MiniMaxText01SparseMoeBlock(nn.Module):
         for name, stack in zip(("w1", "w3", "w2"), stacks):
             for expert, view in zip(self.experts, stack):
                 getattr(expert, name).weight.data = view  # the separate per-expert storage is freed
+            torch._dynamo.mark_static_address(stack)  # a fixed input of CUDA graphs, never copied per replay
         self._stacked_from = self._expert_params()
+        self._stacked_ptrs = [p.data_ptr() for p in self._stacked_from]
         return stacks
 
     def _apply(self, fn, recurse=True):

@@ -14,6 +14,9 @@ aborts otherwise. Then it times, for each implementation:
 - decode: ms per token for `--decode-tokens` single-token steps after a `--decode-context`-token prefill (only the
   steps are timed); on CPU also the weight-read floor: the same per-token weight bytes read by 1-row matvecs from
   DRAM, the part of a decode step no implementation can avoid;
+- with `--compiled-decode`: the project's decode through `MiniMaxText01StaticCache` and
+  `torch.compile(model.forward, fullgraph=True, mode=--compile-mode)` (the compiled step is checked against the
+  eager logits first), its ms/token against eager and native, and the compile time (the first compiled step);
 - peak memory of one prefill: on CPU the peak-RSS growth (VmHWM after resetting it through
   /proc/self/clear_refs, minus VmRSS before) in a fresh subprocess per measurement, so no allocator cache
   from an earlier run hides memory; on CUDA torch.cuda.max_memory_allocated growth.
@@ -41,6 +44,7 @@ from make_tiny_checkpoint import tiny_text_config  # noqa: E402
 from minimax_code import load  # noqa: E402
 
 modeling = load("modeling_minimax_text_01")
+cache_module = load("cache_minimax_text_01")
 
 # the cache's name in outputs and forward kwargs for the installed transformers (both models accept it)
 CACHE_ARG = modeling.CACHE_FIELD
@@ -198,6 +202,34 @@ def time_decode_ms(models: dict, ids, context: int, reps: int, device) -> dict:
     return {name: 1000 * seconds / steps for name, seconds in best.items()}
 
 
+def time_compiled_decode_ms(model, ids, context: int, reps: int, device, mode: str) -> tuple[float, float, float]:
+    """(ms per token, compile seconds, max |logits diff| vs eager) of the project's decode through the static cache
+    and `torch.compile(model.forward, fullgraph=True)`: each rep refills the same cache (reset, eager prefill of
+    `context` tokens) and times the single-token steps; rep 0 compiles (its first step is the compile time)."""
+    cache = cache_module.MiniMaxText01StaticCache(
+        model.config, max_cache_len=ids.shape[1], max_batch_size=ids.shape[0], device=device, dtype=model.dtype
+    )
+    step = torch.compile(model.forward, fullgraph=True, mode=mode)
+    expected = decode(model, ids, context)[:, 1:]  # eager, dynamic cache
+    best, compile_seconds, diff = float("inf"), 0.0, 0.0
+    for rep in range(reps + 1):
+        cache.reset()
+        model(ids[:, :context], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        sync(device)
+        start = time.perf_counter()
+        for pos in range(context, ids.shape[1]):
+            out = step(input_ids=ids[:, pos : pos + 1], past_key_values=cache, use_cache=True)
+            if rep == 0:
+                if pos == context:
+                    sync(device)
+                    compile_seconds = time.perf_counter() - start
+                diff = max(diff, (out.logits[:, -1] - expected[:, pos - context]).abs().max().item())
+        sync(device)
+        if rep:
+            best = min(best, time.perf_counter() - start)
+    return 1000 * best / (ids.shape[1] - context), compile_seconds, diff
+
+
 def decode_weight_floor_ms(model, reps: int, l3_bytes: int = 32 << 20) -> tuple[float, float]:
     """(ms, MB) the weight reads of one decode token cost at the machine's single-stream matvec speed: one 1-row
     F.linear per matrix a token reads (per layer: attention projections, router, top-k experts; lm_head), over
@@ -310,11 +342,22 @@ def run(args):
             ids = random_ids(args.vocab, args.decode_context + args.decode_tokens, device)
             ms = time_decode_ms(models, ids, args.decode_context, args.reps, device)
             rows.append((f"decode at {args.decode_context} context (ms/token)", ms["native"], ms["project"], ".2f"))
+            if args.compiled_decode:
+                compiled_ms, compile_s, diff = time_compiled_decode_ms(
+                    models["project"], ids, args.decode_context, args.reps, device, args.compile_mode
+                )
+                rows.append((f"decode at {args.decode_context} context, project static cache + torch.compile "
+                             "(ms/token)", ms["native"], compiled_ms, ".2f"))
+                notes.append(f"compiled decode (fullgraph, mode={args.compile_mode!r}): {compiled_ms:.2f} ms/token vs "
+                             f"eager {ms['project']:.2f} ({ms['project'] / compiled_ms:.2f}x faster); compile time "
+                             f"{compile_s:.1f} s; max |logits diff| vs eager {diff:.1e}")
         if device.type == "cpu":
             floor_ms, megabytes = decode_weight_floor_ms(models["project"], args.reps)
             notes.append(f"decode weight-read floor: {floor_ms:.2f} ms/token ({megabytes:.1f} MB of weights per token "
                          "read by 1-row matvecs from DRAM); best possible native / project = "
-                         f"{ms['native'] / floor_ms:.2f}x")
+                         f"{ms['native'] / floor_ms:.2f}x; project eager decode / floor = {ms['project'] / floor_ms:.2f}x")
+            if args.compiled_decode:
+                notes.append(f"project compiled decode / floor = {compiled_ms / floor_ms:.2f}x")
         del models
         if not args.skip_memory:
             for tokens in args.prefill:
@@ -357,6 +400,10 @@ def parse_args(argv=None):
     parser.add_argument("--memory-chunks", type=int, nargs="*", default=[2048],
                         help="also measure the project's prefill memory with these prefill_chunk_size values")
     parser.add_argument("--prefill-chunk-size", type=int, default=None, help="config.prefill_chunk_size of the project")
+    parser.add_argument("--compiled-decode", action="store_true",
+                        help="also time the project's static-cache decode under torch.compile(fullgraph=True)")
+    parser.add_argument("--compile-mode", default="default",
+                        help='torch.compile mode for --compiled-decode ("reduce-overhead": CUDA graphs on a GPU)')
     sizes = parser.add_argument_group("model sizes")
     sizes.add_argument("--hidden", type=int, default=256)
     sizes.add_argument("--heads", type=int, default=8)
