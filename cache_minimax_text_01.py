@@ -187,8 +187,6 @@ class MiniMaxText01StaticCache(MiniMaxText01Cache):
     `batch_select_indices`) are not supported: build a cache per batch size.
     """
 
-    is_compileable = True
-
     def __init__(
         self,
         config: MiniMaxText01Config,
@@ -205,8 +203,7 @@ class MiniMaxText01StaticCache(MiniMaxText01Cache):
             for t in config.attn_type_list
         ]
         Cache.__init__(self, layers=layers, offloading=offloading)
-        self.max_cache_len = max_cache_len
-        self.max_batch_size = max_batch_size
+        self._max_cache_len, self._max_batch_size = max_cache_len, max_batch_size
         self.seen_tokens = torch.zeros((), dtype=torch.long, device=device)
         torch._dynamo.mark_static_address(self.seen_tokens)
         if max_batch_size is not None and device is not None:
@@ -219,6 +216,15 @@ class MiniMaxText01StaticCache(MiniMaxText01Cache):
                 layer.lazy_initialization(kv, kv)
             else:
                 layer.allocate(batch_size, config.num_attention_heads, config.head_dim, device)
+
+    # properties: transformers 5.17's Cache defines both names as deprecated read-only properties
+    @property
+    def max_cache_len(self) -> int:
+        return self._max_cache_len
+
+    @property
+    def max_batch_size(self) -> int | None:
+        return self._max_batch_size
 
     def get_seq_length(self, layer_idx: int = 0) -> torch.Tensor:
         """Tokens cached so far, as a 0-dim device tensor (reading it as a Python int is a host sync)."""
@@ -248,8 +254,8 @@ class MiniMaxText01StaticCache(MiniMaxText01Cache):
     def check_inputs(self, batch_size: int, new_tokens: int) -> None:
         """Raise before a forward with another batch size (the first forward fixes it when the cache was built
         without one), or one that would overflow the K/V buffers (eager only: reading the count is a host sync)."""
-        if self.max_batch_size is None:
-            self.max_batch_size = batch_size
+        if self._max_batch_size is None:
+            self._max_batch_size = batch_size
         if batch_size != self.max_batch_size:
             raise ValueError(
                 f"This static cache holds batch {self.max_batch_size}, got {batch_size} rows. Build one with "
