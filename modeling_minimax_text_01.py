@@ -356,15 +356,12 @@ class MiniMaxText01SparseMoeBlock(nn.Module):
     def expert_stacks(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """(w1 [E, I, D], w3 [E, I, D], w2 [E, D, I]) for the compiled decode, or None when the experts cannot be
         stacked. Each expert's `weight` becomes a view into these, so the model keeps one copy of the weights and
-        the checkpoint names and per-expert nn.Linear layout stay. Built in eager mode (any eager inference forward
-        of more than one token, e.g. the prefill before a compiled decode, builds or refreshes them); `.to()` and
-        friends drop them, and inside a compiled graph they are used only while every expert parameter is still
-        the Parameter object they were built from (guarded by dynamo)."""
-        if torch.compiler.is_compiling():
-            current = self._expert_stacks is not None and all(
-                p is q for p, q in zip(self._expert_params(), self._stacked_from)
-            )
-            return self._expert_stacks if current else None
+        the checkpoint names and per-expert nn.Linear layout stay. Built in eager mode: every eager inference
+        forward of more than one token (e.g. the prefill before a compiled decode) checks that each expert weight
+        is still the stacked Parameter viewing its slot, and restacks otherwise; `.to()` and friends drop them.
+        A compiled graph uses them as they were at the last eager prompt."""
+        if torch.compiler.is_compiling():  # the per-expert weights are not read (each would add a dynamo guard)
+            return self._expert_stacks
         if self._expert_stacks is None or not self._stacks_in_use():
             self._expert_stacks = self._stack_experts() if stackable_experts(self) else None
         return self._expert_stacks
@@ -605,6 +602,9 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
 
         if static:  # bool [B, max_cache_len]: fixed shape for every step
             padding_mask = static_cache_padding_mask(attention_mask, B, past_key_values.max_cache_len)
+            if padding_mask is not None and T > 1 and not torch.compiler.is_compiling():  # the same checks (eager)
+                filled = int(past_len) + T
+                self._padding_mask(padding_mask[:, :filled], B, filled, check_right_padding=use_cache)
         else:
             padding_mask = self._padding_mask(attention_mask, B, past_len + T, check_right_padding=use_cache and T > 1)
         if position_ids is None:

@@ -15,8 +15,8 @@ aborts otherwise. Then it times, for each implementation:
   steps are timed); on CPU also the weight-read floor: the same per-token weight bytes read by 1-row matvecs from
   DRAM, the part of a decode step no implementation can avoid;
 - with `--compiled-decode`: the project's decode through `MiniMaxText01StaticCache` and
-  `torch.compile(model.forward, fullgraph=True, mode=--compile-mode)` (the compiled step is checked against the
-  eager logits first), its ms/token against eager and native, and the compile time (the first compiled step);
+  `torch.compile(model.forward, fullgraph=True, mode=--compile-mode)` (the compiled steps are checked against the
+  eager logits first), timed alternating with the eager runs, and the compile time (the first compiled step);
 - peak memory of one prefill: on CPU the peak-RSS growth (VmHWM after resetting it through
   /proc/self/clear_refs, minus VmRSS before) in a fresh subprocess per measurement, so no allocator cache
   from an earlier run hides memory; on CUDA torch.cuda.max_memory_allocated growth.
@@ -185,49 +185,59 @@ def best_seconds(fns: dict, reps: int, device) -> dict:
     return {name: min(t) for name, t in times.items()}
 
 
-def time_decode_ms(models: dict, ids, context: int, reps: int, device) -> dict:
-    """ms per decode token: only the single-token steps are timed (each rep starts from a fresh, untimed prefill of
-    `context` tokens); fastest of `reps` after one warm-up, implementations alternating."""
-    steps = ids.shape[1] - context
-    best = {name: float("inf") for name in models}
-    for rep in range(reps + 1):
-        for name, model in models.items():
-            cache = getattr(prefill(model, ids[:, :context]), CACHE_ARG)
-            sync(device)
-            start = time.perf_counter()
-            decode_steps(model, ids, context, cache, [])
-            sync(device)
-            if rep:  # rep 0 is the warm-up
-                best[name] = min(best[name], time.perf_counter() - start)
-    return {name: 1000 * seconds / steps for name, seconds in best.items()}
+def eager_decoder(model, device):
+    """A timed decode run: untimed prefill of `context` tokens (default dynamic cache), then the timed steps."""
+
+    def run(ids, context: int) -> float:
+        cache = getattr(prefill(model, ids[:, :context]), CACHE_ARG)
+        sync(device)
+        start = time.perf_counter()
+        decode_steps(model, ids, context, cache, [])
+        sync(device)
+        return time.perf_counter() - start
+
+    return run
 
 
-def time_compiled_decode_ms(model, ids, context: int, reps: int, device, mode: str) -> tuple[float, float, float]:
-    """(ms per token, compile seconds, max |logits diff| vs eager) of the project's decode through the static cache
-    and `torch.compile(model.forward, fullgraph=True)`: each rep refills the same cache (reset, eager prefill of
-    `context` tokens) and times the single-token steps; rep 0 compiles (its first step is the compile time)."""
+def compiled_decoder(model, ids, context: int, device, mode: str):
+    """The project's decode through `MiniMaxText01StaticCache` and `torch.compile(model.forward, fullgraph=True)`.
+    Compiles on a first run whose steps are checked against the eager logits. Returns (timed run like
+    `eager_decoder`'s, compile seconds (the first compiled step), max |logits diff| vs eager)."""
     cache = cache_module.MiniMaxText01StaticCache(
         model.config, max_cache_len=ids.shape[1], max_batch_size=ids.shape[0], device=device, dtype=model.dtype
     )
     step = torch.compile(model.forward, fullgraph=True, mode=mode)
-    expected = decode(model, ids, context)[:, 1:]  # eager, dynamic cache
-    best, compile_seconds, diff = float("inf"), 0.0, 0.0
-    for rep in range(reps + 1):
-        cache.reset()
+
+    def run(ids, context: int, logits: list | None = None) -> float:
+        cache.reset()  # the same buffers every run, as a compiled graph wants
         model(ids[:, :context], past_key_values=cache, use_cache=True, logits_to_keep=1)
         sync(device)
         start = time.perf_counter()
         for pos in range(context, ids.shape[1]):
             out = step(input_ids=ids[:, pos : pos + 1], past_key_values=cache, use_cache=True)
-            if rep == 0:
-                if pos == context:
-                    sync(device)
-                    compile_seconds = time.perf_counter() - start
-                diff = max(diff, (out.logits[:, -1] - expected[:, pos - context]).abs().max().item())
+            if logits is not None:
+                sync(device)
+                logits.append((out.logits[:, -1].clone(), time.perf_counter() - start))
         sync(device)
-        if rep:
-            best = min(best, time.perf_counter() - start)
-    return 1000 * best / (ids.shape[1] - context), compile_seconds, diff
+        return time.perf_counter() - start
+
+    steps = []
+    run(ids, context, steps)
+    expected = decode(model, ids, context)[:, 1:]  # eager, dynamic cache
+    diff = max((logits - expected[:, i]).abs().max().item() for i, (logits, _) in enumerate(steps))
+    return run, steps[0][1], diff
+
+
+def time_decode_ms(decoders: dict, ids, context: int, reps: int) -> dict:
+    """ms per decode token for each {name: run} (see `eager_decoder`): the runs of the different decoders
+    alternate, fastest of `reps` after one warm-up, so load from other processes biases no side."""
+    best = {name: float("inf") for name in decoders}
+    for rep in range(reps + 1):
+        for name, run in decoders.items():
+            seconds = run(ids, context)
+            if rep:  # rep 0 is the warm-up
+                best[name] = min(best[name], seconds)
+    return {name: 1000 * seconds / (ids.shape[1] - context) for name, seconds in best.items()}
 
 
 def decode_weight_floor_ms(model, reps: int, l3_bytes: int = 32 << 20) -> tuple[float, float]:
@@ -340,24 +350,26 @@ def run(args):
                 seconds = best_seconds({w: lambda m=m: prefill(m, ids) for w, m in models.items()}, args.reps, device)
                 rows.append((f"prefill {tokens} tokens (s)", seconds["native"], seconds["project"], ".3f"))
             ids = random_ids(args.vocab, args.decode_context + args.decode_tokens, device)
-            ms = time_decode_ms(models, ids, args.decode_context, args.reps, device)
+            decoders = {name: eager_decoder(model, device) for name, model in models.items()}
+            if args.compiled_decode:
+                decoders["compiled"], compile_s, diff = compiled_decoder(
+                    models["project"], ids, args.decode_context, device, args.compile_mode
+                )
+            ms = time_decode_ms(decoders, ids, args.decode_context, args.reps)
             rows.append((f"decode at {args.decode_context} context (ms/token)", ms["native"], ms["project"], ".2f"))
             if args.compiled_decode:
-                compiled_ms, compile_s, diff = time_compiled_decode_ms(
-                    models["project"], ids, args.decode_context, args.reps, device, args.compile_mode
-                )
                 rows.append((f"decode at {args.decode_context} context, project static cache + torch.compile "
-                             "(ms/token)", ms["native"], compiled_ms, ".2f"))
-                notes.append(f"compiled decode (fullgraph, mode={args.compile_mode!r}): {compiled_ms:.2f} ms/token vs "
-                             f"eager {ms['project']:.2f} ({ms['project'] / compiled_ms:.2f}x faster); compile time "
-                             f"{compile_s:.1f} s; max |logits diff| vs eager {diff:.1e}")
+                             "(ms/token)", ms["native"], ms["compiled"], ".2f"))
+                notes.append(f"compiled decode (fullgraph, mode={args.compile_mode!r}): {ms['compiled']:.2f} ms/token "
+                             f"vs eager {ms['project']:.2f} ({ms['project'] / ms['compiled']:.2f}x faster); compile "
+                             f"time {compile_s:.1f} s (the first step); max |logits diff| vs eager {diff:.1e}")
         if device.type == "cpu":
             floor_ms, megabytes = decode_weight_floor_ms(models["project"], args.reps)
             notes.append(f"decode weight-read floor: {floor_ms:.2f} ms/token ({megabytes:.1f} MB of weights per token "
                          "read by 1-row matvecs from DRAM); best possible native / project = "
                          f"{ms['native'] / floor_ms:.2f}x; project eager decode / floor = {ms['project'] / floor_ms:.2f}x")
             if args.compiled_decode:
-                notes.append(f"project compiled decode / floor = {compiled_ms / floor_ms:.2f}x")
+                notes.append(f"project compiled decode / floor = {ms['compiled'] / floor_ms:.2f}x")
         del models
         if not args.skip_memory:
             for tokens in args.prefill:
