@@ -24,7 +24,14 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 from transformers.utils import can_return_tuple, logging
 
-from .cache_minimax_text_01 import MiniMaxText01Cache
+from .cache_minimax_text_01 import (
+    CACHE_FIELD,
+    MiniMaxGenerationMixin,
+    MiniMaxText01Cache,
+    MiniMaxText01StaticCache,
+    static_cache_attention_mask,
+    static_cache_padding_mask,
+)
 from .configuration_minimax_text_01 import SOFTMAX, MiniMaxText01Config
 from .lightning_attention import (
     lightning_attention_chunked,
@@ -37,9 +44,6 @@ from .lightning_attention import (
 from .tensor_parallel_minimax_text_01 import is_sharded, local_row_range, prepare_distributed_model
 
 logger = logging.get_logger(__name__)
-
-# transformers >= 5.2x names the output's cache field `cache`; 5.17 calls it `past_key_values`.
-CACHE_FIELD = "cache" if "cache" in MoeModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 class MiniMaxText01RMSNorm(nn.Module):
@@ -327,8 +331,38 @@ def grouped_experts_forward(x_sorted, counts, w13, w2, act):
     return _grouped_mm(act(gate) * up, w2, offs=offsets)
 
 
+def gathered_experts_forward(x, weights, experts, w1, w3, w2, act):
+    """The k chosen experts of each of N tokens, reading only the chosen rows of the stacked weights: no host sync,
+    no data-dependent shape. x [N, D], weights / experts [N, k]; w1 / w3 [E, I, D], w2 [E, D, I] -> [N, D].
+    Written as products and sums over gathered weights, which inductor fuses into reductions that read each
+    chosen weight once; used only inside torch.compile (eager would materialise [N k, I, D])."""
+    idx = experts.flatten()  # [S = N k]
+    xs = x.repeat_interleave(experts.shape[1], dim=0)[:, None, :]  # [S, 1, D]
+    h = act((w1[idx] * xs).sum(-1)) * (w3[idx] * xs).sum(-1)  # [S, I]
+    y = (w2[idx] * h[:, None, :]).sum(-1)  # [S, D]
+    return (y.view(*experts.shape, -1) * weights[..., None]).sum(1)
+
+
+def stackable_experts(moe: nn.Module) -> bool:
+    """Plain nn.Linear experts holding plain Parameters (not quanto's QLinear, not DTensor shards, not meta
+    placeholders of an offloaded model), all on one device in one dtype."""
+    weights = [layer.weight for expert in moe.experts for layer in (expert.w1, expert.w3, expert.w2)]
+    return (
+        experts_are_plain_linear(moe)
+        and all(type(w) is nn.Parameter and not w.is_meta for w in weights)
+        and len({(w.device, w.dtype) for w in weights}) == 1
+    )
+
+
 class MiniMaxText01SparseMoeBlock(nn.Module):
-    """Top-k routing with an fp32 softmax and renormalised weights; no capacity limit, no router bias."""
+    """Top-k routing with an fp32 softmax and renormalised weights; no capacity limit, no router bias.
+
+    Routing paths: eager decode of one token runs its k experts directly; eager otherwise groups tokens by expert;
+    under torch.compile in inference (the static-cache decode) no path may sync with the host, so up to
+    `num_experts` (token, expert) pairs go through `gathered_experts_forward` over the stacked weights
+    (`expert_stacks`), and larger inputs (or experts that cannot be stacked: quanto, tensor-parallel shards) run
+    every expert on every token, weighted by the routing weight (0 where not chosen).
+    """
 
     def __init__(self, config: MiniMaxText01Config):
         super().__init__()
@@ -341,6 +375,9 @@ class MiniMaxText01SparseMoeBlock(nn.Module):
             MiniMaxText01Expert(config.hidden_size, config.intermediate_size, config.hidden_act)
             for _ in range(self.num_experts)
         )
+        self._expert_stacks: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._stacked_from: list[nn.Parameter] = []  # the expert weights the stacks were built from
+        self._stacked_ptrs: list[int] = []
 
     def stacked_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """[E, D, 2I] (w1 | w3) and [E, I, D] (w2) for grouped matmul, stacked once per device and dtype.
@@ -355,6 +392,46 @@ class MiniMaxText01SparseMoeBlock(nn.Module):
             self._stacked = (w13.contiguous(), w2.contiguous())
         return self._stacked
 
+    def expert_stacks(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(w1 [E, I, D], w3 [E, I, D], w2 [E, D, I]) for the compiled decode, or None when the experts cannot be
+        stacked. Each expert's `weight` becomes a view into these, so the model keeps one copy of the weights and
+        the checkpoint names and per-expert nn.Linear layout stay. Built in eager mode: every eager inference
+        forward of more than one token (e.g. the prefill before a compiled decode) checks that each expert weight
+        is still the stacked Parameter viewing its slot, and restacks otherwise; `.to()` and friends drop them.
+        A compiled graph uses them as they were at the last eager prompt."""
+        if torch.compiler.is_compiling():  # the per-expert weights are not read (each would add a dynamo guard)
+            return self._expert_stacks
+        if self._expert_stacks is None or not self._stacks_in_use():
+            self._expert_stacks = self._stack_experts() if stackable_experts(self) else None
+        return self._expert_stacks
+
+    def _expert_params(self) -> list[nn.Parameter]:
+        return [getattr(expert, name).weight for name in ("w1", "w3", "w2") for expert in self.experts]
+
+    def _stacks_in_use(self) -> bool:
+        """Every expert weight is still the Parameter that was stacked, still viewing its slot of the stack."""
+        return all(
+            p is q and p.data_ptr() == ptr
+            for p, (q, ptr) in zip(self._expert_params(), zip(self._stacked_from, self._stacked_ptrs))
+        )
+
+    @torch.no_grad()
+    def _stack_experts(self):
+        stacks = tuple(
+            torch.stack([getattr(expert, name).weight for expert in self.experts]) for name in ("w1", "w3", "w2")
+        )
+        for name, stack in zip(("w1", "w3", "w2"), stacks):
+            for expert, view in zip(self.experts, stack):
+                getattr(expert, name).weight.data = view  # the separate per-expert storage is freed
+            torch._dynamo.mark_static_address(stack)  # a fixed input of CUDA graphs, never copied per replay
+        self._stacked_from = self._expert_params()
+        self._stacked_ptrs = [p.data_ptr() for p in self._stacked_from]
+        return stacks
+
+    def _apply(self, fn, recurse=True):
+        self._expert_stacks = None  # .to() / .half() / ... give every parameter new storage: rebuild when needed
+        return super()._apply(fn, recurse)
+
     def forward(self, x):
         B, T, D = x.shape
         x = x.reshape(-1, D)
@@ -365,6 +442,11 @@ class MiniMaxText01SparseMoeBlock(nn.Module):
         weights, experts = probs.topk(self.top_k, dim=-1)  # [N, k]
         weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
 
+        if not torch.is_grad_enabled():
+            if torch.compiler.is_compiling():
+                return self._traceable_experts(x, weights, experts).view(B, T, D), router_logits
+            if T > 1:
+                self.expert_stacks()  # built or refreshed in an eager prefill, for a later compiled decode
         if x.shape[0] == 1 and not torch.is_grad_enabled():  # one-sequence decode: run its k experts directly
             out = None
             for w, e in zip(weights[0].tolist(), experts[0].tolist()):  # Python scalars: no 0-dim tensor ops
@@ -390,6 +472,17 @@ class MiniMaxText01SparseMoeBlock(nn.Module):
                 y = y * expert_weights if torch.is_grad_enabled() else y.mul_(expert_weights)
                 out.index_add_(0, expert_tokens, y)
         return out.view(B, T, D), router_logits
+
+    def _traceable_experts(self, x, weights, experts):
+        """The experts without host syncs or data-dependent shapes (torch.compile, inference). x [N, D] -> [N, D]."""
+        stacks = self.expert_stacks() if experts.numel() <= self.num_experts else None
+        if stacks is not None:
+            return gathered_experts_forward(x, weights, experts, *stacks, self.experts[0].act)
+        dense = torch.zeros(x.shape[0], self.num_experts, dtype=x.dtype, device=x.device).scatter(1, experts, weights)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            out = out + expert(x) * dense[:, e : e + 1]
+        return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -454,7 +547,7 @@ class MiniMaxText01PreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False
+    _can_compile_fullgraph = True  # with MiniMaxText01StaticCache (generate(cache_implementation="static"))
     # a lightning state cannot be rolled back to an earlier token: transformers refuses assisted generation and
     # prompt lookup (which verify drafts and undo the rejected ones) with its own message
     _is_stateful = True
@@ -576,13 +669,14 @@ def packed_sequence_starts(position_ids: torch.Tensor, token_mask: torch.Tensor 
     return starts if bool(starts.any()) else None
 
 
-def default_position_ids(padding_mask, past_len, batch_size, query_len, device) -> torch.LongTensor:
-    """[B, T]: without padding the tokens count on from the cache; with padding each real token's position counts
-    the real tokens before it (as generate() does), so a right-padded or holed row continues exactly. RoPE is
-    relative, so for left padding this is the released math (which counts pads) to rounding."""
+def default_position_ids(padding_mask, slots, batch_size) -> torch.LongTensor:
+    """[B, T] for the new tokens at cache `slots` [T]: without padding they count on from the cache; with padding
+    each real token's position counts the real tokens before it (as generate() does), so a right-padded or holed
+    row continues exactly. RoPE is relative, so for left padding this is the released math (which counts pads) to
+    rounding."""
     if padding_mask is None:
-        return torch.arange(past_len, past_len + query_len, device=device).expand(batch_size, query_len)
-    return (padding_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -query_len:]
+        return slots.expand(batch_size, -1)
+    return (padding_mask.long().cumsum(-1) - 1).clamp(min=0).index_select(1, slots)
 
 
 def softmax_attention_mask(padding_mask, resets, batch_size, query_len, past_len, device):
@@ -696,35 +790,43 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         device = (input_ids if input_ids is not None else inputs_embeds).device
         if T == 0:
             raise ValueError("Empty input: the sequence has no tokens.")
-        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
-        if past_len + T > self.config.max_position_embeddings:
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0  # static: device tensor
+        static = isinstance(past_key_values, MiniMaxText01StaticCache)
+        if static:
+            self._check_static_cache(past_key_values, B, T)
+        elif past_len + T > self.config.max_position_embeddings:
             logger.warning_once(
                 f"Sequence length {past_len + T} exceeds max_position_embeddings ({self.config.max_position_embeddings}); "
                 "the model runs, but quality beyond the trained context is not guaranteed."
             )
 
-        padding_mask = self._padding_mask(attention_mask, B, past_len + T)
+        if static:  # bool [B, max_cache_len]: fixed shape for every step
+            padding_mask = static_cache_padding_mask(attention_mask, B, past_key_values.max_cache_len)
+        else:
+            padding_mask = self._padding_mask(attention_mask, B, past_len + T)
         if past_key_values is not None:
             past_key_values.check_continuation(has_attention_mask=attention_mask is not None)
+        slots = torch.arange(T, device=device) + past_len  # the new tokens' cache slots
         if position_ids is None:
-            position_ids = default_position_ids(padding_mask, past_len, B, T, device)
-        token_mask = padding_mask[:, -T:] if padding_mask is not None else None
+            position_ids = default_position_ids(padding_mask, slots, B)
+        token_mask = padding_mask.index_select(1, slots) if padding_mask is not None else None
         resets = packed_sequence_starts(position_ids, token_mask)
         # Long prompts run in spans of `prefill_chunk_size` tokens through the cache: activation memory is bounded
         # by the span (each span is embedded on its own), total memory grows only with the K/V cache.
         span = prefill_chunk_size or self.config.prefill_chunk_size or T
         if span <= 0:
             raise ValueError(f"prefill_chunk_size must be a positive token count, got {span}.")
-        if resets is not None and (past_len > 0 or span < T):
+        if resets is not None and (static or past_len > 0 or span < T):
             raise ValueError(
-                "Packed sequences (position_ids restarting at 0 inside a row) cannot follow cached tokens or run in "
-                "prefill chunks. Run a packed batch without a cache, or unpack it into separate rows."
+                "Packed sequences (position_ids restarting at 0 inside a row) cannot follow cached tokens, run in "
+                "prefill chunks or fill a static cache. Run a packed batch without a cache, or unpack it into rows."
             )
         if span < T:
             past_key_values = past_key_values if past_key_values is not None else MiniMaxText01Cache(self.config)
             past_key_values.reserve(past_len + T)
-        if past_key_values is not None:
-            past_key_values.record_layout(padding_mask, packed=resets is not None)
+        if past_key_values is not None and T > 1 and not torch.compiler.is_compiling():  # (a host sync: prompts only)
+            filled = padding_mask[:, : int(past_len) + T] if padding_mask is not None else None
+            past_key_values.record_layout(filled, packed=resets is not None)
         keep_from = T - hidden_states_to_keep if 0 < hidden_states_to_keep < T else 0
         hidden_parts, hidden_state_parts, router_logit_parts, attention_parts = [], [], [], []
         for start in range(0, T, span):
@@ -732,7 +834,7 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
             hidden, states, router_logits, attentions = self._forward_span(
                 self.embed_tokens(input_ids[:, sl]) if inputs_embeds is None else inputs_embeds[:, sl],
                 position_ids[:, sl],
-                padding_mask[:, : past_len + start + span] if padding_mask is not None else None,
+                padding_mask[:, : past_len + start + span] if padding_mask is not None and not static else padding_mask,
                 resets,
                 past_key_values,
                 output_hidden_states,
@@ -859,15 +961,20 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         B, T, _ = inputs_embeds.shape
         past_len = cache.get_seq_length() if cache is not None else 0
         rotary = self.rotary_emb(position_ids)
-        if (self.config._attn_implementation or "").startswith("flash"):
-            # flash backends take the 2-D padding mask and apply causality themselves; packed sequences they find
-            # from the position ids
-            softmax_mask = padding_mask
-            if resets is not None:
-                kwargs = {**kwargs, "position_ids": position_ids}
+        if isinstance(cache, MiniMaxText01StaticCache):  # K/V slots [max_cache_len]; the new tokens at cache_position
+            cache_position = torch.arange(T, device=inputs_embeds.device) + past_len
+            softmax_mask = static_cache_attention_mask(padding_mask, cache_position, cache.max_cache_len)
+            token_mask = padding_mask.index_select(1, cache_position) if padding_mask is not None else None
         else:
-            softmax_mask = softmax_attention_mask(padding_mask, resets, B, T, past_len, inputs_embeds.device)
-        token_mask = padding_mask[:, -T:] if padding_mask is not None else None
+            if (self.config._attn_implementation or "").startswith("flash"):
+                # flash backends take the 2-D padding mask and apply causality themselves; packed sequences they
+                # find from the position ids
+                softmax_mask = padding_mask
+                if resets is not None:
+                    kwargs = {**kwargs, "position_ids": position_ids}
+            else:
+                softmax_mask = softmax_attention_mask(padding_mask, resets, B, T, past_len, inputs_embeds.device)
+            token_mask = padding_mask[:, -T:] if padding_mask is not None else None
 
         hidden_states = inputs_embeds
         all_hidden_states, all_router_logits, all_attentions = [], [], []
@@ -891,6 +998,14 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
             cache.seen_tokens += T
         return hidden_states, all_hidden_states, all_router_logits, all_attentions
 
+    def _check_static_cache(self, cache: MiniMaxText01StaticCache, batch_size: int, new_tokens: int) -> None:
+        if (self.config._attn_implementation or "").startswith("flash"):
+            raise ValueError(
+                "The static cache needs a masked attention backend over its max_cache_len slots: load the model with "
+                "attn_implementation='sdpa' or 'eager', or use the default dynamic cache with flash attention."
+            )
+        cache.check_inputs(batch_size, new_tokens)
+
     @staticmethod
     def _padding_mask(attention_mask, batch_size, total_len):
         """2-D attention mask (any padding: left, right, holes) -> bool [B, P+T], or None when nothing is padded."""
@@ -905,20 +1020,7 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         return None if bool(mask.all()) else mask
 
 
-class MiniMaxText01GenerationMixin(GenerationMixin):
-    """generate() continues positions by one from each row's last position, pads included; after a right-padded
-    prompt (or one that ends in the pad id, which transformers then masks) that skips the row's real tokens, so
-    there the model derives the positions from the attention mask instead."""
-
-    def prepare_inputs_for_generation(self, *args, **kwargs):
-        inputs = super().prepare_inputs_for_generation(*args, **kwargs)
-        cache = inputs.get(CACHE_FIELD)
-        if getattr(cache, "has_padding_holes", False):
-            inputs["position_ids"] = None
-        return inputs
-
-
-class MiniMaxText01ForCausalLM(MiniMaxText01PreTrainedModel, MiniMaxText01GenerationMixin):
+class MiniMaxText01ForCausalLM(MiniMaxGenerationMixin, MiniMaxText01PreTrainedModel, GenerationMixin):
     _tied_weights_keys = {}
     _tp_plan = {"lm_head": "colwise_gather_output"}  # split by vocabulary, full logits on every rank
     _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}

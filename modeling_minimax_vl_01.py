@@ -14,6 +14,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast, MoeModelOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import can_return_tuple
@@ -25,13 +26,8 @@ from .image_processing_minimax_vl_01 import (
     select_best_resolution,
     unpadded_feature_grid,
 )
-from .cache_minimax_text_01 import MiniMaxText01Cache
-from .modeling_minimax_text_01 import (
-    MiniMaxText01ForCausalLM,
-    MiniMaxText01GenerationMixin,
-    MiniMaxText01Model,
-    check_loading_info,
-)
+from .cache_minimax_text_01 import MiniMaxGenerationMixin, MiniMaxText01Cache
+from .modeling_minimax_text_01 import MiniMaxText01ForCausalLM, MiniMaxText01Model, check_loading_info
 from .tensor_parallel_minimax_text_01 import prepare_distributed_model
 
 
@@ -78,10 +74,8 @@ class MiniMaxVL01PreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False
-    # a lightning state cannot be rolled back to an earlier token: transformers refuses assisted generation and
-    # prompt lookup (which verify drafts and undo the rejected ones) with its own message
-    _is_stateful = True
+    _can_compile_fullgraph = True  # with MiniMaxText01StaticCache (generate(cache_implementation="static"))
+    _is_stateful = True  # the language model's lightning states cannot be rolled back
 
     @classmethod
     def from_pretrained(cls, *args, ignore_mismatched_sizes: bool = False, output_loading_info: bool = False, **kwargs):
@@ -282,7 +276,7 @@ class MiniMaxVL01Model(MiniMaxVL01PreTrainedModel):
         )
 
 
-class MiniMaxVL01ForConditionalGeneration(MiniMaxVL01Model, MiniMaxText01GenerationMixin):
+class MiniMaxVL01ForConditionalGeneration(MiniMaxGenerationMixin, MiniMaxVL01Model, GenerationMixin):
     """Image-text-to-text model: MiniMaxVL01Model with the language model's LM head (`language_model` is a
     MiniMaxText01ForCausalLM). In `generate()`, transformers itself (5.17 and later) passes `pixel_values` to the
     prefill only when a cache is used, and at every step without a cache, so `prepare_inputs_for_generation` is

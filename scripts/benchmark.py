@@ -14,6 +14,9 @@ aborts otherwise. Then it times, for each implementation:
 - decode: ms per token for `--decode-tokens` single-token steps after a `--decode-context`-token prefill (only the
   steps are timed); on CPU also the weight-read floor: the same per-token weight bytes read by 1-row matvecs from
   DRAM, the part of a decode step no implementation can avoid;
+- with `--compiled-decode`: the project's decode through `MiniMaxText01StaticCache` and
+  `torch.compile(model.forward, fullgraph=True, mode=--compile-mode)` (the compiled steps are checked against the
+  eager logits first), timed alternating with the eager runs, and the compile time (the first compiled step);
 - peak memory of one prefill: on CPU the peak-RSS growth (VmHWM after resetting it through
   /proc/self/clear_refs, minus VmRSS before) in a fresh subprocess per measurement, so no allocator cache
   from an earlier run hides memory; on CUDA torch.cuda.max_memory_allocated growth.
@@ -41,6 +44,7 @@ from make_tiny_checkpoint import tiny_text_config  # noqa: E402
 from minimax_code import load  # noqa: E402
 
 modeling = load("modeling_minimax_text_01")
+cache_module = load("cache_minimax_text_01")
 
 # the cache's name in outputs and forward kwargs for the installed transformers (both models accept it)
 CACHE_ARG = modeling.CACHE_FIELD
@@ -181,21 +185,59 @@ def best_seconds(fns: dict, reps: int, device) -> dict:
     return {name: min(t) for name, t in times.items()}
 
 
-def time_decode_ms(models: dict, ids, context: int, reps: int, device) -> dict:
-    """ms per decode token: only the single-token steps are timed (each rep starts from a fresh, untimed prefill of
-    `context` tokens); fastest of `reps` after one warm-up, implementations alternating."""
-    steps = ids.shape[1] - context
-    best = {name: float("inf") for name in models}
+def eager_decoder(model, device):
+    """A timed decode run: untimed prefill of `context` tokens (default dynamic cache), then the timed steps."""
+
+    def run(ids, context: int) -> float:
+        cache = getattr(prefill(model, ids[:, :context]), CACHE_ARG)
+        sync(device)
+        start = time.perf_counter()
+        decode_steps(model, ids, context, cache, [])
+        sync(device)
+        return time.perf_counter() - start
+
+    return run
+
+
+def compiled_decoder(model, ids, context: int, device, mode: str):
+    """The project's decode through `MiniMaxText01StaticCache` and `torch.compile(model.forward, fullgraph=True)`.
+    Compiles on a first run whose steps are checked against the eager logits. Returns (timed run like
+    `eager_decoder`'s, compile seconds (the first compiled step), max |logits diff| vs eager)."""
+    cache = cache_module.MiniMaxText01StaticCache(
+        model.config, max_cache_len=ids.shape[1], max_batch_size=ids.shape[0], device=device, dtype=model.dtype
+    )
+    step = torch.compile(model.forward, fullgraph=True, mode=mode)
+
+    def run(ids, context: int, logits: list | None = None) -> float:
+        cache.reset()  # the same buffers every run, as a compiled graph wants
+        model(ids[:, :context], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        sync(device)
+        start = time.perf_counter()
+        for pos in range(context, ids.shape[1]):
+            out = step(input_ids=ids[:, pos : pos + 1], past_key_values=cache, use_cache=True)
+            if logits is not None:
+                sync(device)
+                logits.append((out.logits[:, -1].clone(), time.perf_counter() - start))
+        sync(device)
+        return time.perf_counter() - start
+
+    steps = []
+    run(ids, context, steps)
+    expected = decode(model, ids, context)[:, 1:]  # eager, dynamic cache
+    diff = max((logits - expected[:, i]).abs().max().item() for i, (logits, _) in enumerate(steps))
+    return run, steps[0][1], diff
+
+
+def time_decode_ms(decoders: dict, ids, context: int, reps: int) -> dict:
+    """ms per decode token for each {name: run} (see `eager_decoder`): the runs of the different decoders
+    alternate, fastest of `reps` after one warm-up, so load from other processes biases no side."""
+    best = {name: float("inf") for name in decoders}
     for rep in range(reps + 1):
-        for name, model in models.items():
-            cache = getattr(prefill(model, ids[:, :context]), CACHE_ARG)
-            sync(device)
-            start = time.perf_counter()
-            decode_steps(model, ids, context, cache, [])
-            sync(device)
+        for name, run in decoders.items():
+            seconds = run(ids, context)
             if rep:  # rep 0 is the warm-up
-                best[name] = min(best[name], time.perf_counter() - start)
-    return {name: 1000 * seconds / steps for name, seconds in best.items()}
+                best[name] = min(best[name], seconds)
+    return {name: 1000 * seconds / (ids.shape[1] - context) for name, seconds in best.items()}
 
 
 def decode_weight_floor_ms(model, reps: int, l3_bytes: int = 32 << 20) -> tuple[float, float]:
@@ -308,13 +350,26 @@ def run(args):
                 seconds = best_seconds({w: lambda m=m: prefill(m, ids) for w, m in models.items()}, args.reps, device)
                 rows.append((f"prefill {tokens} tokens (s)", seconds["native"], seconds["project"], ".3f"))
             ids = random_ids(args.vocab, args.decode_context + args.decode_tokens, device)
-            ms = time_decode_ms(models, ids, args.decode_context, args.reps, device)
+            decoders = {name: eager_decoder(model, device) for name, model in models.items()}
+            if args.compiled_decode:
+                decoders["compiled"], compile_s, diff = compiled_decoder(
+                    models["project"], ids, args.decode_context, device, args.compile_mode
+                )
+            ms = time_decode_ms(decoders, ids, args.decode_context, args.reps)
             rows.append((f"decode at {args.decode_context} context (ms/token)", ms["native"], ms["project"], ".2f"))
+            if args.compiled_decode:
+                rows.append((f"decode at {args.decode_context} context, project static cache + torch.compile "
+                             "(ms/token)", ms["native"], ms["compiled"], ".2f"))
+                notes.append(f"compiled decode (fullgraph, mode={args.compile_mode!r}): {ms['compiled']:.2f} ms/token "
+                             f"vs eager {ms['project']:.2f} ({ms['project'] / ms['compiled']:.2f}x faster); compile "
+                             f"time {compile_s:.1f} s (the first step); max |logits diff| vs eager {diff:.1e}")
         if device.type == "cpu":
             floor_ms, megabytes = decode_weight_floor_ms(models["project"], args.reps)
             notes.append(f"decode weight-read floor: {floor_ms:.2f} ms/token ({megabytes:.1f} MB of weights per token "
                          "read by 1-row matvecs from DRAM); best possible native / project = "
-                         f"{ms['native'] / floor_ms:.2f}x")
+                         f"{ms['native'] / floor_ms:.2f}x; project eager decode / floor = {ms['project'] / floor_ms:.2f}x")
+            if args.compiled_decode:
+                notes.append(f"project compiled decode / floor = {ms['compiled'] / floor_ms:.2f}x")
         del models
         if not args.skip_memory:
             for tokens in args.prefill:
@@ -357,6 +412,10 @@ def parse_args(argv=None):
     parser.add_argument("--memory-chunks", type=int, nargs="*", default=[2048],
                         help="also measure the project's prefill memory with these prefill_chunk_size values")
     parser.add_argument("--prefill-chunk-size", type=int, default=None, help="config.prefill_chunk_size of the project")
+    parser.add_argument("--compiled-decode", action="store_true",
+                        help="also time the project's static-cache decode under torch.compile(fullgraph=True)")
+    parser.add_argument("--compile-mode", default="default",
+                        help='torch.compile mode for --compiled-decode ("reduce-overhead": CUDA graphs on a GPU)')
     sizes = parser.add_argument_group("model sizes")
     sizes.add_argument("--hidden", type=int, default=256)
     sizes.add_argument("--heads", type=int, default=8)
