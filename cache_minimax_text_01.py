@@ -360,18 +360,22 @@ class MiniMaxGenerationMixin:
     def _prepare_cache_for_generation(
         self, generation_config, model_kwargs, generation_mode, batch_size, max_cache_length, *args, **kwargs
     ):
-        if (
-            generation_config.cache_implementation == "static"
-            and generation_config.use_cache is not False
+        wants_cache = (
+            generation_config.use_cache is not False
             and model_kwargs.get("cache") is None
             and model_kwargs.get("past_key_values") is None
-        ):
+        )
+        text_config = self.config.get_text_config(decoder=True)
+        if wants_cache and generation_config.cache_implementation == "static":
             max_cache_len = max(max_cache_length, getattr(generation_config, "max_cache_len", None) or 0)
             rows = max(generation_config.num_beams, generation_config.num_return_sequences) * batch_size
-            text_config = self.config.get_text_config(decoder=True)
             model_kwargs[CACHE_FIELD] = MiniMaxText01StaticCache(
                 text_config, max_cache_len=max_cache_len, max_batch_size=rows, device=self.device, dtype=self.dtype
             )
+            return
+        if wants_cache and getattr(generation_config, "prefill_chunk_size", None):
+            # transformers' chunked prefill feeds the prompt through a cache it must find before the first chunk
+            model_kwargs[CACHE_FIELD] = MiniMaxText01Cache(text_config)
             return
         return super()._prepare_cache_for_generation(
             generation_config, model_kwargs, generation_mode, batch_size, max_cache_length, *args, **kwargs

@@ -107,6 +107,23 @@ def test_generate_runs_a_long_prompt_in_chunks_when_the_config_asks(model, monke
     assert chunked.tolist() == unchunked.tolist()
 
 
+def test_generate_takes_transformers_prefill_chunk_size(model, monkeypatch):
+    """generate(prefill_chunk_size=N): transformers' own chunked prefill, through the cache the model builds."""
+    spans = []
+    real_span = mm.MiniMaxText01Model._forward_span
+    monkeypatch.setattr(mm.MiniMaxText01Model, "_forward_span",
+                        lambda self, embeds, *a, **k: spans.append(embeds.shape[1]) or real_span(self, embeds, *a, **k))
+    ids = random_ids(2, 50, seed=5)
+    mask = torch.ones_like(ids)
+    mask[1, :11] = 0
+    settings = dict(max_new_tokens=5, do_sample=False, pad_token_id=0, attention_mask=mask)
+    unchunked = model.generate(input_ids=ids, **settings)
+    spans.clear()
+    chunked = model.generate(input_ids=ids, prefill_chunk_size=16, **settings)
+    assert spans == [16, 16, 16, 2] + [1] * 4
+    assert chunked.tolist() == unchunked.tolist()
+
+
 def test_vl_image_straddling_a_chunk_boundary(vl_model, processor):  # noqa: F811
     inputs = processor(images=[image(THIN_WIDE, 7)], text=["Look <image> here, and say what it shows."],
                        return_tensors="pt")
