@@ -20,7 +20,6 @@ Lightning states are fp32 whatever the model dtype: they are never cast with the
 import torch
 import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicLayer, LinearAttentionLayer, StaticLayer
-
 from transformers.modeling_outputs import MoeModelOutputWithPast
 
 from .configuration_minimax_text_01 import SOFTMAX, MiniMaxText01Config
@@ -88,9 +87,7 @@ class LightningStateLayer(LinearAttentionLayer):
     [B, H, d, d] (no conv state). `in_place=False` (dynamic cache): each new state is adopted, no copy.
     `in_place=True` (static cache): written into one fixed buffer, marked as a static address for CUDA graphs."""
 
-    is_sliding = False
-
-    def __init__(self, in_place: bool = False, **kwargs):
+    def __init__(self, in_place: bool = False):
         super().__init__(number_of_states=1)
         self.in_place = in_place
 
@@ -360,11 +357,7 @@ class MiniMaxGenerationMixin:
     def _prepare_cache_for_generation(
         self, generation_config, model_kwargs, generation_mode, batch_size, max_cache_length, *args, **kwargs
     ):
-        wants_cache = (
-            generation_config.use_cache is not False
-            and model_kwargs.get("cache") is None
-            and model_kwargs.get("past_key_values") is None
-        )
+        wants_cache = generation_config.use_cache is not False and model_kwargs.get(CACHE_FIELD) is None
         text_config = self.config.get_text_config(decoder=True)
         if wants_cache and generation_config.cache_implementation == "static":
             max_cache_len = max(max_cache_length, getattr(generation_config, "max_cache_len", None) or 0)
@@ -390,9 +383,11 @@ class MiniMaxGenerationMixin:
             inputs["position_ids"] = None
         return inputs
 
-    def create_masks_for_generate(self, config=None, inputs_embeds=None, attention_mask=None, cache=None, **kwargs):
+    def create_masks_for_generate(self, attention_mask=None, cache=None, past_key_values=None, **kwargs):
         """Called by `prepare_inputs_for_generation` for compileable caches instead of transformers' 4-D mask
-        builder: the 2-D mask padded to max_cache_len, so every decode step has the same input shapes."""
+        builder: the 2-D mask padded to max_cache_len, so every decode step has the same input shapes.
+        (transformers 5.17 passes the cache as `past_key_values`.)"""
+        cache = cache if cache is not None else past_key_values
         if attention_mask is None or not isinstance(cache, MiniMaxText01StaticCache):
             return attention_mask
         return F.pad(attention_mask, (0, cache.max_cache_len - attention_mask.shape[1]), value=0)
