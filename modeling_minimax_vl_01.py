@@ -27,7 +27,8 @@ from .image_processing_minimax_vl_01 import (
     unpadded_feature_grid,
 )
 from .cache_minimax_text_01 import MiniMaxGenerationMixin, MiniMaxText01Cache
-from .modeling_minimax_text_01 import MiniMaxText01ForCausalLM, MiniMaxText01Model, check_loading_info
+from .loading_checks import check_loading_info
+from .modeling_minimax_text_01 import MiniMaxText01ForCausalLM, MiniMaxText01Model
 from .tensor_parallel_minimax_text_01 import prepare_distributed_model
 
 

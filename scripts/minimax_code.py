@@ -19,6 +19,7 @@ TEXT_CODE_FILES = [
     "lightning_attention.py",
     "cache_minimax_text_01.py",
     "tensor_parallel_minimax_text_01.py",
+    "loading_checks.py",
 ]
 REMOTE_CODE_FILES = TEXT_CODE_FILES + [
     "configuration_minimax_vl_01.py",

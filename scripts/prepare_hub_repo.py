@@ -121,7 +121,7 @@ def check_weights(checkpoint: Path, config) -> None:
                                 "index that maps every tensor to its shard.")
     found = {name: tuple(tensor["shape"]) for header in headers.values() for name, tensor in header.items()}
     expected = {name: tuple(t.shape) for name, t in build_meta_model(config).state_dict().items()}
-    summarize = load("modeling_minimax_text_01").summarize_keys
+    summarize = load("loading_checks").summarize_keys
     problems = []
     if missing := sorted(set(expected) - set(found)):
         problems.append(f"missing {len(missing)} tensor{'s' * (len(missing) > 1)} the model needs: "

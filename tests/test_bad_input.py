@@ -322,8 +322,8 @@ def test_vl_checkpoint_of_the_wrong_shape_names_key_and_shapes(tiny_vl, tmp_path
 
 def test_key_summary_folds_layer_indices():
     keys = [f"model.layers.{i}.mlp.w1.weight" for i in (0, 1, 2, 5)] + ["lm_head.weight", "layers.3.norm.weight"]
-    assert mm.summarize_keys(keys) == "model.layers.{0-2,5}.mlp.w1.weight, lm_head.weight, layers.3.norm.weight"
-    assert mm.summarize_keys([f"k{i}" for i in range(20)], limit=3) == "k0, k1, k2 and 17 more"
+    assert load("loading_checks").summarize_keys(keys) == "model.layers.{0-2,5}.mlp.w1.weight, lm_head.weight, layers.3.norm.weight"
+    assert load("loading_checks").summarize_keys([f"k{i}" for i in range(20)], limit=3) == "k0, k1, k2 and 17 more"
 
 
 # ================================================================================================== prompts

@@ -38,6 +38,16 @@ def model():
     return tiny_model()
 
 
+@pytest.fixture
+def spans(monkeypatch):
+    """The token count of every pass through the decoder stack (each chunk, each decode step), in order."""
+    lengths = []
+    real_span = mm.MiniMaxText01Model._forward_span
+    monkeypatch.setattr(mm.MiniMaxText01Model, "_forward_span",
+                        lambda self, embeds, *a, **k: lengths.append(embeds.shape[1]) or real_span(self, embeds, *a, **k))
+    return lengths
+
+
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
 @pytest.mark.parametrize("chunk", [1, 7, 32, 45])
 def test_any_chunk_size_equals_the_whole_prompt(model, chunk, padded):
@@ -92,11 +102,7 @@ def test_chunked_prefill_keeps_only_the_hidden_states_the_head_needs(model):
     assert logits.shape == (1, 1, VOCAB)
 
 
-def test_generate_runs_a_long_prompt_in_chunks_when_the_config_asks(model, monkeypatch):
-    spans = []
-    real_span = mm.MiniMaxText01Model._forward_span
-    monkeypatch.setattr(mm.MiniMaxText01Model, "_forward_span",
-                        lambda self, embeds, *a, **k: spans.append(embeds.shape[1]) or real_span(self, embeds, *a, **k))
+def test_generate_runs_a_long_prompt_in_chunks_when_the_config_asks(model, spans, monkeypatch):
     ids = random_ids(1, 50, seed=4)
     settings = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
     unchunked = model.generate(input_ids=ids, **settings)
@@ -107,12 +113,8 @@ def test_generate_runs_a_long_prompt_in_chunks_when_the_config_asks(model, monke
     assert chunked.tolist() == unchunked.tolist()
 
 
-def test_generate_takes_transformers_prefill_chunk_size(model, monkeypatch):
+def test_generate_takes_transformers_prefill_chunk_size(model, spans):
     """generate(prefill_chunk_size=N): transformers' own chunked prefill, through the cache the model builds."""
-    spans = []
-    real_span = mm.MiniMaxText01Model._forward_span
-    monkeypatch.setattr(mm.MiniMaxText01Model, "_forward_span",
-                        lambda self, embeds, *a, **k: spans.append(embeds.shape[1]) or real_span(self, embeds, *a, **k))
     ids = random_ids(2, 50, seed=5)
     mask = torch.ones_like(ids)
     mask[1, :11] = 0
