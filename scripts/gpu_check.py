@@ -22,7 +22,9 @@ beside transformers' native `minimax` where it has the layer, and beside a floor
   the weight-read floor (weights, plus the state or K/V cache, read once at the measured copy bandwidth);
 - the MoE block at 1 and 4096 tokens vs its matmul floor: max(bytes of the experts used / bandwidth, FLOPs / the
   measured bf16 matmul rate);
-- an expert matmul (6144 -> 9216) at 1 token: optimum-quanto int8 vs bf16, with the int8 / bf16 weight-read floors.
+- an expert matmul (6144 -> 9216) at 1 token: optimum-quanto int8 vs bf16, with the int8 / bf16 weight-read floors;
+- with several GPUs, a decode step of a 2-layer model at the released widths on one GPU vs tensor parallel over the
+  GPUs (transformers' engine under torchrun, scripts/tp_decode.py); on CPU (--tiny), 2 gloo ranks.
 Times are medians of CUDA-event timings (GPU) or time.perf_counter (CPU) after warm-up runs.
 
 Writes <out>/gpu_check.json, gpu_check.md and gpu_check.png (time vs tokens; the plot needs matplotlib), all
@@ -35,7 +37,9 @@ import gc
 import json
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,7 +51,7 @@ from transformers.models.minimax import modeling_minimax as native
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import native_config  # noqa: E402
-from make_tiny_checkpoint import tiny_text_config  # noqa: E402
+from make_tiny_checkpoint import TEXT_AUTO_MAP, copy_remote_code, tiny_text_config  # noqa: E402
 from minimax_code import REPO_ROOT, load  # noqa: E402
 
 modeling = load("modeling_minimax_text_01")
@@ -202,6 +206,10 @@ class Report:
 
 class Skip(Exception):
     """This path cannot run on this machine (the message says why)."""
+
+
+def skip(reason: str):
+    raise Skip(reason)
 
 
 class NotAvailable(Exception):
@@ -609,7 +617,52 @@ def run_timings(report: Report, args, device, dtype):
                      lambda: time_int8_expert(report, clock, ceilings, config, device, dtype)):
             part()
             free_memory()
+    time_tp_decode(report, config, args.tiny, device, dtype)
     return ceilings
+
+
+def tp_decode_checkpoint(out: Path, config: Config, tiny: bool, dtype) -> Path:
+    """A 2-layer model (one lightning, one softmax layer) at the timed layer widths with 4 experts (a decode step
+    reads 2 of them, whatever their number) and a 32K vocabulary: a few GB at the released widths."""
+    widths = {key: getattr(config, key) for key in ("hidden_size", "num_attention_heads", "num_key_value_heads",
+                                                    "head_dim", "rotary_dim", "intermediate_size")}
+    text = tiny_text_config(vocab_size=512 if tiny else 32768, num_hidden_layers=2, attn_type_list=[0, 1],
+                            num_local_experts=4, **widths)
+    text.auto_map, text.architectures = TEXT_AUTO_MAP, ["MiniMaxText01ForCausalLM"]
+    torch.manual_seed(0)
+    modeling.MiniMaxText01ForCausalLM(text).to(dtype).save_pretrained(out)
+    copy_remote_code(out)
+    return out
+
+
+def time_tp_decode(report: Report, config: Config, tiny: bool, device, dtype):
+    """Decode steps of a 2-layer model at the timed widths: one device vs tensor parallel over all GPUs (NCCL),
+    each in its own processes (scripts/tp_decode.py). On CPU (--tiny) 2 gloo ranks run the same path."""
+    what = "decode step, 2-layer model, tensor parallel"
+    ranks = torch.cuda.device_count() if device.type == "cuda" else 2
+    if ranks < 2:
+        reason = f"tensor parallel needs 2 or more GPUs (one per rank); this machine has {ranks}"
+        for impl in ("1 device", "tensor parallel"):
+            report.time(what, impl, 1, lambda: skip(reason))
+        return
+    ranks = min(ranks, config.num_key_value_heads)  # the heads must split evenly
+    worker = Path(__file__).resolve().parent / "tp_decode.py"
+    dtype_name = str(dtype).removeprefix("torch.")
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = tp_decode_checkpoint(Path(tmp) / "checkpoint", config, tiny, dtype)
+
+        def run(world: int) -> float:
+            launcher = [sys.executable] if world == 1 else [
+                sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}"]
+            out = Path(tmp) / f"tp{world}.json"
+            command = launcher + [str(worker), str(checkpoint), "--out", str(out), "--dtype", dtype_name]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(command[:6])} failed: {done.stderr.strip().splitlines()[-1:]}")
+            return json.loads(out.read_text())["ms_per_token"]
+
+        report.time(what, "1 device", 1, lambda: run(1))
+        report.time(what, f"tensor parallel {ranks}", 1, lambda: run(ranks))
 
 
 # ------------------------------------------------------------------------------------------------ output

@@ -23,8 +23,7 @@ def test_gpu_check_runs_end_to_end_on_cpu_tiny(tmp_path, capsys):
         assert checks[name]["status"] == "skipped" and reason in checks[name]["note"]
     assert checks["bf16 vs fp32 logits"]["status"] == "pass"
     assert 1e-4 < checks["bf16 vs fp32 logits"]["error"] < 5e-2  # bf16 rounding shows, within the tolerance
-    static = checks["static-cache generate vs dynamic cache (eager)"]
-    assert static["status"] in ("pass", "not available"), static  # "not available" until the static cache lands
+    assert checks["static-cache generate vs dynamic cache (eager)"]["status"] == "pass"
 
     rows = result["timings"]
     sections = {r["what"] for r in rows}
@@ -32,6 +31,8 @@ def test_gpu_check_runs_end_to_end_on_cpu_tiny(tmp_path, capsys):
     assert any(s.startswith("lightning decode step") for s in sections)
     assert any(s.startswith("softmax decode step") for s in sections)
     assert any(s.startswith("expert matmul") for s in sections)
+    tensor_parallel = {r["impl"] for r in rows if r["what"] == "decode step, 2-layer model, tensor parallel"}
+    assert tensor_parallel == {"1 device", "tensor parallel 2"}  # 2 gloo ranks on CPU, the NCCL path on GPUs
     for row in rows:
         if "CUDA graph" in row["impl"]:
             assert row["status"] == "skipped" and "CUDA" in row["note"]
