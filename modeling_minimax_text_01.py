@@ -312,13 +312,23 @@ def experts_are_plain_linear(moe: nn.Module) -> bool:
     return all(type(layer) is nn.Linear for expert in moe.experts for layer in (expert.w1, expert.w3, expert.w2))
 
 
+def stackable_experts(moe: nn.Module) -> bool:
+    """Plain nn.Linear experts holding plain Parameters (not quanto's QLinear, not DTensor shards, not meta
+    placeholders of an offloaded model), all on one device in one dtype."""
+    weights = [layer.weight for expert in moe.experts for layer in (expert.w1, expert.w3, expert.w2)]
+    return (
+        experts_are_plain_linear(moe)
+        and all(type(w) is nn.Parameter and not is_sharded(w) and not w.is_meta for w in weights)
+        and len({(w.device, w.dtype) for w in weights}) == 1
+    )
+
+
 def use_grouped_mm(moe: nn.Module, x: torch.Tensor) -> bool:
     """Grouped matmul for the experts: opted into (`config.moe_grouped_mm`, since the stacked weights are a second
-    copy of the experts), on CUDA, in inference, when torch has it and the experts are plain nn.Linear, not split
-    by tensor parallel (stacking would mix sharded and plain tensors)."""
+    copy of the experts), on CUDA, in inference, when torch has it and the experts can be stacked."""
     return (
         moe.grouped_mm and _grouped_mm is not None and x.is_cuda and not torch.is_grad_enabled()
-        and experts_are_plain_linear(moe) and not is_sharded(moe.experts[0].w1.weight)
+        and stackable_experts(moe)
     )
 
 
@@ -340,17 +350,6 @@ def gathered_experts_forward(x, weights, experts, w1, w3, w2, act):
     h = act((w1[idx] * xs).sum(-1)) * (w3[idx] * xs).sum(-1)  # [S, I]
     y = (w2[idx] * h[:, None, :]).sum(-1)  # [S, D]
     return (y.view(*experts.shape, -1) * weights[..., None]).sum(1)
-
-
-def stackable_experts(moe: nn.Module) -> bool:
-    """Plain nn.Linear experts holding plain Parameters (not quanto's QLinear, not DTensor shards, not meta
-    placeholders of an offloaded model), all on one device in one dtype."""
-    weights = [layer.weight for expert in moe.experts for layer in (expert.w1, expert.w3, expert.w2)]
-    return (
-        experts_are_plain_linear(moe)
-        and all(type(w) is nn.Parameter and not w.is_meta for w in weights)
-        and len({(w.device, w.dtype) for w in weights}) == 1
-    )
 
 
 class MiniMaxText01SparseMoeBlock(nn.Module):
@@ -745,7 +744,9 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
             hidden, states, router_logits, attentions = self._forward_span(
                 self.embed_tokens(input_ids[:, sl]) if inputs_embeds is None else inputs_embeds[:, sl],
                 position_ids[:, sl],
+                slots[sl],
                 padding_mask[:, : past_len + start + span] if padding_mask is not None and not static else padding_mask,
+                token_mask[:, sl] if token_mask is not None else None,
                 resets,
                 past_key_values,
                 output_hidden_states,
@@ -862,20 +863,19 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         return tuple(bool(getattr(self.config, name)) if flag is None else flag for name, flag in flags.items())
 
     def _forward_span(
-        self, inputs_embeds, position_ids, padding_mask, resets, cache, output_hidden_states, output_router_logits,
-        output_attentions, **kwargs,
+        self, inputs_embeds, position_ids, slots, padding_mask, token_mask, resets, cache, output_hidden_states,
+        output_router_logits, output_attentions, **kwargs,
     ):
-        """The decoder stack on T consecutive new tokens; padding_mask bool [B, P+T] or None; resets bool [B, T]
-        (starts of packed sequences) or None. Returns (final-normed hidden states, per-layer inputs + final output
+        """The decoder stack on T consecutive new tokens at cache `slots` [T]; padding_mask bool [B, P+T] (static
+        cache: [B, max_cache_len]) or None, token_mask its entries of the new tokens; resets bool [B, T] (starts of
+        packed sequences) or None. Returns (final-normed hidden states, per-layer inputs + final output
         if requested, router logits if requested, the softmax layers' attention weights if requested and the
         backend computed them)."""
         B, T, _ = inputs_embeds.shape
         past_len = cache.get_seq_length() if cache is not None else 0
         rotary = self.rotary_emb(position_ids)
-        if isinstance(cache, MiniMaxText01StaticCache):  # K/V slots [max_cache_len]; the new tokens at cache_position
-            cache_position = torch.arange(T, device=inputs_embeds.device) + past_len
-            softmax_mask = static_cache_attention_mask(padding_mask, cache_position, cache.max_cache_len)
-            token_mask = padding_mask.index_select(1, cache_position) if padding_mask is not None else None
+        if isinstance(cache, MiniMaxText01StaticCache):  # K/V slots [max_cache_len]; the new tokens at `slots`
+            softmax_mask = static_cache_attention_mask(padding_mask, slots, cache.max_cache_len)
         else:
             if (self.config._attn_implementation or "").startswith("flash"):
                 # flash backends take the 2-D padding mask and apply causality themselves; packed sequences they
@@ -885,7 +885,6 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
                     kwargs = {**kwargs, "position_ids": position_ids}
             else:
                 softmax_mask = softmax_attention_mask(padding_mask, resets, B, T, past_len, inputs_embeds.device)
-            token_mask = padding_mask[:, -T:] if padding_mask is not None else None
 
         hidden_states = inputs_embeds
         all_hidden_states, all_router_logits, all_attentions = [], [], []
