@@ -298,6 +298,16 @@ def patched(module, name, value):
         setattr(module, name, old)
 
 
+@contextmanager
+def lightning_impl(config, impl: str):
+    """The lightning prefill kernel `impl` (a `config.lightning_impl` value) for the duration of the block."""
+    old, config.lightning_impl = config.lightning_impl, impl
+    try:
+        yield
+    finally:
+        config.lightning_impl = old
+
+
 def check_fla_prefill(device):
     if device.type != "cuda":
         raise Skip("fla's Triton kernels run on CUDA only (on CPU `make test-triton` runs them in the interpreter)")
@@ -312,12 +322,16 @@ def check_fla_prefill(device):
         return kernels.lightning_attention_fla(*args)
 
     packed = packed_batch(device)
-    with patched(modeling, "lightning_attention_fla", counted):
-        fla_logits, fla_states = padded_prefill_continuation_decode(model, ids, mask, 40)
-        fla_packed, fla_grad = packed_logits_and_input_gradient(model, *packed)
+    kernels.LIGHTNING_KERNELS["fla"] = counted  # a spy on the entry the setting selects
+    try:
+        with lightning_impl(model.config, "fla"):
+            fla_logits, fla_states = padded_prefill_continuation_decode(model, ids, mask, 40)
+            fla_packed, fla_grad = packed_logits_and_input_gradient(model, *packed)
+    finally:
+        kernels.LIGHTNING_KERNELS["fla"] = kernels.lightning_attention_fla
     if not calls:
         raise RuntimeError("the model never called lightning_attention_fla on CUDA")
-    with patched(modeling, "use_fla_prefill", lambda q: False):
+    with lightning_impl(model.config, "chunked"):
         plain_logits, plain_states = padded_prefill_continuation_decode(model, ids, mask, 40)
         plain_packed, plain_grad = packed_logits_and_input_gradient(model, *packed)
     keep, keep_packed = mask.bool(), packed[2].bool()
@@ -448,7 +462,7 @@ def hidden(tokens, config, device, dtype, seed=0):
 
 
 def project_prefill_impl(device) -> str:
-    return "project (fla)" if kernels.use_fla_prefill(torch.empty(0, device=device)) else "project (chunked)"
+    return f"project ({kernels.lightning_impl_name('auto', device)})"
 
 
 def time_lightning_prefill(report, clock, config, nconfig, sizes, device, dtype):
@@ -460,7 +474,7 @@ def time_lightning_prefill(report, clock, config, nconfig, sizes, device, dtype)
         x = hidden(tokens, config, device, dtype)
         report.time(what, impl, tokens, lambda: clock.ms(lambda: layer(x)))
         if impl == "project (fla)":
-            with patched(modeling, "use_fla_prefill", lambda q: False):
+            with lightning_impl(layer.config, "chunked"):
                 report.time(what, "project (chunked)", tokens, lambda: clock.ms(lambda: layer(x)))
         report.time(what, "native", tokens, lambda: clock.ms(lambda: nlayer(x, None, None)))
         inner = torch.randn(1, tokens, layer.out_proj.in_features, device=device, dtype=dtype)

@@ -1,7 +1,7 @@
 """Every fast path equals a plain reference written here (float64 loops), on CPU.
 
 Fast paths: the MoE dispatch (per-expert scatter, single-token decode, grouped matmul math; in-place products
-only without autograd), the lightning prefill block length, lightning layers run in token spans on CPU, the fla
+only without autograd), the lightning prefill block length, lightning layers run in token pieces on CPU, the fla
 wrapper's argument plumbing and packed-sequence segments (with a stand-in kernel), the K/V cache layer
 with preallocated growing buffers, and chunked prefill (`prefill_chunk_size`). GPU-only selections are checked to
 stay off on CPU.
@@ -84,8 +84,8 @@ def test_grouped_experts_math_matches_per_expert_loop():
     counts = torch.tensor([3, 0, 7, 2])  # an expert with no tokens too
     x = torch.randn(int(counts.sum()), moe.gate.in_features)
     with torch.no_grad():
-        out = mm.grouped_experts_forward(x, counts, *moe.stacked_weights(), moe.experts[0].act)
-        w13, w2 = moe.stacked_weights()
+        w13, w2 = moe.expert_weights.grouped_mm_copy(moe)
+        out = mm.grouped_experts_forward(x, counts, w13, w2, moe.experts[0].act)
         expected, start = [], 0
         for e, n in enumerate(counts.tolist()):  # explicit formula per expert, from the nn.Linear weights
             ex, rows = moe.experts[e], x[start : start + n]
@@ -97,7 +97,7 @@ def test_grouped_experts_math_matches_per_expert_loop():
 
 def test_grouped_path_is_off_on_cpu_and_for_quantized_experts():
     moe = tiny_model().model.layers[0].block_sparse_moe
-    assert not moe.grouped_mm  # opt-in: the stacked weights are a second copy of the experts
+    assert not moe.grouped_mm  # opt-in: its weights are a second copy of the experts
     moe.grouped_mm = True
     assert not mm.use_grouped_mm(moe, torch.zeros(1))  # CPU tensors keep the per-expert loop
     assert mm.experts_are_plain_linear(moe)
@@ -187,7 +187,7 @@ def test_fla_wrapper_passes_layout_decay_states_and_segments(monkeypatch, per_to
     torch.testing.assert_close(out.double(), ref_out, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(final.double(), ref_final, rtol=1e-6, atol=1e-6)
     assert out.dtype == final.dtype == torch.float32
-    assert not la.use_fla_prefill(q)  # CPU tensors never take the Triton path
+    assert la.lightning_impl_name("auto", q.device) == "chunked"  # CPU tensors never take the Triton path by default
 
 
 # ------------------------------------------------------------------------------------------------ whole model
@@ -220,9 +220,9 @@ def test_prefill_chunk_size_equals_whole_prompt_with_left_padding():
             torch.testing.assert_close(layer_a.keys, layer_b.keys)
 
 
-def test_lightning_layers_in_cpu_spans_equal_whole_prompt(monkeypatch):
-    """Long inputs run through lightning layers in spans of LIGHTNING_CPU_SPAN tokens (state carried over): with a
-    5-token span the logits, lightning states and input gradients equal the unsplit layers (left padding too)."""
+def test_lightning_layers_in_cpu_pieces_equal_whole_prompt():
+    """Long inputs reach the CPU lightning kernels in pieces of `cpu_max_tokens` tokens (state carried over): with
+    5-token pieces the logits, lightning states and input gradients equal the unsplit layers (left padding too)."""
     model = tiny_model()
     ids = torch.randint(0, 512, (2, 23))
     mask = torch.ones_like(ids)
@@ -235,12 +235,14 @@ def test_lightning_layers_in_cpu_spans_equal_whole_prompt(monkeypatch):
         return out, embeds.grad
 
     whole, whole_grad = run()
-    monkeypatch.setattr(mm, "LIGHTNING_CPU_SPAN", 5)
-    spans, spans_grad = run()
+    for layer in model.model.layers:
+        if isinstance(layer.self_attn, mm.MiniMaxText01LightningAttention):
+            layer.self_attn.cpu_max_tokens = 5
+    pieces, pieces_grad = run()
     keep = mask.bool()
-    torch.testing.assert_close(spans.logits[keep], whole.logits[keep], rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(spans_grad, whole_grad, rtol=1e-9, atol=1e-9)
-    for a, b in zip(getattr(spans, mm.CACHE_FIELD).layers, getattr(whole, mm.CACHE_FIELD).layers):
+    torch.testing.assert_close(pieces.logits[keep], whole.logits[keep], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(pieces_grad, whole_grad, rtol=1e-9, atol=1e-9)
+    for a, b in zip(getattr(pieces, mm.CACHE_FIELD).layers, getattr(whole, mm.CACHE_FIELD).layers):
         if isinstance(a, mc.LightningStateLayer):
             torch.testing.assert_close(a.state, b.state, rtol=1e-9, atol=1e-9)
 
