@@ -649,9 +649,10 @@ class TokenLayout:
                            cut(self.sequence_starts), self.past_len + start, self.static_len)
 
 
-def token_layout(attention_mask, position_ids, cache, batch_size: int, new_tokens: int, device) -> TokenLayout:
+def token_layout(attention_mask, position_ids, cache, batch_size: int, new_tokens: int, device, chunked: bool):
     """The layout of the new tokens from the 2-D attention mask (any padding: left, right, holes), the position ids
-    (None: derived) and the cache."""
+    (None: derived) and the cache. Packed sequences are refused where their starts cannot hold: after cached
+    tokens, in a static cache, or run in chunks (`chunked`)."""
     past_len = cache.get_seq_length() if cache is not None else 0  # static: a device tensor
     static_len = cache.max_cache_len if isinstance(cache, MiniMaxText01StaticCache) else None
     if static_len is not None:  # bool [B, max_cache_len]: fixed shape for every step
@@ -663,6 +664,11 @@ def token_layout(attention_mask, position_ids, cache, batch_size: int, new_token
         position_ids = default_position_ids(padding_mask, cache_position, batch_size)
     token_mask = padding_mask.index_select(1, cache_position) if padding_mask is not None else None
     sequence_starts = packed_sequence_starts(position_ids, token_mask)
+    if sequence_starts is not None and (static_len is not None or past_len > 0 or chunked):
+        raise ValueError(
+            "Packed sequences (position_ids restarting at 0 inside a row) cannot follow cached tokens, run in "
+            "prefill chunks or fill a static cache. Run a packed batch without a cache, or unpack it into rows."
+        )
     return TokenLayout(padding_mask, token_mask, position_ids, cache_position, sequence_starts, past_len, static_len)
 
 
@@ -840,12 +846,7 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         # by the chunk (each chunk is embedded on its own), total memory grows only with the K/V cache.
         chunk_length = self._chunk_length(prefill_chunk_size, T)
 
-        layout = token_layout(attention_mask, position_ids, cache, B, T, device)
-        if layout.sequence_starts is not None and (layout.static_len or layout.past_len > 0 or chunk_length < T):
-            raise ValueError(
-                "Packed sequences (position_ids restarting at 0 inside a row) cannot follow cached tokens, run in "
-                "prefill chunks or fill a static cache. Run a packed batch without a cache, or unpack it into rows."
-            )
+        layout = token_layout(attention_mask, position_ids, cache, B, T, device, chunked=chunk_length < T)
         if cache is not None or use_cache or chunk_length < T:  # chunks need a cache even when none is returned
             cache = self._prepared_cache(cache, layout, T, reserve=chunk_length < T)
 

@@ -190,6 +190,51 @@ def test_fla_wrapper_passes_layout_decay_states_and_segments(monkeypatch, per_to
     assert la.lightning_impl_name("auto", q.device) == "chunked"  # CPU tensors never take the Triton path by default
 
 
+@pytest.mark.parametrize("impl", ["chunked", "fla"])  # a new entry of la.LIGHTNING_KERNELS: one more parameter
+def test_every_lightning_impl_equals_the_recurrent_reference_through_the_model(monkeypatch, impl):
+    """`config.lightning_impl` selects the prefill kernel: a left-padded prefill and a cached 5-token continuation
+    (initial state, per-token decay at the pads) give the logits and lightning states of the token-by-token
+    reference. fla runs here through the float64 stand-in of its kernel (its Triton kernel: test_triton_interpreter)."""
+    if impl == "fla" and la.chunk_simple_gla is None:
+        monkeypatch.setattr(la, "chunk_simple_gla", fake_chunk_simple_gla)
+    model = tiny_model()
+    ids = torch.randint(0, 512, (2, 21))
+    mask = torch.ones_like(ids)
+    mask[0, :6] = 0
+    calls = []
+    kernel = la.LIGHTNING_KERNELS[impl]
+    monkeypatch.setitem(la.LIGHTNING_KERNELS, impl, lambda *a: calls.append(a[0].shape[2]) or kernel(*a))  # a spy
+
+    def run(setting):
+        model.config.lightning_impl = setting
+        with torch.no_grad():
+            first = model(ids[:, :16], attention_mask=mask[:, :16], use_cache=True)
+            rest = model(ids[:, 16:], attention_mask=mask, past_key_values=getattr(first, mm.CACHE_FIELD))
+        layers = getattr(rest, mm.CACHE_FIELD).layers
+        states = [layer.state for layer in layers if isinstance(layer, mc.LightningStateLayer)]
+        return torch.cat((first.logits, rest.logits), dim=1), states
+
+    reference_logits, reference_states = run("recurrent")
+    logits, states = run(impl)
+    assert calls == [16] * len(states) + [5] * len(states)  # the selected kernel ran every lightning prefill
+    keep = mask.bool()
+    tolerance = 1e-6 if impl == "fla" else 1e-9  # the fla wrapper hands fla fp32, as fla's kernels compute in it
+    torch.testing.assert_close(logits[keep], reference_logits[keep], rtol=tolerance, atol=tolerance)
+    for a, b in zip(states, reference_states):
+        torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance, check_dtype=False)
+
+
+def test_lightning_impl_is_validated_and_auto_is_chunked_on_cpu():
+    assert la.LIGHTNING_IMPLS == load("configuration_minimax_text_01").LIGHTNING_IMPLS  # one list of names
+    with pytest.raises(ValueError, match="lightning_impl.*'auto', 'chunked', 'recurrent', 'fla'"):
+        tiny_text_config(lightning_impl="triton")
+    assert la.lightning_impl_name("auto", torch.device("cpu")) == "chunked"
+    model = tiny_model()
+    model.config.lightning_impl = "fast"  # set after loading: refused at the forward
+    with pytest.raises(ValueError, match="lightning_impl='fast' is not a lightning-attention implementation"):
+        model(torch.randint(0, 512, (1, 4)))
+
+
 # ------------------------------------------------------------------------------------------------ whole model
 
 
