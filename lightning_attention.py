@@ -147,10 +147,10 @@ def lightning_attention_chunked(
     for start in range(0, T, group):
         length = min(group, T - start)
         n_full, tail = divmod(length, block_size)
-        spans = [(start, n_full, block_size)] if n_full else []
+        runs = [(start, n_full, block_size)] if n_full else []  # (first token, blocks, block length)
         if tail:  # a last, shorter block
-            spans.append((start + n_full * block_size, 1, tail))
-        for begin, n, C in spans:
+            runs.append((start + n_full * block_size, 1, tail))
+        for begin, n, C in runs:
             sl = slice(begin, begin + n * C)
             # one contiguous copy per operand (strided views would be copied again by every matmul using them)
             blocks = [x[:, :, sl].reshape(B, H, n, C, x.shape[-1]).contiguous() for x in (q, k, v)]

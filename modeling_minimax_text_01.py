@@ -1,9 +1,13 @@
 """MiniMax-Text-01: a hybrid lightning/softmax-attention MoE decoder, faithful to the released checkpoints.
 
-Reading order: RMSNorm -> attention modules -> MoE -> decoder layer -> model -> causal-LM head. The lightning
-attention kernels live in `lightning_attention.py`, the hybrid cache in `cache_minimax_text_01.py`.
+Reading order: RMSNorm -> attention modules -> MoE -> decoder layer -> pretrained base (shared with VL) -> token
+layout and masks -> model -> causal-LM head. The lightning attention kernels live in `lightning_attention.py`, the
+hybrid cache in `cache_minimax_text_01.py`.
 
-Conventions: B batch, T new tokens, P tokens already in the cache, H heads, d head_dim, D hidden_size.
+Conventions: B batch, T new tokens, P tokens already in the cache, H heads, d head_dim, D hidden_size. Words: a
+*chunk* is a piece of a long prompt run through the cache (`prefill_chunk_size`); a *block* the lightning kernel's
+unit of tokens (`block_size`); `cache_position` the new tokens' cache slots; `sequence_starts` the first tokens of
+packed sequences.
 Every derived table (RoPE frequencies, lightning slopes) is computed in fp32 from the config, never stored in
 the checkpoint and never cast with the model, so `.to(bfloat16)` and `from_pretrained` cannot corrupt it.
 """
@@ -439,6 +443,8 @@ class MiniMaxText01SparseMoeBlock(nn.Module):
         """x [B, T, D] -> (output [B, T, D], router logits [B * T, E])."""
         B, T, D = x.shape
         x = x.reshape(-1, D)
+        if self.training and self.jitter_noise > 0:  # the router and the experts see the same jittered input
+            x = x * torch.empty_like(x).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)
         router_logits, weights, experts = self.route(x)
         if T > 1 and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             self.expert_weights.stacked_views(self)  # built or refreshed in an eager prompt, for a compiled decode
@@ -446,8 +452,6 @@ class MiniMaxText01SparseMoeBlock(nn.Module):
 
     def route(self, x):
         """x [N, D] -> (router logits [N, E], routing weights [N, k] in x's dtype, expert indices [N, k])."""
-        if self.training and self.jitter_noise > 0:
-            x = x * torch.empty_like(x).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)
         router_logits = self.gate(x)  # [N, E]
         probs = torch.softmax(router_logits.float(), dim=-1)
         weights, experts = probs.topk(self.top_k, dim=-1)  # [N, k]
@@ -475,34 +479,42 @@ class MiniMaxText01SparseMoeBlock(nn.Module):
     def run_experts(self, x, weights, experts):
         """x [N, D], routing weights / expert indices [N, k] -> the weighted sum of the chosen experts [N, D]."""
         path = self.dispatch_path(x)
-        act = self.experts[0].act
         if path == "gathered":
-            return gathered_experts_forward(x, weights, experts, *self.expert_weights.stacked_views(self), act)
+            stacks = self.expert_weights.stacked_views(self)
+            return gathered_experts_forward(x, weights, experts, *stacks, self.experts[0].act)
         if path == "dense":
             return self._dense_experts(x, weights, experts)
         if path == "one token":
-            out = None
-            for w, e in zip(weights[0].tolist(), experts[0].tolist()):  # Python scalars: no 0-dim tensor ops
-                y = self.experts[e](x)
-                out = y * w if out is None else torch.add(out, y, alpha=w)
-            return out
+            return self._one_token_experts(x, weights, experts)
+        return self._experts_by_group(x, weights, experts, grouped_mm=path == "grouped mm")
 
-        # Group the (token, slot) pairs by expert, run each expert once on its tokens, scatter back weighted.
+    def _one_token_experts(self, x, weights, experts):
+        """x [1, D]: its k experts one after the other, weighted by Python scalars (no 0-dim tensor ops)."""
+        out = None
+        for w, e in zip(weights[0].tolist(), experts[0].tolist()):
+            y = self.experts[e](x)
+            out = y * w if out is None else torch.add(out, y, alpha=w)
+        return out
+
+    def _experts_by_group(self, x, weights, experts, grouped_mm: bool):
+        """The (token, slot) pairs grouped by expert, each expert run once on its tokens (or all of them in two
+        grouped matmuls), the results scattered back weighted. x [N, D] -> [N, D]."""
         order = experts.flatten().argsort(stable=True)
         tokens = order // self.top_k
         sorted_weights = weights.flatten().index_select(0, order)[:, None]  # [N * k, 1]
         counts = torch.bincount(experts.flatten(), minlength=self.num_experts)
         out = torch.zeros_like(x)
-        if path == "grouped mm":
-            expert_out = grouped_experts_forward(x[tokens], counts, *self.expert_weights.grouped_mm_copy(self), act)
+        if grouped_mm:
+            w13, w2 = self.expert_weights.grouped_mm_copy(self)
+            expert_out = grouped_experts_forward(x[tokens], counts, w13, w2, self.experts[0].act)
             return out.index_add_(0, tokens, expert_out * sorted_weights)
         # expert by expert, scattering each result at once (no [N * k, D] gather / concatenation / product
         # buffers: large fresh buffers cost page faults on CPU); weighted in place when autograd is off
         counts = counts.tolist()
-        for e, (expert_tokens, expert_weights) in enumerate(zip(tokens.split(counts), sorted_weights.split(counts))):
+        for e, (expert_tokens, pair_weights) in enumerate(zip(tokens.split(counts), sorted_weights.split(counts))):
             if counts[e] > 0:
                 y = self.experts[e](x.index_select(0, expert_tokens))  # index_select: 4x faster than x[idx]
-                y = y * expert_weights if torch.is_grad_enabled() else y.mul_(expert_weights)
+                y = y * pair_weights if torch.is_grad_enabled() else y.mul_(pair_weights)
                 out.index_add_(0, expert_tokens, y)
         return out
 
@@ -1104,9 +1116,7 @@ class MiniMaxText01ForCausalLM(MiniMaxGenerationMixin, MiniMaxText01PreTrainedMo
         prefill_chunk_size (`int`, *optional*): run prompts longer than this through the cache in chunks of this
             many tokens (default `config.prefill_chunk_size`).
         """
-        output_router_logits = (
-            output_router_logits if output_router_logits is not None else self.config.output_router_logits
-        )
+        (output_router_logits,) = self.output_flags(output_router_logits=output_router_logits)  # the loss needs it
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
