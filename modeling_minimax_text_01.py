@@ -653,12 +653,12 @@ class TokenLayout:
     def chunk(self, start: int, end: int) -> "TokenLayout":
         """The layout of new tokens start .. end-1 (a prefill chunk): the keys it sees end with it."""
         sl = slice(start, end)
-        cut = lambda m: m[:, sl] if m is not None else None  # noqa: E731
         padding_mask = self.padding_mask
         if padding_mask is not None and self.static_len is None:
             padding_mask = padding_mask[:, : self.past_len + end]
-        return TokenLayout(padding_mask, cut(self.token_mask), self.position_ids[:, sl], self.cache_position[sl],
-                           cut(self.sequence_starts), self.past_len + start, self.static_len)
+        token_mask, starts = (m[:, sl] if m is not None else None for m in (self.token_mask, self.sequence_starts))
+        return TokenLayout(padding_mask, token_mask, self.position_ids[:, sl], self.cache_position[sl], starts,
+                           self.past_len + start, self.static_len)
 
 
 def token_layout(attention_mask, position_ids, cache, batch_size: int, new_tokens: int, device, chunked: bool):
