@@ -872,6 +872,89 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
             router_logits=tuple(chunks.router_logits) if output_router_logits else None,
         )
 
+    def check_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cache) -> None:
+        """Refuse inputs that would fail obscurely inside torch or quietly give wrong numbers.
+
+        The value checks (token ids inside the vocabulary, a 0/1 attention mask without empty rows, positions that
+        continue the cache) cost one host sync together; they are skipped while compiling or capturing a CUDA graph.
+        """
+        def check_integer_tensor(name, value, shape_text):
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"`{name}` must be a torch tensor {shape_text}, got {type(value).__name__}. Use "
+                                f"the tokenizer with return_tensors='pt', or torch.tensor([...]).")
+            if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+                raise TypeError(f"`{name}` must hold integers (torch.long), got {value.dtype}. Convert with "
+                                f"`{name}.long()`.")
+
+        if input_ids is not None:
+            check_integer_tensor("input_ids", input_ids, "[batch, tokens]")
+            if input_ids.dim() != 2:
+                fix = " Add the batch dimension: input_ids[None]." if input_ids.dim() == 1 else ""
+                raise ValueError(f"`input_ids` must be 2-D [batch, tokens], got shape {tuple(input_ids.shape)}.{fix}")
+        if inputs_embeds is not None:
+            if not isinstance(inputs_embeds, torch.Tensor) or not inputs_embeds.is_floating_point():
+                raise TypeError("`inputs_embeds` must be a floating-point tensor [batch, tokens, hidden_size].")
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
+                raise ValueError(f"`inputs_embeds` must have shape [batch, tokens, {self.config.hidden_size}], got "
+                                 f"{tuple(inputs_embeds.shape)}.")
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        if tokens is None:
+            return  # reported by the caller
+        B, T = tokens.shape[:2]
+        if position_ids is not None:
+            check_integer_tensor("position_ids", position_ids, "[batch, tokens]")
+            if position_ids.dim() != 2 or position_ids.shape[0] not in (1, B) or position_ids.shape[1] != T:
+                raise ValueError(f"`position_ids` must have shape [{B}, {T}] (or [1, {T}]) like the input, got "
+                                 f"{tuple(position_ids.shape)}.")
+        if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):
+            raise TypeError(
+                f"`attention_mask` must be a torch tensor [batch, tokens], got {type(attention_mask).__name__}."
+            )
+        capturing = tokens.is_cuda and torch.cuda.is_current_stream_capturing()
+        if torch.compiler.is_compiling() or capturing:
+            return
+
+        cache = past_key_values if past_key_values is not None else cache
+        past_len = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
+        mask = attention_mask.bool() if attention_mask is not None and attention_mask.dim() == 2 else None
+        vocab = self.config.vocab_size
+        bad_ids = ((input_ids < 0) | (input_ids >= vocab)).any() if input_ids is not None else None
+        not_binary = ((attention_mask != 0) & (attention_mask != 1)).any() if mask is not None else None
+        empty_rows = ~mask.any(-1) if mask is not None else None
+        restarts = None
+        if position_ids is not None and past_len > 0:  # the first new token must come after the cached ones
+            cached = mask[:, :past_len].sum(-1) if mask is not None and mask.shape[-1] > past_len else past_len
+            cached = torch.as_tensor(cached, device=position_ids.device).expand(B)  # real cached tokens per row
+            restarts = position_ids[:, 0] < cached
+        flags = [f.any().to(tokens.device) if f is not None else tokens.new_zeros((), dtype=torch.bool)
+                 for f in (bad_ids, not_binary, empty_rows, restarts)]
+        bad_ids, not_binary, empty_rows_found, restart_found = torch.stack(flags).tolist()  # the one host sync
+        if not_binary:
+            raise ValueError(
+                f"`attention_mask` must hold 1 for real tokens and 0 for padding, found the values "
+                f"{attention_mask.unique()[:6].tolist()}. Pass the tokenizer's mask, not an additive (0 / -inf) one."
+            )
+        if bad_ids:
+            raise ValueError(
+                f"`input_ids` hold token ids outside the vocabulary 0..{vocab - 1} (smallest {int(input_ids.min())}, "
+                f"largest {int(input_ids.max())}). Use the tokenizer of this checkpoint, and pad with a real token id "
+                "(not -100 or -1, which are for labels)."
+            )
+        if empty_rows_found:
+            rows = empty_rows.nonzero().flatten().tolist()
+            raise ValueError(
+                f"Rows {rows} of `attention_mask` have no real token: an empty prompt in the batch. Drop empty "
+                "prompts, or give each at least one token."
+            )
+        if restart_found:
+            row = int(restarts.nonzero()[0])
+            raise ValueError(
+                f"`position_ids` restart while the cache holds earlier tokens: row {row} starts at position "
+                f"{int(position_ids[min(row, position_ids.shape[0] - 1), 0])} with {int(cached[row])} tokens cached. "
+                "Continue the positions after the cached tokens (or omit position_ids), or start a new sequence with "
+                "past_key_values=None."
+            )
+
     # -- the steps of the forward, in order -----------------------------------------------------------------------
 
     def _validated_cache(self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cache):
@@ -990,89 +1073,6 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         if cache is not None:
             cache.seen_tokens += T
         return ChunkOutputs(hidden_states, all_hidden_states, all_router_logits, all_attentions)
-
-    def check_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cache) -> None:
-        """Refuse inputs that would fail obscurely inside torch or quietly give wrong numbers.
-
-        The value checks (token ids inside the vocabulary, a 0/1 attention mask without empty rows, positions that
-        continue the cache) cost one host sync together; they are skipped while compiling or capturing a CUDA graph.
-        """
-        def check_integer_tensor(name, value, shape_text):
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(f"`{name}` must be a torch tensor {shape_text}, got {type(value).__name__}. Use "
-                                f"the tokenizer with return_tensors='pt', or torch.tensor([...]).")
-            if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
-                raise TypeError(f"`{name}` must hold integers (torch.long), got {value.dtype}. Convert with "
-                                f"`{name}.long()`.")
-
-        if input_ids is not None:
-            check_integer_tensor("input_ids", input_ids, "[batch, tokens]")
-            if input_ids.dim() != 2:
-                fix = " Add the batch dimension: input_ids[None]." if input_ids.dim() == 1 else ""
-                raise ValueError(f"`input_ids` must be 2-D [batch, tokens], got shape {tuple(input_ids.shape)}.{fix}")
-        if inputs_embeds is not None:
-            if not isinstance(inputs_embeds, torch.Tensor) or not inputs_embeds.is_floating_point():
-                raise TypeError("`inputs_embeds` must be a floating-point tensor [batch, tokens, hidden_size].")
-            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
-                raise ValueError(f"`inputs_embeds` must have shape [batch, tokens, {self.config.hidden_size}], got "
-                                 f"{tuple(inputs_embeds.shape)}.")
-        tokens = input_ids if input_ids is not None else inputs_embeds
-        if tokens is None:
-            return  # reported by the caller
-        B, T = tokens.shape[:2]
-        if position_ids is not None:
-            check_integer_tensor("position_ids", position_ids, "[batch, tokens]")
-            if position_ids.dim() != 2 or position_ids.shape[0] not in (1, B) or position_ids.shape[1] != T:
-                raise ValueError(f"`position_ids` must have shape [{B}, {T}] (or [1, {T}]) like the input, got "
-                                 f"{tuple(position_ids.shape)}.")
-        if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):
-            raise TypeError(
-                f"`attention_mask` must be a torch tensor [batch, tokens], got {type(attention_mask).__name__}."
-            )
-        capturing = tokens.is_cuda and torch.cuda.is_current_stream_capturing()
-        if torch.compiler.is_compiling() or capturing:
-            return
-
-        cache = past_key_values if past_key_values is not None else cache
-        past_len = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
-        mask = attention_mask.bool() if attention_mask is not None and attention_mask.dim() == 2 else None
-        vocab = self.config.vocab_size
-        bad_ids = ((input_ids < 0) | (input_ids >= vocab)).any() if input_ids is not None else None
-        not_binary = ((attention_mask != 0) & (attention_mask != 1)).any() if mask is not None else None
-        empty_rows = ~mask.any(-1) if mask is not None else None
-        restarts = None
-        if position_ids is not None and past_len > 0:  # the first new token must come after the cached ones
-            cached = mask[:, :past_len].sum(-1) if mask is not None and mask.shape[-1] > past_len else past_len
-            cached = torch.as_tensor(cached, device=position_ids.device).expand(B)  # real cached tokens per row
-            restarts = position_ids[:, 0] < cached
-        flags = [f.any().to(tokens.device) if f is not None else tokens.new_zeros((), dtype=torch.bool)
-                 for f in (bad_ids, not_binary, empty_rows, restarts)]
-        bad_ids, not_binary, empty_rows_found, restart_found = torch.stack(flags).tolist()  # the one host sync
-        if not_binary:
-            raise ValueError(
-                f"`attention_mask` must hold 1 for real tokens and 0 for padding, found the values "
-                f"{attention_mask.unique()[:6].tolist()}. Pass the tokenizer's mask, not an additive (0 / -inf) one."
-            )
-        if bad_ids:
-            raise ValueError(
-                f"`input_ids` hold token ids outside the vocabulary 0..{vocab - 1} (smallest {int(input_ids.min())}, "
-                f"largest {int(input_ids.max())}). Use the tokenizer of this checkpoint, and pad with a real token id "
-                "(not -100 or -1, which are for labels)."
-            )
-        if empty_rows_found:
-            rows = empty_rows.nonzero().flatten().tolist()
-            raise ValueError(
-                f"Rows {rows} of `attention_mask` have no real token: an empty prompt in the batch. Drop empty "
-                "prompts, or give each at least one token."
-            )
-        if restart_found:
-            row = int(restarts.nonzero()[0])
-            raise ValueError(
-                f"`position_ids` restart while the cache holds earlier tokens: row {row} starts at position "
-                f"{int(position_ids[min(row, position_ids.shape[0] - 1), 0])} with {int(cached[row])} tokens cached. "
-                "Continue the positions after the cached tokens (or omit position_ids), or start a new sequence with "
-                "past_key_values=None."
-            )
 
 
 class MiniMaxText01ForCausalLM(MiniMaxGenerationMixin, MiniMaxText01PreTrainedModel, GenerationMixin):
