@@ -21,6 +21,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData, metadata_load
 
+from chat_format import RESPONSE_TEMPLATES
 from device_map import build_meta_model
 from generate import PROCESSOR_FILES
 from make_tiny_checkpoint import TEXT_AUTO_MAP, VL_AUTO_MAP, copy_remote_code
@@ -179,6 +180,26 @@ def write_processor_auto_maps(out: Path) -> None:
             write_json(out / name, values)
 
 
+def is_m1_checkpoint(checkpoint: Path) -> bool:
+    """config.json names MiniMax-M1 (model_type or architectures), or the folder ships M1's remote code."""
+    values = read_json(checkpoint / "config.json")
+    return (
+        values.get("model_type") in ("minimax_m1", "MiniMaxM1")
+        or "MiniMaxM1ForCausalLM" in (values.get("architectures") or [])
+        or (checkpoint / "configuration_minimax_m1.py").is_file()
+    )
+
+
+def write_response_template(out: Path, kind: str) -> None:
+    """Add the `response_template` of `kind` ("m1", "text") to OUT's tokenizer_config.json, for
+    `tokenizer.parse_response` and `transformers serve`; one the checkpoint already carries is kept."""
+    path = out / "tokenizer_config.json"
+    if path.is_file():
+        values = read_json(path)
+        values.setdefault("response_template", RESPONSE_TEMPLATES[kind])
+        write_json(path, values)
+
+
 def defined_classes(path: Path) -> set[str]:
     return {node.name for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ClassDef)}
 
@@ -212,6 +233,8 @@ def prepare_repo(checkpoint, out) -> Path:
     write_config(checkpoint, out, config, vl)
     if vl:
         write_processor_auto_maps(out)
+    if is_m1_checkpoint(checkpoint):
+        write_response_template(out, "m1")
     validate_auto_maps(out)
     card = model_card(config, files, source_card_metadata(checkpoint))
     check_card_metadata(card)
