@@ -42,7 +42,7 @@ MACROS = r"""
 {%- set content = message['content'] -%}
 {%- if content is string -%}
 {{- content -}}
-{%- elif content is none and message['role'] == 'assistant' -%}
+{%- elif (content is none or content is not defined) and message['role'] == 'assistant' -%}
 {%- elif content is sequence and content is not mapping -%}
 {%- for part in content -%}
 {%- if part is string -%}
@@ -112,9 +112,6 @@ MACROS = r"""
 {{- raise_exception(where(message, index) + ': a tool result without a tool name; add "name" to the message (or to each content part), or a "tool_call_id" equal to the "id" of the earlier assistant tool call') -}}
 {%- endif -%}
 {%- endmacro -%}
-{%- if tools is defined and tools is not none and (tools is string or tools is mapping or tools is not iterable) -%}
-{{- raise_exception('tools must be a list of tool definitions (JSON schemas or functions), got ' ~ tools) -}}
-{%- endif -%}
 {%- for message in messages -%}
 {%- if message['role'] not in ['system', 'developer', 'user', 'assistant', 'tool', 'function'] -%}
 {{- raise_exception(where(message, loop.index0) + ': unsupported role; ' + model + ' knows system (or developer), user, assistant and tool (or function)') -}}

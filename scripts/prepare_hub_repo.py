@@ -21,7 +21,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData, metadata_load
 
-from chat_format import RESPONSE_TEMPLATES
+from chat_format import RESPONSE_TEMPLATES, named_chat_templates
 from device_map import build_meta_model
 from generate import PROCESSOR_FILES
 from make_tiny_checkpoint import TEXT_AUTO_MAP, VL_AUTO_MAP, copy_remote_code
@@ -190,13 +190,21 @@ def is_m1_checkpoint(checkpoint: Path) -> bool:
     )
 
 
-def write_response_template(out: Path, kind: str) -> None:
-    """Add the `response_template` of `kind` ("m1", "text") to OUT's tokenizer_config.json, for
-    `tokenizer.parse_response` and `transformers serve`; one the checkpoint already carries is kept."""
+def write_chat_format(out: Path, kind: str) -> None:
+    """In OUT's tokenizer_config.json: the `response_template` of `kind` ("m1", "text"), for
+    `tokenizer.parse_response` and `transformers serve` (one the checkpoint already carries is kept), and this
+    repository's chat template as "default" and "tool_use". It renders what the released one renders for valid
+    input, and what that one drops (OpenAI tool calls, plain strings) correctly; the released template stays
+    available as `chat_template="released"`."""
     path = out / "tokenizer_config.json"
     if path.is_file():
         values = read_json(path)
         values.setdefault("response_template", RESPONSE_TEMPLATES[kind])
+        released = values.get("chat_template")
+        named = [{"name": name, "template": template} for name, template in named_chat_templates(kind).items()]
+        if isinstance(released, str):
+            named.append({"name": "released", "template": released})
+        values["chat_template"] = named
         write_json(path, values)
 
 
@@ -234,7 +242,7 @@ def prepare_repo(checkpoint, out) -> Path:
     if vl:
         write_processor_auto_maps(out)
     if is_m1_checkpoint(checkpoint):
-        write_response_template(out, "m1")
+        write_chat_format(out, "m1")
     validate_auto_maps(out)
     card = model_card(config, files, source_card_metadata(checkpoint))
     check_card_metadata(card)
