@@ -42,7 +42,10 @@ MACROS = r"""
 {%- set content = message['content'] -%}
 {%- if content is string -%}
 {{- content -}}
-{%- elif (content is none or content is not defined) and message['role'] == 'assistant' -%}
+{%- elif content is none or content is not defined -%}
+{%- if message['role'] != 'assistant' -%}
+{{- raise_exception(where(message, index) + ': no content; give it as a string or a list of parts (only an assistant message that calls tools may have none)') -}}
+{%- endif -%}
 {%- elif content is sequence and content is not mapping -%}
 {%- for part in content -%}
 {%- if part is string -%}
@@ -197,7 +200,9 @@ M1_BODY = r"""
 {%- endmacro -%}
 {%- macro tool_results(message, index) -%}
 {%- set content = message['content'] -%}
-{%- if content is string or content is mapping -%}
+{%- if content is not defined or content is none -%}
+{{- raise_exception(where(message, index) + ': a tool result without content; give the result as a string or a list of text parts') -}}
+{%- elif content is string or content is mapping -%}
 {{- 'tool name: ' + tool_name(message, none, index) + '\ntool result: ' + (content if content is string else content | tojson) + '\n\n' -}}
 {%- elif content is sequence -%}
 {%- for part in content -%}

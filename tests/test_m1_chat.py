@@ -227,6 +227,7 @@ def test_developer_and_function_roles(tok):
         ([{"role": "user", "content": 7}], "content must be a string or a list of parts, got 7"),
         ([{"role": "user", "content": {"text": "hi"}}], "content must be a string or a list of parts"),
         ([{"role": "tool", "content": "20C"}], "tool result without a tool name"),
+        ([{"role": "tool", "name": "now"}], r"message 0 \(tool\): a tool result without content"),
         ([{"role": "tool", "content": [{"type": "image", "name": "x"}]}], "each tool result part must be"),
         ([{"role": "assistant", "content": "x", "tool_calls": [{"function": {"arguments": {}}}]}], "tool call without a name"),
         ([{"role": "assistant", "content": "x", "tool_calls": [{"function": {"name": "f", "arguments": "Paris"}}]}],
