@@ -37,6 +37,7 @@ IMAGE_PROCESSOR_AUTO_MAP = {
     "AutoImageProcessor": "image_processing_minimax_vl_01.MiniMaxVL01ImageProcessor",
     **PROCESSOR_AUTO_MAP,
 }
+CHAT_TEMPLATE_DIR = "additional_chat_templates"  # transformers' folder of named chat templates
 TRANSFORMERS_RANGE = ">=5.17,<6"
 INDEX_FILE = "model.safetensors.index.json"
 # bytes per element of the safetensors dtypes a checkpoint may hold
@@ -154,6 +155,9 @@ def copy_checkpoint_files(checkpoint: Path, out: Path, vl: bool) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     for name in names:
         shutil.copy2(checkpoint / name, out / name)
+    if (checkpoint / CHAT_TEMPLATE_DIR).is_dir():  # named chat templates ("tool_use", ...)
+        shutil.copytree(checkpoint / CHAT_TEMPLATE_DIR, out / CHAT_TEMPLATE_DIR)
+        names.append(CHAT_TEMPLATE_DIR)
     return names
 
 
@@ -191,21 +195,26 @@ def is_m1_checkpoint(checkpoint: Path) -> bool:
 
 
 def write_chat_format(out: Path, kind: str) -> None:
-    """In OUT's tokenizer_config.json: the `response_template` of `kind` ("m1", "text"), for
-    `tokenizer.parse_response` and `transformers serve` (one the checkpoint already carries is kept), and this
-    repository's chat template as "default" and "tool_use". It renders what the released one renders for valid
-    input, and what that one drops (OpenAI tool calls, plain strings) correctly; the released template stays
-    available as `chat_template="released"`."""
-    path = out / "tokenizer_config.json"
-    if path.is_file():
-        values = read_json(path)
-        values.setdefault("response_template", RESPONSE_TEMPLATES[kind])
-        released = values.get("chat_template")
-        named = [{"name": name, "template": template} for name, template in named_chat_templates(kind).items()]
-        if isinstance(released, str):
-            named.append({"name": "released", "template": released})
-        values["chat_template"] = named
-        write_json(path, values)
+    """OUT's chat format becomes this repository's for `kind` ("m1", "text"): its chat template as
+    chat_template.jinja, also named "tool_use" (it renders what the released one renders for valid input, and what
+    that one drops, such as OpenAI tool calls or plain strings, correctly); the released template stays available as
+    `chat_template="released"`; and the `response_template` in tokenizer_config.json, for `tokenizer.parse_response`
+    and `transformers serve` (one the checkpoint already carries is kept)."""
+    config_path, default_path = out / "tokenizer_config.json", out / "chat_template.jinja"
+    values = read_json(config_path) if config_path.is_file() else {}
+    released = values.pop("chat_template", None)  # inline in the released tokenizer_config.json
+    if default_path.is_file():  # a template file takes precedence over the inline one
+        released = default_path.read_text()
+    templates = named_chat_templates(kind)
+    if isinstance(released, str) and released not in templates.values():
+        templates["released"] = released
+    default_path.write_text(templates.pop("default"))
+    (out / CHAT_TEMPLATE_DIR).mkdir(exist_ok=True)
+    for name, template in templates.items():
+        (out / CHAT_TEMPLATE_DIR / f"{name}.jinja").write_text(template)
+    if values.get("response_template") is None:
+        values["response_template"] = RESPONSE_TEMPLATES[kind]
+    write_json(config_path, values)
 
 
 def defined_classes(path: Path) -> set[str]:

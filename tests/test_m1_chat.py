@@ -335,18 +335,22 @@ def test_tiny_m1_checkpoint_has_m1_identifiers(tiny_m1):
 
 def test_prepare_hub_repo_writes_the_chat_format(tiny_m1, tmp_path):
     assert is_m1_checkpoint(tiny_m1)
-    released = "{{ messages[0]['content'][0]['text'] }}"  # stands for the released template
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": released}))
+    released = "{{ messages[0]['content'][0]['text'] }}"  # stands for the released template, inline as released
+    tokenizer = AutoTokenizer.from_pretrained(tiny_m1, trust_remote_code=True)
+    tokenizer.chat_template, tokenizer.response_template = released, None
+    tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "chat_template.jinja").unlink()
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": released}))
     write_chat_format(tmp_path, "m1")
     written = json.loads((tmp_path / "tokenizer_config.json").read_text())
-    assert written["response_template"] == M1_RESPONSE_TEMPLATE
-    templates = {entry["name"]: entry["template"] for entry in written["chat_template"]}
-    assert templates == {**named_chat_templates("m1"), "released": released}
-    tokenizer = AutoTokenizer.from_pretrained(tiny_m1, trust_remote_code=True)
-    tokenizer.chat_template = templates  # as transformers reads the list from tokenizer_config.json
+    assert written["response_template"] == M1_RESPONSE_TEMPLATE and "chat_template" not in written
+    prepared = AutoTokenizer.from_pretrained(tmp_path, trust_remote_code=True)
+    assert prepared.chat_template == {**named_chat_templates("m1"), "released": released}
+    assert prepared.response_template == M1_RESPONSE_TEMPLATE
     messages = [{"role": "user", "content": text("Hi!")}]
-    assert render(tokenizer, messages, chat_template="released") == "Hi!"
-    assert render(tokenizer, messages) == released_m1_rendering(messages)
+    assert render(prepared, messages, chat_template="released") == "Hi!"
+    assert render(prepared, messages) == released_m1_rendering(messages)
 
 
 def readme_round_trip() -> str:
