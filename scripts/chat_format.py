@@ -52,11 +52,11 @@ MACROS = r"""
 {{- part -}}
 {%- elif part is not mapping -%}
 {{- raise_exception(where(message, index) + ': a content part must be a dict like {"type": "text", "text": ...}, got ' ~ part) -}}
-{%- elif part['type'] in ['text', 'input_text', 'output_text'] -%}
+{%- elif part['type'] in ['text', 'input_text', 'output_text'] or (part['type'] is not defined and 'text' in part) -%}
 {%- if part['text'] is string -%}
 {{- part['text'] -}}
 {%- else -%}
-{{- raise_exception(where(message, index) + ': a ' ~ part['type'] ~ ' part whose text is ' ~ (part['text'] if part['text'] is defined else 'missing') ~ '; give its "text" as a string, or leave the part out') -}}
+{{- raise_exception(where(message, index) + ': a ' ~ (part['type'] if part['type'] is defined else 'text') ~ ' part whose text is ' ~ (part['text'] if part['text'] is defined else 'missing') ~ '; give its "text" as a string, or leave the part out') -}}
 {%- endif -%}
 {%- elif part['type'] in ['image', 'image_url'] or (part['type'] is not defined and ('image' in part or 'image_url' in part)) -%}
 {%- if images -%}
@@ -87,6 +87,8 @@ MACROS = r"""
 {%- set function = call['function'] if call is mapping and call['function'] is mapping else call -%}
 {%- if function is not mapping or function['name'] is not string -%}
 {{- raise_exception(where(message, index) + ': a tool call without a name; give each call as {"type": "function", "function": {"name": ..., "arguments": {...}}}') -}}
+{%- elif function['arguments'] is not defined or function['arguments'] is none -%}
+{{- '{}' -}}
 {%- elif function['arguments'] is mapping -%}
 {{- function['arguments'] | tojson -}}
 {%- elif function['arguments'] is string and function['arguments'] | trim | first == '{' and function['arguments'] | trim | last == '}' -%}
@@ -116,7 +118,9 @@ MACROS = r"""
 {%- endif -%}
 {%- endmacro -%}
 {%- for message in messages -%}
-{%- if message['role'] not in ['system', 'developer', 'user', 'assistant', 'tool', 'function'] -%}
+{%- if message['role'] is not string -%}
+{{- raise_exception('message ' ~ loop.index0 ~ ' has no "role"; give each message one: system, user, assistant or tool') -}}
+{%- elif message['role'] not in ['system', 'developer', 'user', 'assistant', 'tool', 'function'] -%}
 {{- raise_exception(where(message, loop.index0) + ': unsupported role; ' + model + ' knows system (or developer), user, assistant and tool (or function)') -}}
 {%- endif -%}
 {%- endfor -%}

@@ -47,8 +47,8 @@ def test_image_parts_need_the_vl_model(text_tok, vl_tok):
 
 def test_text_like_parts_all_rendered(vl_tok):
     messages = [{"role": "user", "content": [{"type": "input_text", "text": "a "}, {"type": "text", "text": "b "},
-                                             {"type": "output_text", "text": "c"}]}]  # fmt: skip
-    assert render(vl_tok, messages) == USER + "a b c" + EOS
+                                             {"type": "output_text", "text": "c "}, {"text": "d"}]}]  # fmt: skip
+    assert render(vl_tok, messages) == USER + "a b c d" + EOS
 
 
 @pytest.mark.parametrize(

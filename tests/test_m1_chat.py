@@ -197,6 +197,9 @@ def test_openai_tool_calls_and_reasoning_render_as_the_model_wrote_them(tok):
         {"role": "tool", "tool_call_id": "call_1", "content": "20C"},
     ]  # fmt: skip
     assert render(tok, messages, tools=[WEATHER], add_generation_prompt=True) == TOOL_ROUND_TRIP
+    # a call without arguments takes none
+    no_arguments = {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "now"}}]}
+    assert render(tok, [no_arguments]).endswith('\n<tool_calls>\n{"name": "now", "arguments": {}}\n</tool_calls><end_of_sentence>\n')
     # arguments as a dict, content beside the calls, two calls
     messages[1] = {"role": "assistant", "content": "Checking.", "tool_calls": [
         {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
@@ -221,6 +224,7 @@ def test_developer_and_function_roles(tok):
     "messages, error",
     [
         ([{"role": "ipython", "content": "x"}], r"message 0 \(ipython\): unsupported role"),
+        ([{"content": "x"}], 'message 0 has no "role"'),
         ([{"role": "user", "content": [{"type": "image"}]}], "an image part, but MiniMax-M1 reads text only"),
         ([{"role": "user", "content": [{"type": "text", "text": None}]}], "text part whose text is None"),
         ([{"role": "user", "content": [{"type": "video", "video": "a.mp4"}]}], "part of type video"),
