@@ -1,4 +1,4 @@
-"""Chat with a MiniMax-Text-01 / MiniMax-VL-01 checkpoint: tokens stream as they are generated.
+"""Chat with a MiniMax-Text-01 / MiniMax-VL-01 / MiniMax-M1 checkpoint: tokens stream as they are generated.
 
     python scripts/generate.py CHECKPOINT --prompt "What is lightning attention?" [--system TEXT]
                                [--image photo.jpg ...] [--tools TOOLS.json] [--max-new-tokens 128]
@@ -157,7 +157,7 @@ def build_inputs(reader, messages: list[dict], images: list[Image.Image], tools:
 class ParsedReplyPrinter(TextStreamer):
     """Streams the reply through the tokenizer's `response_template` parser: the thinking and the answer each under
     its own heading, every tool call when it closes, and a note on stderr for each malformed tool-call line the
-    parser skipped."""
+    parser skipped. `message` is the parsed reply once the stream has ended."""
 
     HEADINGS = {"reasoning_content": "thinking: ", "content": "assistant: "}
 
@@ -185,9 +185,9 @@ class ParsedReplyPrinter(TextStreamer):
             elif kind == "region_chunk" and field == "skipped_tool_call_line":
                 self.skipped += event["text"]
             elif kind == "region_close" and field == "tool_calls":
-                function = event["value"]["function"]
-                print(f"{chr(10) if self.section else ''}tool call: {function['name']} "
-                      f"{json.dumps(function['arguments'], ensure_ascii=False)}", end="", flush=True)  # fmt: skip
+                function, newline = event["value"]["function"], "\n" if self.section else ""
+                arguments = json.dumps(function["arguments"], ensure_ascii=False)
+                print(f"{newline}tool call: {function['name']} {arguments}", end="", flush=True)
                 self.section = "tool_calls"
             elif kind == "region_close" and field == "skipped_tool_call_line" and self.skipped.strip():
                 status(f"skipped a malformed tool-call line: {self.skipped.strip()!r}")

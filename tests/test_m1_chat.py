@@ -387,6 +387,7 @@ def printed(tokenizer, reply: str, capsys) -> tuple[str, str]:
     for token in tokenizer(reply)["input_ids"]:
         streamer.put(torch.tensor([token]))
     streamer.end()
+    assert streamer.message == tokenizer.parse_response(reply, prefix=prompt)
     captured = capsys.readouterr()
     return captured.out, captured.err
 
