@@ -87,16 +87,18 @@ def test_tool_result_names(text_tok):
     messages = [{"role": "assistant", "content": None, "tool_calls": [call]},
                 {"role": "tool", "tool_call_id": "call_7", "content": {"time": "12:00"}}]  # fmt: skip
     assert render(text_tok, messages).endswith(
-        '<beginning_of_sentence>system function_response=functions\n{"name": "now", "response": {"time": "12:00"}}' + EOS
+        '<beginning_of_sentence>system function_response=functions\n{"name": "now", "response": {"time": "12:00"}}'
+        + EOS
     )
     with pytest.raises(TemplateError, match='a tool result without a tool name; add "name" to the message'):
         render(text_tok, [{"role": "tool", "tool_call_id": "other", "content": "12:00"}])
 
 
 def test_openai_tool_calls_as_function_call_blocks(text_tok):
-    messages = [{"role": "user", "content": "Weather in Paris and Oslo?"}, {"role": "assistant", "content": "Checking.",
-                 "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
-                                {"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]}]  # fmt: skip
+    calls = [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+             {"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]  # fmt: skip
+    messages = [{"role": "user", "content": "Weather in Paris and Oslo?"},
+                {"role": "assistant", "content": "Checking.", "tool_calls": calls}]  # fmt: skip
     rendered = render(text_tok, messages)
     assert rendered == USER + "Weather in Paris and Oslo?" + EOS + AI + (
         'Checking.<function_call>```typescript\nfunctions.get_weather({"city": "Paris"})\n```'
@@ -153,7 +155,8 @@ def test_parse_text01_function_calls(text_tok):
     }
     # arguments that are not JSON stay as written (a string), not dropped
     odd = parse(text_tok, "<function_call>```typescript\nfunctions.f(city=Paris)\n```")
-    assert odd == {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "city=Paris"}}]}
+    as_written = {"type": "function", "function": {"name": "f", "arguments": "city=Paris"}}
+    assert odd == {"role": "assistant", "tool_calls": [as_written]}
     assert parse(text_tok, "Paris is sunny.<end_of_sentence>") == {"role": "assistant", "content": "Paris is sunny."}
 
 

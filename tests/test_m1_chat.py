@@ -49,7 +49,10 @@ def render(tok, messages, **kwargs):
 
 
 def test_worked_rendering_system_and_user(tok):
-    messages = [{"role": "system", "content": text("You are a helpful assistant.")}, {"role": "user", "content": text("Hi!")}]
+    messages = [
+        {"role": "system", "content": text("You are a helpful assistant.")},
+        {"role": "user", "content": text("Hi!")},
+    ]
     assert render(tok, messages, add_generation_prompt=True) == (
         "<begin_of_document><beginning_of_sentence>system ai_setting=assistant\nYou are a helpful assistant."
         "<end_of_sentence>\n<beginning_of_sentence>user name=user\nHi!<end_of_sentence>\n"
@@ -82,7 +85,10 @@ TOOL_ROUND_TRIP = (
     "<beginning_of_sentence>tool name=tools\ntool name: get_weather\ntool result: 20C\n\n<end_of_sentence>\n"
     "<beginning_of_sentence>ai name=assistant\n"
 )
-TOOL_CALL_TEXT = '<think>\nUse the tool.\n</think>\n<tool_calls>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_calls>'
+TOOL_CALL_TEXT = (
+    "<think>\nUse the tool.\n</think>\n"
+    '<tool_calls>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_calls>'
+)
 
 
 def test_worked_rendering_tools_and_tool_role(tok):
@@ -126,7 +132,10 @@ def released_m1_rendering(messages, tools=None, add_generation_prompt=False) -> 
     return out + (GEN if add_generation_prompt else "")
 
 
-SNIPPETS = ["Hi!", "Grüße, 東京 🙂", 'quotes " and \\ backslash', "two\nlines", "  spaced  ", "{name: x}", "<think>\nhm\n</think>\nok"]
+SNIPPETS = [
+    "Hi!", "Grüße, 東京 🙂", 'quotes " and \\ backslash', "two\nlines", "  spaced  ", "{name: x}",
+    "<think>\nhm\n</think>\nok",
+]  # fmt: skip
 
 
 def random_conversation(rng: random.Random):
@@ -165,7 +174,9 @@ def test_each_released_rule(tok):
     assert "system ai_setting=assistant\nA.B.<end_of_sentence>" in render(tok, [user, sys_a, user, sys_b])
     # an empty system text and tools=[]: no turn at all; no default system prompt
     empty = {"role": "system", "content": text("")}
-    assert render(tok, [empty, user], tools=[]) == "<begin_of_document><beginning_of_sentence>user name=user\nQ<end_of_sentence>\n"
+    assert render(tok, [empty, user], tools=[]) == (
+        "<begin_of_document><beginning_of_sentence>user name=user\nQ<end_of_sentence>\n"
+    )
     # the preamble's format line has no quotes, as released
     assert "{name: <tool-name-1>, arguments: <args-json-object-1>}" in render(tok, [user], tools=[WEATHER])
 
@@ -193,13 +204,16 @@ def test_openai_tool_calls_and_reasoning_render_as_the_model_wrote_them(tok):
     messages = [
         {"role": "user", "content": "Weather in Paris?"},
         {"role": "assistant", "reasoning_content": "Use the tool.", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "20C"},
     ]  # fmt: skip
     assert render(tok, messages, tools=[WEATHER], add_generation_prompt=True) == TOOL_ROUND_TRIP
     # a call without arguments takes none
     no_arguments = {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "now"}}]}
-    assert render(tok, [no_arguments]).endswith('\n<tool_calls>\n{"name": "now", "arguments": {}}\n</tool_calls><end_of_sentence>\n')
+    assert render(tok, [no_arguments]).endswith(
+        '\n<tool_calls>\n{"name": "now", "arguments": {}}\n</tool_calls><end_of_sentence>\n'
+    )
     # arguments as a dict, content beside the calls, two calls
     messages[1] = {"role": "assistant", "content": "Checking.", "tool_calls": [
         {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
@@ -233,10 +247,12 @@ def test_developer_and_function_roles(tok):
         ([{"role": "tool", "content": "20C"}], "tool result without a tool name"),
         ([{"role": "tool", "name": "now"}], r"message 0 \(tool\): a tool result without content"),
         ([{"role": "tool", "content": [{"type": "image", "name": "x"}]}], "each tool result part must be"),
-        ([{"role": "assistant", "content": "x", "tool_calls": [{"function": {"arguments": {}}}]}], "tool call without a name"),
+        ([{"role": "assistant", "content": "x", "tool_calls": [{"function": {"arguments": {}}}]}],
+         "tool call without a name"),
         ([{"role": "assistant", "content": "x", "tool_calls": [{"function": {"name": "f", "arguments": "Paris"}}]}],
          "tool call f has arguments Paris"),
-        ([{"role": "assistant", "reasoning_content": "r", "content": "<think>\nr\n</think>\nx"}], "reasoning given twice"),
+        ([{"role": "assistant", "reasoning_content": "r", "content": "<think>\nr\n</think>\nx"}],
+         "reasoning given twice"),
     ],
 )
 def test_refused_with_the_fix(tok, messages, error):
@@ -332,8 +348,11 @@ def test_tiny_m1_checkpoint_has_m1_identifiers(tiny_m1):
     tokenizer = AutoTokenizer.from_pretrained(tiny_m1, trust_remote_code=True)
     assert tokenizer.response_template == M1_RESPONSE_TEMPLATE
     assert tokenizer("<begin_of_document>")["input_ids"] == [tokenizer.convert_tokens_to_ids("<begin_of_document>")]
-    messages = [{"role": "user", "content": text("Weather in Paris?")}, {"role": "assistant", "content": text(TOOL_CALL_TEXT)},
-                {"role": "tool", "content": [{"name": "get_weather", "type": "text", "text": "20C"}]}]  # fmt: skip
+    messages = [
+        {"role": "user", "content": text("Weather in Paris?")},
+        {"role": "assistant", "content": text(TOOL_CALL_TEXT)},
+        {"role": "tool", "content": [{"name": "get_weather", "type": "text", "text": "20C"}]},
+    ]
     assert render(tokenizer, messages, tools=[WEATHER], add_generation_prompt=True) == TOOL_ROUND_TRIP
 
 
@@ -373,7 +392,8 @@ def test_readme_round_trip_runs(tiny_m1):
     prompt = scope["tokenizer"].apply_chat_template(scope["messages"], tools=scope["tools"], add_generation_prompt=True,
                                                     tokenize=False)  # fmt: skip
     assert scope["reply"].removesuffix("<end_of_sentence>") + "<end_of_sentence>\n" in prompt
-    assert prompt.endswith("tool name=tools\ntool name: get_weather\ntool result: 18 C, clear\n\n<end_of_sentence>\n" + GEN)
+    tool_turn = "tool name=tools\ntool name: get_weather\ntool result: 18 C, clear\n\n<end_of_sentence>\n"
+    assert prompt.endswith(tool_turn + GEN)
 
 
 # --------------------------------------------------------------------------------------------------- generate.py
@@ -424,6 +444,6 @@ def test_generate_cli_m1_with_tools(tiny_m1, tmp_path):
     assert lines[:2] == ["tools: get_weather", "user: Weather in Paris?"]
     assert lines[2].startswith(("thinking: ", "assistant: ", "tool call: "))
     tokenizer = AutoTokenizer.from_pretrained(tiny_m1, trust_remote_code=True)
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"}]}],
-                                           tools=[WEATHER], add_generation_prompt=True, tokenize=False)  # fmt: skip
+    messages = [{"role": "user", "content": text("Weather in Paris?")}]
+    prompt = tokenizer.apply_chat_template(messages, tools=[WEATHER], add_generation_prompt=True, tokenize=False)
     assert f"(prompt {len(tokenizer(prompt)['input_ids'])} tokens)" in result.stderr  # the tools reached the prompt
