@@ -48,29 +48,27 @@ def render(tok, messages, **kwargs):
 # ------------------------------------------------------------------------------ the spec's worked renderings (§3)
 
 
-def test_worked_rendering_system_and_user(tok):
-    messages = [
-        {"role": "system", "content": text("You are a helpful assistant.")},
-        {"role": "user", "content": text("Hi!")},
-    ]
-    assert render(tok, messages, add_generation_prompt=True) == (
+WORKED_RENDERINGS = [
+    (
+        [{"role": "system", "content": text("You are a helpful assistant.")}, {"role": "user", "content": text("Hi!")}],
         "<begin_of_document><beginning_of_sentence>system ai_setting=assistant\nYou are a helpful assistant."
         "<end_of_sentence>\n<beginning_of_sentence>user name=user\nHi!<end_of_sentence>\n"
-        "<beginning_of_sentence>ai name=assistant\n"
-    )
-
-
-def test_worked_rendering_think_block_kept_in_history(tok):
-    messages = [
-        {"role": "user", "content": text("2+2?")},
-        {"role": "assistant", "content": text("<think>\nEasy.\n</think>\n4")},
-        {"role": "user", "content": text("Thanks")},
-    ]
-    assert render(tok, messages, add_generation_prompt=True) == (
+        "<beginning_of_sentence>ai name=assistant\n",
+    ),
+    (  # the think block kept in the history
+        [{"role": "user", "content": text("2+2?")},
+         {"role": "assistant", "content": text("<think>\nEasy.\n</think>\n4")},
+         {"role": "user", "content": text("Thanks")}],
         "<begin_of_document><beginning_of_sentence>user name=user\n2+2?<end_of_sentence>\n"
         "<beginning_of_sentence>ai name=assistant\n<think>\nEasy.\n</think>\n4<end_of_sentence>\n"
-        "<beginning_of_sentence>user name=user\nThanks<end_of_sentence>\n<beginning_of_sentence>ai name=assistant\n"
-    )
+        "<beginning_of_sentence>user name=user\nThanks<end_of_sentence>\n<beginning_of_sentence>ai name=assistant\n",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("messages, expected", WORKED_RENDERINGS)
+def test_worked_renderings(tok, messages, expected):
+    assert render(tok, messages, add_generation_prompt=True) == expected
 
 
 TOOL_ROUND_TRIP = (
