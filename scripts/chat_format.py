@@ -127,11 +127,12 @@ MACROS = r"""
 """
 
 # MiniMax-Text-01 / VL-01 (reference spec section 5). System turns stay in place; the tools, one turn each, come
-# right after the system turn when the conversation starts with one, else before the first message (a choice: the
-# released Text-01 template, per the M1 spec, appends them after all messages). Assistant text and its closing
+# right after the system turn when the conversation starts with one, else before the first message (a choice of the
+# tiny template; the released Text-01 template, which real Text-01 repositories keep, is reported to append them after
+# all messages). Assistant text and its closing
 # <end_of_sentence> are the `{% generation %}` part (TRL's assistant-only loss reads it).
-# Tool calls: `<function_call>` and a typescript block `functions.NAME({...})` per call (the Text-01 function-call
-# guide's format; its exact whitespace is not in the spec).
+# Tool calls: `<function_call>` and a typescript block `functions.NAME({...})` per call (Text-01's function-call
+# format; the whitespace around the block is this template's choice).
 MINIMAX_01_BODY = r"""
 {%- macro render_tools() -%}
 {%- for tool in tools or [] -%}
@@ -180,7 +181,7 @@ MINIMAX_01_BODY = r"""
 {%- endif -%}
 """
 
-# MiniMax-M1 (M1 spec section 3). The preamble's `{name: <tool-name-1>, ...}` has no quotes, as the released
+# MiniMax-M1, as its released template renders. The preamble's `{name: <tool-name-1>, ...}` has no quotes, as the released
 # template renders it. An assistant's `reasoning_content` becomes `<think>\n...\n</think>\n` before its text, and
 # its `tool_calls` a `<tool_calls>` block after it: the text the model wrote, which parse_response reads back.
 M1_BODY = r"""
