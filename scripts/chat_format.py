@@ -181,8 +181,8 @@ MINIMAX_01_BODY = r"""
 {%- endif -%}
 """
 
-# MiniMax-M1, as its released template renders. The preamble's `{name: <tool-name-1>, ...}` has no quotes, as the released
-# template renders it. An assistant's `reasoning_content` becomes `<think>\n...\n</think>\n` before its text, and
+# MiniMax-M1, as its released template renders it; the preamble's `{name: <tool-name-1>, ...}` has no quotes there
+# either. An assistant's `reasoning_content` becomes `<think>\n...\n</think>\n` before its text, and
 # its `tool_calls` a `<tool_calls>` block after it: the text the model wrote, which parse_response reads back.
 M1_BODY = r"""
 {%- macro assistant_text(message, index) -%}
