@@ -23,6 +23,7 @@ from transformers.cache_utils import Cache, DynamicLayer, LinearAttentionLayer, 
 from transformers.modeling_outputs import MoeModelOutputWithPast
 
 from .configuration_minimax_text_01 import SOFTMAX, MiniMaxText01Config
+from .lightning_attention import lightning_state_after
 
 # transformers >= 5.2x names the cache `cache` (outputs, forward kwargs, generate's model_kwargs); 5.17 calls it
 # `past_key_values`.
@@ -63,6 +64,16 @@ class GrowingKVLayer(DynamicLayer):
         self._views = (self.keys, self.values)
         return self.keys, self.values
 
+    def crop(self, tokens_to_remove: int) -> None:
+        """Drop the last `tokens_to_remove` (a negative count, as transformers passes it) tokens: the views shrink,
+        the buffer stays, so the next token is written in place (speculative decoding crops every round)."""
+        owned = self._views is not None and self._views[0] is self.keys and self._views[1] is self.values
+        super().crop(tokens_to_remove)
+        if owned and tokens_to_remove != 0:
+            length = self.keys.shape[-2]
+            self.keys, self.values = (buffer[:, :, :length] for buffer in self._buffers)
+            self._views = (self.keys, self.values)
+
     @staticmethod
     def _allocate(old: torch.Tensor, new: torch.Tensor, length: int, capacity: int) -> torch.Tensor:
         """Empty buffer [B, H_kv, capacity, d] shaped like `new`, holding the `length` cached tokens of `old`."""
@@ -82,6 +93,11 @@ class StaticKVLayer(StaticLayer):
                 buffer.copy_(buffer.index_select(0, beam_idx.to(buffer.device)))
 
 
+# While recording (speculative decoding), a forward records at least its last this many tokens, so a crop may
+# remove up to this many (or `recurrent_states_to_keep`, if larger) after a prompt; short forwards record all.
+RECORDED_TOKENS_MIN = 256
+
+
 class LightningStateLayer(LinearAttentionLayer):
     """transformers' linear-attention cache layer holding one recurrent state: the fp32 lightning state
     [B, H, d, d] (no conv state). `in_place=False` (dynamic cache): each new state is adopted, no copy.
@@ -90,6 +106,10 @@ class LightningStateLayer(LinearAttentionLayer):
     def __init__(self, in_place: bool = False):
         super().__init__(number_of_states=1)
         self.in_place = in_place
+        # Rollback (speculative decoding), while past recording is active: the state before the recorded tokens,
+        # and each recorded forward's (k, v [B, H, T, d], log_decay [B, T, H]). A crop replays the kept ones.
+        self.state_before_record: torch.Tensor | None = None
+        self.recorded_tokens: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     @property
     def state(self) -> torch.Tensor | None:
@@ -107,6 +127,65 @@ class LightningStateLayer(LinearAttentionLayer):
         self.has_previous_state[0] = True
         return self.recurrent_states[0]
 
+    # -- rollback: transformers' past recording (`activate_past_recording`, then `crop`) --------------------------
+
+    @property
+    def is_croppable(self) -> bool:
+        """A crop can restore the state only while the layer records its tokens (dynamic cache)."""
+        return self.record_past and not self.in_place
+
+    def activate_past_recording(self, recurrent_states_to_keep: int | None = None) -> None:
+        if self.in_place:
+            raise NotImplementedError(
+                "The static MiniMax cache cannot roll back its lightning states (speculative decoding): use the default "
+                "dynamic cache (no cache_implementation) with assistant_model= or prompt_lookup_num_tokens=."
+            )
+        self.record_past, self.recurrent_states_to_keep = True, recurrent_states_to_keep
+        self.forget_record()
+
+    def tokens_to_record(self, new_tokens: int) -> int:
+        """How many of a forward's last tokens to record: all of a short forward (a verification chunk, a draft
+        step), the last RECORDED_TOKENS_MIN or `recurrent_states_to_keep` (the most a crop removes) of a prompt."""
+        if not self.record_past:
+            return 0
+        return min(new_tokens, max(RECORDED_TOKENS_MIN, self.recurrent_states_to_keep or 0))
+
+    def record(self, state_before: torch.Tensor | None, k, v, log_decay, whole_forward: bool) -> None:
+        """Note the last tokens of a forward (called before its state is set): their (k, v [B, H, T, d], log_decay
+        [B, T, H]) and the state before them. A forward whose earlier tokens go unrecorded (`whole_forward` False)
+        restarts the record: a crop cannot reach past them."""
+        if not (whole_forward and self.recorded_tokens and state_before is self.state):
+            self.state_before_record, self.recorded_tokens = state_before, []
+        self.recorded_tokens.append((k, v, log_decay))
+
+    def forget_record(self) -> None:
+        self.state_before_record, self.recorded_tokens = None, []
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Remove the last `-tokens_to_remove` tokens: the state becomes the one after the kept recorded tokens,
+        replayed from the state before the record (`lightning_state_after`). Ends the record (crop(0) too)."""
+        if tokens_to_remove > 0:
+            raise ValueError(f"crop takes the negative number of tokens to remove, got {tokens_to_remove}.")
+        remove = -tokens_to_remove
+        if remove and not self.record_past:
+            raise RuntimeError(
+                "This lightning-attention layer records no tokens, so it cannot be rolled back: call "
+                "`cache.activate_past_recording()` before the forward whose tokens a crop may remove."
+            )
+        if remove:
+            recorded = sum(k.shape[2] for k, _, _ in self.recorded_tokens)
+            if remove > recorded:
+                raise ValueError(
+                    f"Cannot remove {remove} tokens: the lightning state can roll back only the {recorded} tokens "
+                    "recorded since the last crop (the last ones of a long prompt, or `recurrent_states_to_keep`)."
+                )
+            k, v, log_decay = (torch.cat(parts, dim=dim) for parts, dim in zip(zip(*self.recorded_tokens), (2, 2, 1)))
+            keep = recorded - remove
+            self.update_recurrent_state(
+                lightning_state_after(self.state_before_record, k[:, :, :keep], v[:, :, :keep], log_decay[:, :keep])
+            )
+        self.forget_record()
+
     def allocate(self, batch_size: int, num_heads: int, head_dim: int, device) -> None:
         """Early allocation of the static state (zeros; `state` stays None until the first update)."""
         zeros = torch.zeros(batch_size, num_heads, head_dim, head_dim, dtype=torch.float32, device=device)
@@ -121,33 +200,37 @@ class LightningStateLayer(LinearAttentionLayer):
                 state.copy_(reordered)
             else:
                 self.recurrent_states[0] = reordered
+        self.forget_record()
 
     # transformers' linear-attention layer has no batch repeat / select (used e.g. by contrastive search)
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self.is_recurrent_states_initialized[0]:
             self.recurrent_states[0] = self.recurrent_states[0].repeat_interleave(repeats, dim=0)
+        self.forget_record()
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.is_recurrent_states_initialized[0]:
             self.recurrent_states[0] = self.recurrent_states[0][indices]
+        self.forget_record()
 
     def reset(self) -> None:
         if self.in_place:
             super().reset()  # zeroes the buffer, keeps its address
         else:
             self.__init__()
+        self.forget_record()
 
 
 class MiniMaxText01Cache(Cache):
     """The dynamic hybrid cache: `LightningStateLayer` per lightning layer, `GrowingKVLayer` (a transformers
     `DynamicLayer`) per softmax layer.
 
-    Built by the model itself when `use_cache=True` (transformers' `generate()` builds no default cache for
-    classes named MiniMax). Beam search reorders every layer, states included. Cropping is impossible: a
-    lightning state cannot be rolled back (the model is declared stateful, so assisted generation is refused).
+    Built by the model itself when `use_cache=True`, or by `generate()` through `MiniMaxGenerationMixin`
+    (transformers' `generate()` builds no default cache for classes named MiniMax). Beam search reorders every
+    layer, states included. Speculative decoding (assisted generation, prompt lookup) rolls it back as transformers
+    does its own linear-attention caches: `activate_past_recording()` makes the lightning layers record the tokens
+    of each forward, `crop(-n)` drops the last n tokens (K/V cut, states replayed from the record).
     """
-
-    is_croppable = False
     _continuation_problem: str | None = None  # why the next forward cannot continue exactly, if so
     has_padding_holes = False  # some row has pads after real tokens (right padding or holes)
 
@@ -199,15 +282,33 @@ class MiniMaxText01Cache(Cache):
     def set_lightning_state(self, layer_idx: int, state: torch.Tensor) -> None:
         self.layers[layer_idx].update_recurrent_state(state)
 
+    def tokens_to_record(self, layer_idx: int, new_tokens: int) -> int:
+        """How many of the new tokens the lightning layer records for a rollback (0 unless recording)."""
+        return self.layers[layer_idx].tokens_to_record(new_tokens)
+
+    def record_lightning_tokens(self, layer_idx: int, state_before, k, v, log_decay, whole_forward: bool) -> None:
+        """Record the last tokens of a forward for `crop` (before setting its state): k, v [B, H, T, d], log_decay
+        [H] or [B, T, H], and the state before them."""
+        B, _, T, _ = k.shape
+        log_decay = log_decay.expand(B, T, -1) if log_decay.dim() == 1 else log_decay
+        self.layers[layer_idx].record(state_before, k, v, log_decay, whole_forward)
+
     def reset(self) -> None:
         super().reset()
         self.seen_tokens = 0
         self.forget_layout()
 
-    def crop(self, max_length: int) -> None:
-        raise NotImplementedError(
-            f"{type(self).__name__} cannot be cropped: a lightning-attention state has no rollback."
-        )
+    def crop(self, tokens_to_remove: int) -> None:
+        """Remove the last `-tokens_to_remove` tokens (transformers' convention: a negative count) from every
+        layer; the lightning layers must have recorded them (`activate_past_recording`)."""
+        if tokens_to_remove > 0:
+            raise ValueError(
+                f"crop takes the negative number of tokens to remove (crop(-n)), got {tokens_to_remove}."
+            )
+        if -tokens_to_remove > self.seen_tokens:
+            raise ValueError(f"Cannot remove {-tokens_to_remove} tokens from a cache holding {self.seen_tokens}.")
+        super().crop(tokens_to_remove)
+        self.seen_tokens += tokens_to_remove
 
 
 class MiniMaxText01StaticCache(MiniMaxText01Cache):
@@ -308,6 +409,12 @@ class MiniMaxText01StaticCache(MiniMaxText01Cache):
         self.seen_tokens.zero_()
         self.forget_layout()
 
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError(
+            "The static MiniMax cache cannot be cropped (its lightning states are written in place): use the default "
+            "dynamic cache for speculative decoding."
+        )
+
     def batch_repeat_interleave(self, repeats: int) -> None:
         raise NotImplementedError("A static cache has a fixed batch size: build one per batch size.")
 
@@ -366,9 +473,14 @@ class MiniMaxGenerationMixin:
                 text_config, max_cache_len=max_cache_len, max_batch_size=rows, device=self.device, dtype=self.dtype
             )
             return
-        if wants_cache and getattr(generation_config, "prefill_chunk_size", None):
-            # transformers' chunked prefill feeds the prompt through a cache it must find before the first chunk
+        if wants_cache:
+            # built here, not by the first forward: transformers' chunked prefill and assisted generation need the
+            # cache before the prompt runs
             model_kwargs[CACHE_FIELD] = MiniMaxText01Cache(text_config)
+            if getattr(generation_config, "is_assistant", False):  # a draft model: rolled back after verification
+                model_kwargs[CACHE_FIELD].activate_past_recording(
+                    recurrent_states_to_keep=generation_config.num_assistant_tokens
+                )
             return
         return super()._prepare_cache_for_generation(
             generation_config, model_kwargs, generation_mode, batch_size, max_cache_length, *args, **kwargs

@@ -70,6 +70,24 @@ def lightning_attention_step(q, k, v, log_decay, state, sequence_starts=None):
     return torch.bmm(q, state).view(B, H, 1, -1), state.view(B, H, d, -1)
 
 
+def lightning_state_after(state, k, v, log_decay):
+    """The state after T more tokens, without outputs (a rollback replays the kept tokens of a verification chunk).
+    state [B, H, d, d] (None = zeros); k, v [B, H, T, d]; log_decay [B, T, H] -> [B, H, d, d].
+
+    Closed form of the recurrence: with G_t = g_1 + ... + g_t (float64), S_T = e^(G_T) S_0 + sum_t e^(G_T - G_t) k_t^T v_t.
+    """
+    dtype = compute_dtype(k)
+    B, H, T, d = k.shape
+    if state is None:
+        state = k.new_zeros(B, H, d, v.shape[-1], dtype=dtype)
+    if T == 0:
+        return state.to(dtype)
+    G = log_decay.double().cumsum(1).transpose(1, 2)  # [B, H, T]
+    weights = torch.exp(G[..., -1:] - G).to(dtype)  # decay of token t's contribution up to the last token
+    added = (k.to(dtype) * weights[..., None]).transpose(-1, -2) @ v.to(dtype)  # [B, H, d, d]
+    return torch.exp(G[..., -1]).to(dtype)[..., None, None] * state.to(dtype) + added
+
+
 def lightning_attention_recurrent(q, k, v, log_decay, initial_state=None, sequence_starts=None, block_size=None):
     """Plain reference: the recurrence token by token (slow; the definition the fast paths are tested against).
     `block_size`: unused (no blocks)."""

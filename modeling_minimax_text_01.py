@@ -107,25 +107,34 @@ class MiniMaxText01LightningAttention(nn.Module):
 
     def forward(self, x, token_mask=None, sequence_starts=None, cache: MiniMaxText01Cache | None = None, **kwargs):
         """x [B, T, D]; token_mask bool [B, T] (False = pad) or None; sequence_starts bool [B, T] (first tokens of
-        packed sequences) or None."""
+        packed sequences) or None. While the cache records tokens for a rollback (speculative decoding), the last
+        ones of this forward are run as their own piece and recorded with the state before them."""
         state = cache.get_lightning_state(self.layer_idx) if cache is not None else None
         T = x.shape[1]
+        recorded = cache.tokens_to_record(self.layer_idx, T) if cache is not None and sequence_starts is None else 0
         piece = T if x.is_cuda else self.cpu_max_tokens
-        if T <= piece:
-            out, state = self._forward_tokens(x, token_mask, sequence_starts, state)
-        else:  # exact: the state carries over from piece to piece
-            out = x.new_empty(*x.shape[:2], self.out_proj.out_features)
-            for start in range(0, T, piece):
-                sl = slice(start, start + piece)
-                out[:, sl], state = self._forward_tokens(
-                    x[:, sl], *(m[:, sl] if m is not None else None for m in (token_mask, sequence_starts)), state
-                )
+        # pieces: exact, the state carries over from piece to piece
+        cuts = sorted({*range(0, T, piece), T - recorded} - {T})
+        out = None if len(cuts) == 1 else x.new_empty(*x.shape[:2], self.out_proj.out_features)
+        for start, end in zip(cuts, cuts[1:] + [T]):
+            sl = slice(start, end)
+            state_before = state
+            piece_out, state, tokens = self._forward_tokens(
+                x[:, sl], *(m[:, sl] if m is not None else None for m in (token_mask, sequence_starts)), state
+            )
+            if out is None:
+                out = piece_out
+            else:
+                out[:, sl] = piece_out
+        if recorded:  # the last piece holds exactly the recorded tokens
+            cache.record_lightning_tokens(self.layer_idx, state_before, *tokens, whole_forward=recorded == T)
         if cache is not None:
             cache.set_lightning_state(self.layer_idx, state)
         return out, None  # no attention matrix: (output, weights) like the softmax layers, with weights None
 
     def _forward_tokens(self, x, token_mask, sequence_starts, state):
-        """The layer on x [B, T, D] from `state` (None = zeros) -> (output [B, T, D], final state)."""
+        """The layer on x [B, T, D] from `state` (None = zeros) -> (output [B, T, D], final state, (k, v
+        [B, H, T, d], log_decay [H] or [B, T, H]): what a rollback replays)."""
         B, T, _ = x.shape
         d = self.head_dim  # H below: the heads this module holds (a rank's share under tensor parallel)
         inplace = not torch.is_grad_enabled()  # fresh large buffers cost page faults on CPU; autograd needs copies
@@ -145,7 +154,7 @@ class MiniMaxText01LightningAttention(nn.Module):
         gate = self.output_gate(x)
         gate = gate.sigmoid_() if inplace else gate.sigmoid()
         out = self.norm(out).to(x.dtype)
-        return self.out_proj(out.mul_(gate) if inplace else out * gate), state
+        return self.out_proj(out.mul_(gate) if inplace else out * gate), state, (k, v, log_decay)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -622,9 +631,9 @@ class MiniMaxText01PreTrainedModel(MiniMaxPreTrainedMixin, PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True  # with MiniMaxText01StaticCache (generate(cache_implementation="static"))
-    # a lightning state cannot be rolled back to an earlier token: transformers refuses assisted generation and
-    # prompt lookup (which verify drafts and undo the rejected ones) with its own message
-    _is_stateful = True
+    # not stateful: the dynamic cache rolls its lightning states back (crop), so transformers runs assisted
+    # generation and prompt lookup
+    _is_stateful = False
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ class MiniMaxVL01PreTrainedModel(MiniMaxPreTrainedMixin, PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True  # with MiniMaxText01StaticCache (generate(cache_implementation="static"))
-    _is_stateful = True  # the language model's lightning states cannot be rolled back
+    _is_stateful = False  # the dynamic cache rolls its lightning states back (speculative decoding)
 
     def _init_weights(self, module):
         super()._init_weights(module)

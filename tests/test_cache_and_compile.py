@@ -275,10 +275,3 @@ def test_vl_generate_auto_compiles_static_decode_and_equals_eager():
                                       **kwargs)  # fmt: skip
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
     assert_same_run(compiled.sequences, torch.stack(compiled.logits), eager.sequences, torch.stack(eager.logits))
-
-
-@pytest.mark.smoke
-def test_model_is_declared_stateful_so_assisted_generation_gets_transformers_message(model):
-    """A lightning state cannot be rolled back: transformers itself refuses assisted decoding / prompt lookup."""
-    with pytest.raises(ValueError, match="assisted generation is not supported with stateful models"):
-        model.generate(random_ids(1, 8), max_new_tokens=4, prompt_lookup_num_tokens=2, pad_token_id=0)

@@ -1,5 +1,5 @@
 """Where users meet the transformers ecosystem: optional outputs (attention weights, hidden states, router logits)
-and the config flags behind them, tuple outputs, the stateful declaration (assisted generation / prompt lookup),
+and the config flags behind them, tuple outputs, assisted generation / prompt lookup (transformers runs them),
 `AutoModel`, the chat template's generation markers (assistant-token masks), and the model card of
 prepare_hub_repo.py.
 
@@ -250,20 +250,19 @@ def test_return_dict_false_gives_the_tuple_of_the_fields_set(how):
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# 2. Stateful: assisted generation and prompt lookup get transformers' message
+# 2. Not stateful: transformers runs assisted generation and prompt lookup (the cache rolls back)
 # ------------------------------------------------------------------------------------------------------------------
-
-STATEFUL_MESSAGE = "assisted generation is not supported with stateful models"
 
 
 @pytest.mark.parametrize("make", [tiny_model, tiny_vl_model], ids=["text", "vl"])
-def test_assisted_generation_and_prompt_lookup_raise_transformers_message(make):
+def test_assisted_generation_and_prompt_lookup_equal_greedy(make):
     model = make()
     ids = random_ids(1, 6)
-    with pytest.raises(ValueError, match=STATEFUL_MESSAGE):
-        model.generate(ids, assistant_model=make(), max_new_tokens=3, do_sample=False)
-    with pytest.raises(ValueError, match=STATEFUL_MESSAGE):
-        model.generate(ids, prompt_lookup_num_tokens=2, max_new_tokens=3, do_sample=False)
+    settings = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    with torch.no_grad():
+        plain = model.generate(ids, **settings)
+        assert torch.equal(model.generate(ids, assistant_model=make(), **settings), plain)
+        assert torch.equal(model.generate(ids, prompt_lookup_num_tokens=2, **settings), plain)
 
 
 # ------------------------------------------------------------------------------------------------------------------

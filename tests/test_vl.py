@@ -252,13 +252,26 @@ def test_earlier_vision_feature_layer(model, processor):
 # ------------------------------------------------------------------------------------------------ generation
 
 
-def greedy(model, inputs, use_cache=True, steps=3):
+def greedy(model, inputs, use_cache=True, steps=3, **kwargs):
     """(new tokens [B, steps], logits of every step [steps, B, vocab])."""
     out = model.generate(
         **inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, use_cache=use_cache,
-        output_logits=True, return_dict_in_generate=True,
+        output_logits=True, return_dict_in_generate=True, **kwargs,
     )  # fmt: skip
     return out.sequences[:, inputs["input_ids"].shape[1] :], torch.stack(out.logits)
+
+
+@pytest.mark.parametrize("speculation", ["prompt_lookup", "assistant"])
+def test_speculative_decoding_with_images_equals_greedy(model, processor, speculation):
+    """Drafts verified and rolled back (crop) over a prompt with an image: the tokens and logits of plain greedy.
+    The draft model: the model itself (every draft step runs the same VL forward, images on its prompt)."""
+    inputs = processor(images=[image(STRIP, 4)], text="<image> a b a b a b a b", return_tensors="pt")
+    extra = {"prompt_lookup_num_tokens": 3} if speculation == "prompt_lookup" else {"assistant_model": model}
+    with torch.no_grad():
+        plain, plain_logits = greedy(model, inputs, steps=8)
+        drafted, drafted_logits = greedy(model, inputs, steps=8, **extra)
+    assert torch.equal(drafted, plain)
+    torch.testing.assert_close(drafted_logits, plain_logits, rtol=1e-4, atol=1e-4)
 
 
 def test_generate_with_and_without_cache_give_the_same_tokens(model, processor):
