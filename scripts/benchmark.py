@@ -17,6 +17,9 @@ aborts otherwise. Then it times, for each implementation:
 - with `--compiled-decode`: the project's decode through `MiniMaxText01StaticCache` and
   `torch.compile(model.forward, fullgraph=True, mode=--compile-mode)` (the compiled steps are checked against the
   eager logits first), timed alternating with the eager runs, and the compile time (the first compiled step);
+- with `--speculative`: greedy `generate()` on a copy-heavy prompt (a random segment repeated), plain vs prompt
+  lookup vs assisted generation with a 2-layer draft (the target's first lightning and softmax layers): target
+  forward passes and ms per new token (the rows compare plain, in the "native" column, with each);
 - peak memory of one prefill: on CPU the peak-RSS growth (VmHWM after resetting it through
   /proc/self/clear_refs, minus VmRSS before) in a fresh subprocess per measurement, so no allocator cache
   from an earlier run hides memory; on CUDA torch.cuda.max_memory_allocated growth.
@@ -333,6 +336,53 @@ def check_same_function(project, native, args, device):
         sys.exit(f"ABORT: the implementations disagree (max diff {diff:.3e} > {tolerance} x {max(1.0, scale):.2f}).")
 
 
+def draft_model(target):
+    """A 2-layer draft of the family for assisted generation: the target's first lightning layer and first softmax
+    layer (weights shared, so its guesses follow the target's), embeddings, final norm and head."""
+    config = target.config
+    picked = [config.attn_type_list.index(0), config.attn_type_list.index(1)]
+    small = modeling.MiniMaxText01ForCausalLM(
+        type(config)(**{**config.to_dict(), "num_hidden_layers": 2, "attn_type_list": [0, 1], "layer_types": None})
+    )
+    state = {}
+    for name, tensor in target.state_dict().items():
+        if not name.startswith("model.layers."):
+            state[name] = tensor
+        elif int(name.split(".")[2]) in picked:
+            index = picked.index(int(name.split(".")[2]))
+            state[".".join(["model", "layers", str(index), *name.split(".")[3:]])] = tensor
+    small.load_state_dict(state)
+    return small.to(device=target.device, dtype=target.dtype).eval()
+
+
+def speculative_rows(model, args, device) -> tuple[list, list]:
+    """Greedy generate() on a copy-heavy prompt (a random segment repeated), plain vs prompt lookup vs assisted
+    (the 2-layer `draft_model`): target forward passes and time per new token, runs alternating, fastest kept."""
+    segment = random_ids(args.vocab, args.speculative_segment, device, seed=3)
+    ids = segment.repeat(1, args.speculative_repeats)
+    settings = dict(max_new_tokens=args.speculative_tokens, min_new_tokens=args.speculative_tokens, do_sample=False)
+    draft = draft_model(model)
+    modes = {"plain": {}, "prompt lookup": {"prompt_lookup_num_tokens": 8}, "assisted": {"assistant_model": draft}}
+    forwards = []
+    hook = model.register_forward_pre_hook(lambda *_: forwards.append(1))
+    counts, outputs = {}, {}
+    for name, extra in modes.items():
+        forwards.clear()
+        outputs[name] = model.generate(ids, **settings, **extra)
+        counts[name] = len(forwards)
+    hook.remove()
+    same = all(torch.equal(out, outputs["plain"]) for out in outputs.values())
+    seconds = best_seconds({name: lambda e=extra: model.generate(ids, **settings, **e) for name, extra in modes.items()},
+                           args.reps, device)
+    ms = {name: 1000 * s / args.speculative_tokens for name, s in seconds.items()}
+    rows = [(f"greedy, {ids.shape[1]}-token copy-heavy prompt, plain / {name} (ms per new token)", ms["plain"], ms[name],
+             ".2f") for name in ("prompt lookup", "assisted")]
+    notes = [f"speculative decoding ({args.speculative_tokens} new tokens, prompt = {args.speculative_segment} random "
+             f"tokens x {args.speculative_repeats}): target forward passes plain {counts['plain']}, prompt lookup "
+             f"{counts['prompt lookup']}, assisted {counts['assisted']}; tokens equal to plain greedy: {same}"]
+    return rows, notes
+
+
 def run(args):
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     with tempfile.TemporaryDirectory() as tmp:
@@ -363,6 +413,10 @@ def run(args):
                 notes.append(f"compiled decode (fullgraph, mode={args.compile_mode!r}): {ms['compiled']:.2f} ms/token "
                              f"vs eager {ms['project']:.2f} ({ms['project'] / ms['compiled']:.2f}x faster); compile "
                              f"time {compile_s:.1f} s (the first step); max |logits diff| vs eager {diff:.1e}")
+            if args.speculative:
+                spec_rows, spec_notes = speculative_rows(models["project"], args, device)
+                rows += spec_rows
+                notes += spec_notes
         if device.type == "cpu":
             floor_ms, megabytes = decode_weight_floor_ms(models["project"], args.reps)
             notes.append(f"decode weight-read floor: {floor_ms:.2f} ms/token ({megabytes:.1f} MB of weights per token "
@@ -416,6 +470,11 @@ def parse_args(argv=None):
                         help="also time the project's static-cache decode under torch.compile(fullgraph=True)")
     parser.add_argument("--compile-mode", default="default",
                         help='torch.compile mode for --compiled-decode ("reduce-overhead": CUDA graphs on a GPU)')
+    parser.add_argument("--speculative", action="store_true",
+                        help="also time greedy generate() with prompt lookup / assisted generation vs plain")
+    parser.add_argument("--speculative-segment", type=int, default=64, help="random tokens repeated into the prompt")
+    parser.add_argument("--speculative-repeats", type=int, default=8)
+    parser.add_argument("--speculative-tokens", type=int, default=64, help="new tokens per generate()")
     sizes = parser.add_argument_group("model sizes")
     sizes.add_argument("--hidden", type=int, default=256)
     sizes.add_argument("--heads", type=int, default=8)
