@@ -46,6 +46,11 @@ class GrowingKVLayer(DynamicLayer):
         self.reserved = 0  # tokens to make room for at the next allocation (a chunked prefill's whole prompt)
 
     def update(self, key_states, value_states, *args, **kwargs):
+        if torch.compiler.is_compiling():
+            # torch.compile(model.forward) with this dynamic cache: writing into a buffer that `keys` views makes
+            # aliased, mutated graph inputs of growing size, which inductor cannot compile; transformers' torch.cat
+            # can (the next eager update adopts the result)
+            return super().update(key_states, value_states, *args, **kwargs)
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         length = self.get_seq_length()
@@ -231,13 +236,11 @@ class MiniMaxText01Cache(Cache):
     does its own linear-attention caches: `activate_past_recording()` makes the lightning layers record the tokens
     of each forward, `crop(-n)` drops the last n tokens (K/V cut, states replayed from the record).
     """
-    _continuation_problem: str | None = None  # why the next forward cannot continue exactly, if so
-    has_padding_holes = False  # some row has pads after real tokens (right padding or holes)
-
     def __init__(self, config: MiniMaxText01Config, **kwargs):
         layers = [GrowingKVLayer() if t == SOFTMAX else LightningStateLayer() for t in config.attn_type_list]
         super().__init__(layers=layers, **kwargs)
         self.seen_tokens = 0  # the model adds the new tokens after each forward
+        self.forget_layout()
 
     def record_layout(self, padding_mask: torch.Tensor | None, packed: bool) -> None:
         """Note what the tokens being added leave behind: pads after real tokens, which later tokens must see
@@ -252,7 +255,10 @@ class MiniMaxText01Cache(Cache):
             self.has_padding_holes = bool((seen_real[:, :-1] & ~padding_mask[:, 1:]).any())
 
     def forget_layout(self) -> None:
-        self._continuation_problem, self.has_padding_holes = None, False
+        # why the next forward cannot continue exactly, if so; whether some row has pads after real tokens (right
+        # padding or holes). Instance attributes from the start, so a reset changes no compiled-graph guard.
+        self._continuation_problem: str | None = None
+        self.has_padding_holes = False
 
     def check_continuation(self, has_attention_mask: bool) -> None:
         """Raise where continuing from this cache could not be exact (called before the next forward)."""
@@ -340,7 +346,8 @@ class MiniMaxText01StaticCache(MiniMaxText01Cache):
             for t in config.attn_type_list
         ]
         Cache.__init__(self, layers=layers, offloading=offloading)
-        self._max_cache_len, self._max_batch_size = max_cache_len, max_batch_size
+        self.forget_layout()
+        self._max_cache_len, self._max_batch_size, self.kv_dtype = max_cache_len, max_batch_size, dtype
         self.seen_tokens = torch.zeros((), dtype=torch.long, device=device)
         torch._dynamo.mark_static_address(self.seen_tokens)
         if max_batch_size is not None and device is not None:
@@ -469,9 +476,7 @@ class MiniMaxGenerationMixin:
         if wants_cache and generation_config.cache_implementation == "static":
             max_cache_len = max(max_cache_length, getattr(generation_config, "max_cache_len", None) or 0)
             rows = max(generation_config.num_beams, generation_config.num_return_sequences) * batch_size
-            model_kwargs[CACHE_FIELD] = MiniMaxText01StaticCache(
-                text_config, max_cache_len=max_cache_len, max_batch_size=rows, device=self.device, dtype=self.dtype
-            )
+            model_kwargs[CACHE_FIELD] = self._static_cache_for(text_config, rows, max_cache_len)
             return
         if wants_cache:
             # built here, not by the first forward: transformers' chunked prefill and assisted generation need the
@@ -485,6 +490,27 @@ class MiniMaxGenerationMixin:
         return super()._prepare_cache_for_generation(
             generation_config, model_kwargs, generation_mode, batch_size, max_cache_length, *args, **kwargs
         )
+
+    def _static_cache_for(self, text_config, rows: int, max_cache_len: int) -> MiniMaxText01StaticCache:
+        """The static cache of the previous generate() call, reset, when it fits this one (same rows, device and
+        dtype, at least `max_cache_len` slots): its shapes and addresses stay, so a compiled decode does not
+        recompile for another request length. Otherwise a new one, as long as the longest request so far (as
+        transformers sizes its own StaticCache), kept for the next call."""
+        cache = getattr(self, "_minimax_static_cache", None)
+        fits = (
+            cache is not None and cache.max_batch_size == rows and cache.max_cache_len >= max_cache_len
+            and cache.seen_tokens.device == self.device and cache.kv_dtype == self.dtype
+        )
+        if fits:
+            cache.reset()
+            return cache
+        if cache is not None and cache.max_batch_size == rows:
+            max_cache_len = max(max_cache_len, cache.max_cache_len)
+        cache = MiniMaxText01StaticCache(
+            text_config, max_cache_len=max_cache_len, max_batch_size=rows, device=self.device, dtype=self.dtype
+        )
+        self._minimax_static_cache = cache
+        return cache
 
     def prepare_inputs_for_generation(self, *args, **kwargs):
         """generate() continues positions by one from each row's last position, pads included; after a right-padded

@@ -275,3 +275,42 @@ def test_vl_generate_auto_compiles_static_decode_and_equals_eager():
                                       **kwargs)  # fmt: skip
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
     assert_same_run(compiled.sequences, torch.stack(compiled.logits), eager.sequences, torch.stack(eager.logits))
+
+
+@pytest.mark.slow
+def test_compiled_forward_with_the_default_dynamic_cache_equals_eager():
+    """`model.forward = torch.compile(model.forward)` then generate() with the default (growing) cache: graph
+    breaks and recompilations allowed, the tokens and logits are eager's."""
+    model = two_layer_model()
+    ids, mask = left_padded_batch()
+    with torch.no_grad():
+        eager = model.generate(ids, attention_mask=mask, **generate_kwargs())
+        torch._dynamo.reset()
+        model.forward = torch.compile(model.forward)
+        compiled = model.generate(ids, attention_mask=mask, **generate_kwargs())
+    assert_same_run(compiled.sequences, torch.stack(compiled.logits), eager.sequences, torch.stack(eager.logits))
+
+
+@pytest.mark.slow
+def test_static_cache_is_reused_by_the_next_request_without_recompiling():
+    """A second, shorter request reuses the first one's static cache (the same object, reset), so the compiled
+    decode runs again without recompiling (recompile limit 1 raises); a longer one gets a new, larger cache."""
+    model = two_layer_model()
+    ids, mask = left_padded_batch()
+    requests = [(ids, mask, STEPS), (ids[:, 2:], mask[:, 2:], STEPS - 4)]
+    with torch.no_grad():
+        eager = [model.generate(i, attention_mask=m, **generate_kwargs(max_new_tokens=n, min_new_tokens=n))
+                 for i, m, n in requests]  # fmt: skip
+        with strict_dynamo():
+            caches, runs = [], []
+            for i, m, n in requests:
+                run = model.generate(i, attention_mask=m, cache_implementation="static", compile_config=cpu_compile_config(),
+                                     **generate_kwargs(max_new_tokens=n, min_new_tokens=n))  # fmt: skip
+                caches.append(getattr(run, mm.CACHE_FIELD))
+                runs.append(run)
+        assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    assert caches[0] is caches[1]
+    for run, expected in zip(runs, eager):
+        assert_same_run(run.sequences, torch.stack(run.logits), expected.sequences, torch.stack(expected.logits))
+    longer = model._static_cache_for(model.config, rows=2, max_cache_len=caches[0].max_cache_len + 1)
+    assert longer is not caches[0] and longer.max_cache_len == caches[0].max_cache_len + 1
