@@ -17,6 +17,12 @@ LIGHTNING, SOFTMAX = 0, 1
 # configuration file stands alone, and checked against the kernel table by the tests
 LIGHTNING_IMPLS = ("auto", "chunked", "recurrent", "fla")
 _LAYER_TYPE_NAMES = {LIGHTNING: "linear_attention", SOFTMAX: "full_attention"}
+# Fields of transformers' configs (the released files write them as null) that this architecture has no use for:
+# any other value is refused (see MiniMaxText01Config.__setattr__). Name -> the fix.
+UNSUPPORTED_FIELDS = {
+    "sliding_window": "MiniMax-Text-01 has no sliding-window attention (its softmax layers see the whole context); "
+    "set it to null or leave it out.",
+}
 LEGACY_MODEL_TYPE = "MiniMaxText01"
 # Model types read as this class: the legacy spelling, and MiniMax-M1's (the same architecture and keys)
 READ_AS_TEXT_01 = (LEGACY_MODEL_TYPE, "minimax_m1", "MiniMaxM1")
@@ -112,7 +118,6 @@ class MiniMaxText01Config(PreTrainedConfig):
     router_aux_loss_coef: float = 0.001
     router_jitter_noise: float = 0.0
     output_router_logits: bool = False
-    sliding_window: int | None = None
     attention_dropout: float | int = 0.0
     use_cache: bool = True
     pad_token_id: int | None = None
@@ -124,6 +129,9 @@ class MiniMaxText01Config(PreTrainedConfig):
         # `layer_types` is derived; a config that carries it (e.g. converted from transformers' native `minimax`)
         # must agree with `attn_type_list`, or define it when `attn_type_list` is absent.
         layer_types = kwargs.pop("layer_types", None)
+        for key in UNSUPPORTED_FIELDS:  # the released files write them as null: not kept (see __setattr__)
+            if key in kwargs and kwargs[key] is None:
+                del kwargs[key]
         _refuse_misspelt_keys(kwargs, type(self))
         if self.attn_type_list is None and layer_types is not None:
             self.attn_type_list = [_layer_type_to_int(t) for t in layer_types]
@@ -137,6 +145,14 @@ class MiniMaxText01Config(PreTrainedConfig):
             raise ValueError(
                 "`layer_types` disagrees with `attn_type_list`; drop `layer_types` (it is derived from `attn_type_list`)."
             )
+
+    def __setattr__(self, key, value):
+        """A field the model cannot honour is refused on every path alike: the constructor, `from_dict` /
+        `from_pretrained` (both construct) and attribute assignment. Left unset it does not exist, so generic code
+        probing it (`hasattr(config, "sliding_window")`) sees a model without it."""
+        if key in UNSUPPORTED_FIELDS and value is not None:
+            raise ValueError(f"MiniMaxText01Config: `{key}` is {value}. {UNSUPPORTED_FIELDS[key]}")
+        super().__setattr__(key, value)
 
     @classmethod
     def get_config_dict(cls, *args, **kwargs):
@@ -178,9 +194,6 @@ class MiniMaxText01Config(PreTrainedConfig):
                  f"release): {', '.join(sorted(ACT2FN))}.")
         if not 0 <= self.attention_dropout < 1:
             fail("attention_dropout", f"is {self.attention_dropout}", "Use a probability in [0, 1).")
-        if self.sliding_window is not None:
-            fail("sliding_window", f"is {self.sliding_window}", "MiniMax-Text-01 has no sliding-window attention "
-                 "(its softmax layers see the whole context); set it to null.")
         for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, key)
             ids = value if isinstance(value, list) else [value]

@@ -599,10 +599,17 @@ class MiniMaxPreTrainedMixin:
     @classmethod
     def from_pretrained(cls, *args, ignore_mismatched_sizes: bool = False, output_loading_info: bool = False, **kwargs):
         """As transformers', but a checkpoint that does not fit the config raises an error naming the keys (see
-        `check_loading_info`) instead of leaving weights at random behind a logged report."""
+        `check_loading_info`) instead of leaving weights at random behind a logged report. With
+        `output_loading_info=True` the caller gets transformers' report and the error as a warning."""
         model, info = super().from_pretrained(*args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
-        check_loading_info(model, info, ignore_mismatched_sizes)
-        return (model, info) if output_loading_info else model
+        if not output_loading_info:
+            check_loading_info(model, info, ignore_mismatched_sizes)
+            return model
+        try:  # the caller asked for the loading info to judge it: the problem is logged, not raised
+            check_loading_info(model, info, ignore_mismatched_sizes)
+        except ValueError as problem:
+            logger.warning(str(problem))
+        return model, info
 
     @classmethod
     def maybe_distribute_model(cls, model, distributed_config, *args, **kwargs):

@@ -276,6 +276,34 @@ def test_base_model_still_refuses_unused_tensors_of_its_own(tiny_text, tmp_path)
         mm.MiniMaxText01Model.from_pretrained(folder)
 
 
+def test_missing_weights_with_output_loading_info_are_reported_not_raised(tiny_text, tmp_path, caplog):
+    """The caller who asks for the loading info gets it (and the error as a warning) instead of an exception."""
+    folder = edited_checkpoint(tiny_text, tmp_path / "ckpt", tensors={"lm_head.weight": None})
+    with caplog.at_level(logging.WARNING):
+        _, info = mm.MiniMaxText01ForCausalLM.from_pretrained(folder, output_loading_info=True)
+    assert info["missing_keys"] == {"lm_head.weight"}
+    assert any("lacks 1 weight the model needs" in r.getMessage() for r in caplog.records)
+
+
+def test_sliding_window_is_refused_on_every_path(tiny_text, tmp_path):
+    """Constructor, from_dict, attribute assignment and from_pretrained alike; null (the released value) is
+    accepted and leaves no attribute, so generic code probing `hasattr(config, "sliding_window")` skips it."""
+    config_class = text_config_module.MiniMaxText01Config
+    released = tiny_text_config(sliding_window=None)
+    assert not hasattr(released, "sliding_window") and "sliding_window" not in released.to_dict()
+    attempts = {
+        "constructor": lambda: tiny_text_config(sliding_window=2),
+        "from_dict": lambda: config_class.from_dict({**released.to_dict(), "sliding_window": 2}),
+        "assignment": lambda: setattr(released, "sliding_window", 2),
+        "from_pretrained": lambda: mm.MiniMaxText01ForCausalLM.from_pretrained(
+            edited_checkpoint(tiny_text, tmp_path / "ckpt", config={"sliding_window": 2})),
+    }
+    for path, attempt in attempts.items():
+        with pytest.raises(ValueError, match=r"`sliding_window` is 2\. MiniMax-Text-01 has no sliding-window"):
+            attempt()
+    assert not hasattr(released, "sliding_window")
+
+
 def test_normal_load_reports_nothing(tiny_text, caplog):
     with caplog.at_level(logging.WARNING):
         _, info = mm.MiniMaxText01ForCausalLM.from_pretrained(tiny_text, output_loading_info=True)
