@@ -30,7 +30,11 @@ pytestmark = pytest.mark.slow
 MAX_FAILURES = 8
 
 # test name (of ModelTesterMixin) -> why this model cannot pass it; these are deselected in the run
-EXPECTED = {}
+EXPECTED = {
+    "test_attention_outputs": "expects one attention tensor per layer; the lightning layers have no attention "
+    "matrix, so the model returns one per softmax layer (as transformers' output recorder leaves out layers that "
+    "return none)",
+}
 
 TESTER = '''
 import sys
@@ -41,10 +45,15 @@ import torch
 sys.path.insert(0, {scripts!r})
 from minimax_code import load
 from tests.test_modeling_common import ModelTesterMixin, ids_tensor, random_attention_mask
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_MAPPING_NAMES
 {generation_import}
 
 mm = load("modeling_minimax_text_01")
 Config = load("configuration_minimax_text_01").MiniMaxText01Config
+# what transformers' registry says of its native models: the tests skip training the base model and give the
+# causal LM labels
+MODEL_MAPPING_NAMES[Config.model_type] = "MiniMaxText01Model"
+MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[Config.model_type] = "MiniMaxText01ForCausalLM"
 
 
 class MiniMaxText01ModelTester:
@@ -75,7 +84,8 @@ class MiniMaxText01ModelTester:
 
 class MiniMaxText01CommonTest(ModelTesterMixin, {generation_mixin}unittest.TestCase):
     all_model_classes = (mm.MiniMaxText01Model, mm.MiniMaxText01ForCausalLM)
-    all_generative_model_classes = (mm.MiniMaxText01ForCausalLM,)
+    # without transformers' generation tests (not in the sdist) no generate() test runs: declared as none
+    all_generative_model_classes = {generative_classes}
     test_torch_exportable = False  # data-dependent MoE routing and cache bookkeeping in eager mode
     test_resize_position_embeddings = False
 
@@ -120,16 +130,17 @@ def test_transformers_common_model_tests(tmp_path):
         scripts=str(REPO_ROOT / "scripts"),
         generation_import="from tests.generation.test_utils import GenerationTesterMixin" if has_generation else "",
         generation_mixin="GenerationTesterMixin, " if has_generation else "",
+        generative_classes="(mm.MiniMaxText01ForCausalLM,)" if has_generation else "()",
     ))
-    report = tmp_path / "report.json"
-    deselect = [arg for name in EXPECTED for arg in ("--deselect", f"{runner}::MiniMaxText01CommonTest::{name}")]
+    deselect = [arg for name in EXPECTED
+                for arg in ("--deselect", f"tests/{runner.name}::MiniMaxText01CommonTest::{name}")]
     env = {**os.environ, "PYTHONPATH": str(tests.parent)}
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "--rootdir", str(tests.parent),
-         str(runner), "-x" if False else "-q", "--junit-xml", str(report), *deselect],
+         str(runner), *deselect],
         cwd=tests.parent, env=env, capture_output=True, text=True, timeout=1800,
     )
-    failed = sorted(set(re.findall(r"^FAILED \S+::(\w+)", result.stdout, flags=re.M)))
+    failed = sorted(set(re.findall(r"^(?:SUB)?FAILED(?:\[\w+\])? \S+::(\w+)", result.stdout, flags=re.M)))
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-2000:]
     print(json.dumps({"stand_ins": stand_ins, "failed": failed, "summary": summary}, indent=1))
     assert "error" not in summary.lower() or failed, result.stdout[-4000:] + result.stderr[-4000:]
