@@ -1,0 +1,261 @@
+"""transformers' own server (scripts/serve.py) answering a real OpenAI client, on tiny checkpoints.
+
+Each server runs in a subprocess on a free loopback port. Greedy answers (`temperature: 0`) must equal `generate()`
+on the same chat template, run here in the test process: the non-streamed text is the decoded tokens, the streamed
+deltas joined are what the tokenizers' incremental decoder (`DecodeStream`) makes of the same tokens, and the token
+counts agree. A `response_template` attached to a tiny tokenizer turns an answer holding a tool call (forced through
+the request's `generation_config`) into OpenAI tool calls, streamed or not.
+"""
+
+import base64
+import contextlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import NamedTuple
+
+import pytest
+import torch
+from PIL import Image
+
+from make_tiny_checkpoint import build_text_checkpoint, build_vl_checkpoint
+from minimax_code import REPO_ROOT
+
+openai = pytest.importorskip("openai", reason='serving needs `pip install "transformers[serving]"`')
+pytestmark = pytest.mark.slow
+
+SERVE = REPO_ROOT / "scripts" / "serve.py"
+START_TIMEOUT_S = 420  # imports, the model's process and the weights, on a loaded 2-core machine
+REQUEST_TIMEOUT_S = 300
+MAX_NEW_TOKENS = 12
+TEXT_MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Tell me about lightning attention."},
+]
+
+
+class Served(NamedTuple):
+    client: "openai.OpenAI"
+    model: str  # the name the server answers to: the checkpoint as given on its command line
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(checkpoint, log_path):
+    """Starts scripts/serve.py on CHECKPOINT, waits for /health, yields a Served; kills the server after."""
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    command = [sys.executable, str(SERVE), str(checkpoint), "--host", "127.0.0.1", "--port", str(port)]
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_until_healthy(server, port, log_path)
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=REQUEST_TIMEOUT_S, max_retries=0
+        )
+        yield Served(client, model=str(checkpoint))
+    finally:
+        server.terminate()  # its model's process exits with it
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def wait_until_healthy(server, port, log_path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"the server exited with {server.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:  # not listening yet
+            time.sleep(1)
+    pytest.fail(f"the server did not answer /health in {START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
+
+
+def greedy_reference(model, inputs) -> list[int]:
+    """The tokens generate() answers with (the checkpoint's generation config: eos stops it)."""
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+    return out[0, inputs["input_ids"].shape[1] :].tolist()
+
+
+def incremental_text(tokenizer, ids: list[int]) -> str:
+    """What a streaming decoder emits for IDS (a trailing incomplete UTF-8 sequence is held back, not guessed)."""
+    from tokenizers.decoders import DecodeStream
+
+    stream = DecodeStream(skip_special_tokens=True)
+    return "".join(piece for piece in (stream.step(tokenizer._tokenizer, i) for i in ids) if piece is not None)
+
+
+def ask(served, messages, **kwargs):
+    """A greedy chat completion request."""
+    settings = {"temperature": 0, "max_tokens": MAX_NEW_TOKENS, **kwargs}
+    return served.client.chat.completions.create(model=served.model, messages=messages, **settings)
+
+
+def ask_streaming(served, messages, **kwargs) -> tuple[str, list, object, str]:
+    """(joined content deltas, tool-call deltas, usage, finish reason) of a streamed request."""
+    chunks = list(ask(served, messages, stream=True, stream_options={"include_usage": True}, **kwargs))
+    choices = [choice for chunk in chunks for choice in chunk.choices]
+    text = "".join(choice.delta.content or "" for choice in choices)
+    tool_calls = [call for choice in choices for call in (choice.delta.tool_calls or [])]
+    finish = [choice.finish_reason for choice in choices if choice.finish_reason is not None]
+    assert len(finish) == 1 and chunks[-1].usage is not None
+    return text, tool_calls, chunks[-1].usage, finish[0]
+
+
+def assert_served_like_generate(served, messages, tokenizer, prompt_ids, expected_ids):
+    assert expected_ids, "the reference generated nothing"
+    answer = ask(served, messages)
+    assert answer.choices[0].message.content == tokenizer.decode(expected_ids, skip_special_tokens=True)
+    assert answer.usage.prompt_tokens == len(prompt_ids)
+    assert answer.usage.completion_tokens == len(expected_ids)
+
+    text, tool_calls, usage, finish_reason = ask_streaming(served, messages)
+    assert text == incremental_text(tokenizer, expected_ids) and not tool_calls
+    assert usage.completion_tokens == len(expected_ids)
+    assert finish_reason == answer.choices[0].finish_reason
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Text-01
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def load_reference(checkpoint):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True, dtype="auto").eval()
+
+
+def test_text_server_answers_like_generate(tmp_path):
+    from transformers import AutoTokenizer
+
+    checkpoint = build_text_checkpoint(tmp_path / "tiny-text")
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True)
+    inputs = tokenizer.apply_chat_template(
+        TEXT_MESSAGES, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    expected = greedy_reference(load_reference(checkpoint), inputs)
+    with running_server(checkpoint, tmp_path / "server.log") as served:
+        assert_served_like_generate(served, TEXT_MESSAGES, tokenizer, inputs["input_ids"][0], expected)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# VL-01: the image as a data URL
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def noise_image(width=40, height=30, seed=0) -> Image.Image:
+    pixels = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    return Image.fromarray(pixels.numpy())
+
+
+def data_url(image: Image.Image) -> str:
+    png = io.BytesIO()
+    image.save(png, format="PNG")  # lossless: the server decodes the very pixels
+    return "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+
+
+def test_vl_server_answers_like_generate_with_a_data_url_image(tmp_path):
+    from transformers import AutoProcessor
+
+    checkpoint = build_vl_checkpoint(tmp_path / "tiny-vl")
+    processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
+    image = noise_image()
+    question = {"type": "text", "text": "What is in this picture?"}
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(image)}}, question]}]
+    # The reference: the template with an image placeholder, and the PIL image given to the processor directly
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, question]}], add_generation_prompt=True
+    )
+    inputs = processor(images=[image], text=prompt, return_tensors="pt")
+    assert (inputs["input_ids"] == processor.image_token_id).sum() > 576  # the image's tokens are in the prompt
+    expected = greedy_reference(load_reference(checkpoint), inputs)
+    with running_server(checkpoint, tmp_path / "server.log") as served:
+        assert_served_like_generate(served, messages, processor.tokenizer, inputs["input_ids"][0], expected)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Tool calls through the tokenizer's response_template
+# ------------------------------------------------------------------------------------------------------------------
+
+# The M1 tool-call format: optional text, then `<tool_calls>\n`, a JSON object per call, `\n</tool_calls>`
+TOOL_CALL_TEMPLATE = {
+    "start_anchor": "<beginning_of_sentence>ai name=assistant\n",
+    "defaults": {"role": "assistant"},
+    "fields": {
+        "tool_calls": {
+            "open_pattern": r"\s*<tool_calls>\n",
+            "close_pattern": r"\n</tool_calls>",
+            "repeats": True,
+            "content": "json",
+            "transform": {"type": "function", "function": "{content}"},
+        },
+        "content": {"close": "<end_of_sentence>", "content": "text"},
+    },
+}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the weather of a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+TOOL_ANSWER = 'Let me check.\n<tool_calls>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_calls>'
+
+
+def forcing_sequence_bias(prompt_ids: list[int], answer_ids: list[int]) -> list:
+    """A `sequence_bias` under which greedy decoding writes ANSWER_IDS after PROMPT_IDS: each answer token gets
+    +100 after the n tokens before it, n the shortest context that tells every answer position apart."""
+    ids = prompt_ids + answer_ids
+    starts = range(len(prompt_ids), len(ids))
+    n = next(n for n in range(1, len(prompt_ids)) if len({tuple(ids[i - n : i]) for i in starts}) == len(starts))
+    return [[ids[i - n : i + 1], 100.0] for i in starts]
+
+
+def test_tool_calls_are_parsed_by_the_tokenizers_response_template(tmp_path):
+    from transformers import AutoTokenizer
+
+    checkpoint = build_text_checkpoint(tmp_path / "tiny-tools")
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True)
+    tokenizer.response_template = TOOL_CALL_TEMPLATE
+    tokenizer.save_pretrained(checkpoint)
+
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    prompt = tokenizer.apply_chat_template(messages, tools=[WEATHER_TOOL], add_generation_prompt=True, return_dict=True)
+    prompt_ids = prompt["input_ids"]
+    answer_ids = tokenizer.encode(TOOL_ANSWER, add_special_tokens=False) + [tokenizer.eos_token_id]
+    forced = {"generation_config": json.dumps({"sequence_bias": forcing_sequence_bias(prompt_ids, answer_ids)})}
+    request = dict(tools=[WEATHER_TOOL], max_tokens=len(answer_ids) + 4, extra_body=forced)
+
+    with running_server(checkpoint, tmp_path / "server.log") as served:
+        answer = ask(served, messages, **request)
+        text, streamed_calls, usage, finish_reason = ask_streaming(served, messages, **request)
+
+    choice = answer.choices[0]
+    assert answer.usage.completion_tokens == len(answer_ids)  # the forcing held: the answer is TOOL_ANSWER
+    assert choice.finish_reason == "tool_calls" and choice.message.content == "Let me check."
+    [call] = choice.message.tool_calls
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+
+    assert finish_reason == "tool_calls" and text == "Let me check." and usage.completion_tokens == len(answer_ids)
+    [streamed] = streamed_calls
+    assert streamed.function.name == "get_weather" and json.loads(streamed.function.arguments) == {"city": "Paris"}
