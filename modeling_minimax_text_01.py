@@ -996,7 +996,7 @@ class MiniMaxText01ForCausalLM(MiniMaxGenerationMixin, MiniMaxText01PreTrainedMo
 
         loss = aux_loss = None
         if labels is not None:
-            loss = self.loss_function(logits, labels, self.vocab_size, **kwargs)
+            loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)  # resized vocabularies too
         if output_router_logits:
             aux_loss = load_balancing_loss_func(
                 outputs.router_logits, self.config.num_local_experts, self.config.num_experts_per_tok, attention_mask

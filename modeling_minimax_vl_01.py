@@ -296,6 +296,9 @@ class MiniMaxVL01ForConditionalGeneration(MiniMaxGenerationMixin, MiniMaxVL01Mod
     def get_output_embeddings(self):
         return self.language_model.lm_head
 
+    def set_output_embeddings(self, new_embeddings):  # resize_token_embeddings resizes the head here
+        self.language_model.lm_head = new_embeddings
+
     # -- generation ---------------------------------------------------------------------------------------------
 
     def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
