@@ -1,16 +1,17 @@
 """Tensor parallelism for MiniMax-Text-01 / VL-01 on transformers' distributed engine.
 
-    torchrun --nproc-per-node 8 scripts/generate.py CHECKPOINT --prompt "..."   # loads with tp_plan="auto"
-    # in code, under torchrun: AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, tp_plan="auto")
+    torchrun --nproc-per-node 8 scripts/generate.py CHECKPOINT --prompt "..."   # tensor parallel over 8 ranks
+    # in code, under torchrun (DistributedConfig from transformers.distributed):
+    AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True,
+                                         distributed_config=DistributedConfig(tp_size=8))
 
 The plan is `MiniMaxText01Config.base_model_tp_plan` (plus `lm_head` in the causal-LM class): Megatron-style, every
 rank holds whole heads of every attention layer and a slice of every expert, so all ranks work on every token.
 transformers' stock styles cover the linear layers; three things they cannot express are registered here:
 
 - `minimax_lightning_norm`: the lightning RMSNorm normalises over all H * d channels of a token, across heads. Each
-  rank holds its heads' channels and weights; the per-token sum of squares is all-reduced ([B, T, 1] per layer) with
-  `torch.distributed.nn.functional.all_reduce`, whose backward sums the gradients too (the plain collective has no
-  autograd).
+  rank holds its heads' channels and weights; the per-token sum of squares is all-reduced ([B, T, 1] per layer), and
+  so is its gradient (every rank's channels were normalised by the total).
 - `minimax_rowwise_partial`: an expert's w2, split by input columns (its w1 / w3 are split by rows), whose output
   stays this rank's partial sum, and `minimax_moe_sum`, which sums the MoE block's output over ranks once: one
   all-reduce per layer instead of one per active expert.
@@ -34,7 +35,6 @@ MOE_SUM = "minimax_moe_sum"
 ROUTER = "minimax_router"
 
 if dist.is_available():
-    from torch.distributed.nn.functional import all_reduce as all_reduce_with_grad
     from torch.distributed.tensor import DTensor, Shard, distribute_tensor
     from transformers.distributed.pipeline_parallel import PipelineIdentityLayer, apply_pipeline_parallelism
     from transformers.distributed.tensor_parallel import ALL_PARALLEL_STYLES, TensorParallelLayer
@@ -82,13 +82,13 @@ def check_parallel_layout(config, distributed_config) -> None:
         raise ValueError(
             f"Pipeline parallel (pp_size={distributed_config.pp_size}) covers MiniMax-Text-01 only: transformers "
             "splits the decoder layers of a causal LM, not a model with a vision tower. Use tensor parallel "
-            "(tp_plan='auto') for MiniMax-VL-01."
+            "(distributed_config=DistributedConfig(tp_size=N)) for MiniMax-VL-01."
         )
     if ep_size > 1:
         raise ValueError(
             f"Expert parallel (ep_size={ep_size}) is not supported by MiniMax-01: its experts are separate nn.Linear "
             "layers (so that int8 quantizers see them), while transformers' expert-parallel styles need the experts "
-            "stacked in one module. Use tensor parallel (tp_plan='auto' / tp_size): it splits every expert across "
+            "stacked in one module. Use tensor parallel (DistributedConfig(tp_size=N)): it splits every expert across "
             "the ranks, which keeps all GPUs busy at batch 1."
         )
     if tp_size == 1:
@@ -97,7 +97,7 @@ def check_parallel_layout(config, distributed_config) -> None:
         raise ValueError(
             "Tensor parallel with a quantized model is not supported: the plan shards nn.Linear weights, and a "
             "quantizer (e.g. optimum-quanto int8) replaces them with its own layers. Load bf16 weights with "
-            "tp_plan='auto', or int8 weights without tensor parallel (device_map)."
+            "DistributedConfig(tp_size=N), or int8 weights without tensor parallel (device_map)."
         )
     heads, kv_heads = text_config.num_attention_heads, text_config.num_key_value_heads
     if heads % tp_size:
@@ -169,17 +169,18 @@ if TensorParallelLayer is not None:
         def should_use_local_tensors(self, module):
             return True  # the forward multiplies by this rank's slice of the weight
 
-        def shard_param(self, module, param, mesh):
+        def shard_param(self, module, param, mesh, **engine_kwargs):  # transformers >= 5.25 adds config, mesh_manager
             _replace_param(module, param, mesh, Shard(0))
 
-        def install_forward(self, module, mesh):
+        def install_forward(self, module, mesh, **engine_kwargs):
             group, width = mesh.get_group(), module.weight.shape[0]  # a DTensor's shape is the full one
 
             def mean_square(x32: torch.Tensor) -> torch.Tensor:
-                return all_reduce_with_grad(x32.pow(2).sum(-1, keepdim=True), group=group) / width
+                total = sum_over_ranks(x32.pow(2).sum(-1, keepdim=True), group)  # [B, T, 1]
+                return sum_grad_over_ranks(total, group) / width
 
             module.mean_square = mean_square
-            return super().install_forward(module, mesh)
+            return super().install_forward(module, mesh, **engine_kwargs)
 
     class RowwisePartialParallel(TensorParallelLayer):
         """nn.Linear split by input columns, run on the local slice of its input; the output is left as this rank's
@@ -188,7 +189,7 @@ if TensorParallelLayer is not None:
         def should_use_local_tensors(self, module):
             return True
 
-        def shard_param(self, module, param, mesh):
+        def shard_param(self, module, param, mesh, **engine_kwargs):
             if param != "weight":
                 raise ValueError(f"{ROWWISE_PARTIAL} shards bias-free layers only; got a `{param}`.")
             _replace_param(module, param, mesh, Shard(1))
@@ -197,7 +198,7 @@ if TensorParallelLayer is not None:
         """Sum the MoE block's partial output over ranks (every rank ran its slice of every routed expert); the
         router logits are already identical on every rank."""
 
-        def transform_output_post_forward(self, module, output, mesh):
+        def transform_output_post_forward(self, module, output, mesh, **engine_kwargs):
             hidden_states, router_logits = output
             group = mesh.get_group()
             return sum_over_ranks(hidden_states, group), sum_grad_over_ranks(router_logits, group, mean=True)
@@ -205,7 +206,7 @@ if TensorParallelLayer is not None:
     class RouterParallel(TensorParallelLayer):
         """The replicated router gate, whose logits' gradient through the partial expert outputs is summed."""
 
-        def transform_output_post_forward(self, module, output, mesh):
+        def transform_output_post_forward(self, module, output, mesh, **engine_kwargs):
             return sum_grad_over_ranks(output, mesh.get_group())
 
     ALL_PARALLEL_STYLES.register(LIGHTNING_NORM, LightningNormParallel())

@@ -465,7 +465,7 @@ def main(argv=None):
     if args.prefill_chunk is not None and args.prefill_chunk < 1:
         parser.error(f"--prefill-chunk must be a positive token count, got {args.prefill_chunk}.")
     if args.tp is not None and args.json:
-        parser.error("--json prints a device map; a tensor-parallel layout needs none (torchrun + tp_plan='auto').")
+        parser.error("--json prints a device map; a tensor-parallel layout needs none (torchrun + DistributedConfig(tp_size=N)).")
     try:
         config = load_config(args.path)
         if args.tp is not None:

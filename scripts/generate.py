@@ -15,7 +15,7 @@ experts and attention projections with optimum-quanto (`scripts/quanto_config.py
 the conversation to stdout.
 
 Under torchrun (WORLD_SIZE > 1) the model is loaded sharded by transformers' distributed engine: tensor parallel
-over WORLD_SIZE / --pp ranks (`tp_plan="auto"`), times --pp pipeline stages (text only); NCCL on GPUs, gloo on CPU.
+over WORLD_SIZE / --pp ranks (`DistributedConfig(tp_size=...)`), times --pp pipeline stages (text only); NCCL on GPUs, gloo on CPU.
 Every rank runs the same generation; only rank 0 prints. `--device-map` and `--int8` do not combine with it.
 """
 
