@@ -221,7 +221,8 @@ class MiniMaxVL01Model(MiniMaxVL01PreTrainedModel):
         if input_ids is None or inputs_embeds is not None:
             raise ValueError(
                 "pixel_values need input_ids (the image tokens mark where the features go); pass input_ids "
-                "instead of inputs_embeds."
+                "instead of inputs_embeds, or inputs_embeds that already hold the image features (written at the "
+                "image tokens from get_image_features) and no pixel_values."
             )
         self.language_model.model.check_inputs(input_ids, None, **text_inputs)
         image_features = self.get_image_features(pixel_values, image_sizes)
