@@ -3,8 +3,9 @@
 Each server runs in a subprocess on a free loopback port. Greedy answers (`temperature: 0`) must equal `generate()`
 on the same chat template, run here in the test process: the non-streamed text is the decoded tokens, the streamed
 deltas joined are what the tokenizers' incremental decoder (`DecodeStream`) makes of the same tokens, and the token
-counts agree. A `response_template` attached to a tiny tokenizer turns an answer holding a tool call (forced through
-the request's `generation_config`) into OpenAI tool calls, streamed or not.
+counts agree. Those checkpoints are served without a `response_template` (the text passes through as decoded); one
+attached to the tokenizer of an M1-style checkpoint turns an answer holding a tool call (forced through the request's
+`generation_config`) into OpenAI tool calls, streamed or not.
 """
 
 import base64
@@ -26,8 +27,9 @@ from PIL import Image
 from make_tiny_checkpoint import build_text_checkpoint, build_vl_checkpoint
 from minimax_code import REPO_ROOT
 
+import serve
+
 openai = pytest.importorskip("openai", reason='serving needs `pip install "transformers[serving]"`')
-pytestmark = pytest.mark.slow
 
 SERVE = REPO_ROOT / "scripts" / "serve.py"
 START_TIMEOUT_S = 420  # imports, the model's process and the weights, on a loaded 2-core machine
@@ -137,16 +139,27 @@ def assert_served_like_generate(served, messages, tokenizer, prompt_ids, expecte
 # ------------------------------------------------------------------------------------------------------------------
 
 
+def without_response_template(checkpoint) -> None:
+    """Serve the decoded text as it is: no response parser between generate() and the answer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True)
+    tokenizer.response_template = None
+    tokenizer.save_pretrained(checkpoint)
+
+
 def load_reference(checkpoint):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True, dtype="auto").eval()
 
 
+@pytest.mark.slow
 def test_text_server_answers_like_generate(tmp_path):
     from transformers import AutoTokenizer
 
     checkpoint = build_text_checkpoint(tmp_path / "tiny-text")
+    without_response_template(checkpoint)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True)
     inputs = tokenizer.apply_chat_template(
         TEXT_MESSAGES, add_generation_prompt=True, return_tensors="pt", return_dict=True
@@ -172,10 +185,12 @@ def data_url(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
 
 
+@pytest.mark.slow
 def test_vl_server_answers_like_generate_with_a_data_url_image(tmp_path):
     from transformers import AutoProcessor
 
     checkpoint = build_vl_checkpoint(tmp_path / "tiny-vl")
+    without_response_template(checkpoint)
     processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
     image = noise_image()
     question = {"type": "text", "text": "What is in this picture?"}
@@ -230,10 +245,14 @@ def forcing_sequence_bias(prompt_ids: list[int], answer_ids: list[int]) -> list:
     return [[ids[i - n : i + 1], 100.0] for i in starts]
 
 
+@pytest.mark.slow
 def test_tool_calls_are_parsed_by_the_tokenizers_response_template(tmp_path):
     from transformers import AutoTokenizer
 
-    checkpoint = build_text_checkpoint(tmp_path / "tiny-tools")
+    checkpoint = build_text_checkpoint(tmp_path / "tiny-m1")
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["architectures"] = ["MiniMaxM1ForCausalLM"]  # M1's name for the class; the Text-01 class serves it
+    (checkpoint / "config.json").write_text(json.dumps(config))
     tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True)
     tokenizer.response_template = TOOL_CALL_TEMPLATE
     tokenizer.save_pretrained(checkpoint)
@@ -259,3 +278,18 @@ def test_tool_calls_are_parsed_by_the_tokenizers_response_template(tmp_path):
     assert finish_reason == "tool_calls" and text == "Let me check." and usage.completion_tokens == len(answer_ids)
     [streamed] = streamed_calls
     assert streamed.function.name == "get_weather" and json.loads(streamed.function.arguments) == {"city": "Paris"}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The command line
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_serve_passes_transformers_options_through_and_refuses_continuous_batching():
+    assert serve.split_command_line(["ckpt", "--port", "9000", "--dtype", "bfloat16"]) == (
+        "ckpt", ["--port", "9000", "--dtype", "bfloat16"]
+    )
+    with pytest.raises(SystemExit, match="Invalid layer type: linear_attention"):
+        serve.split_command_line(["ckpt", "--continuous-batching"])
+    with pytest.raises(SystemExit, match="usage: python scripts/serve.py CHECKPOINT"):
+        serve.split_command_line(["--port", "9000"])
