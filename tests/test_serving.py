@@ -3,9 +3,9 @@
 Each server runs in a subprocess on a free loopback port. Greedy answers (`temperature: 0`) must equal `generate()`
 on the same chat template, run here in the test process: the non-streamed text is the decoded tokens, the streamed
 deltas joined are what the tokenizers' incremental decoder (`DecodeStream`) makes of the same tokens, and the token
-counts agree. Those checkpoints are served without a `response_template` (the text passes through as decoded); one
-attached to the tokenizer of an M1-style checkpoint turns an answer holding a tool call (forced through the request's
-`generation_config`) into OpenAI tool calls, streamed or not.
+counts agree. Those checkpoints are served without a `response_template` (the text passes through as decoded). The
+tiny M1 checkpoint's own `response_template` turns a reply with thinking and a tool call (forced through the
+request's `generation_config`) into `reasoning_content`, `content` and OpenAI `tool_calls`, streamed or not.
 """
 
 import base64
@@ -24,7 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
-from make_tiny_checkpoint import build_text_checkpoint, build_vl_checkpoint
+from make_tiny_checkpoint import build_m1_checkpoint, build_text_checkpoint, build_vl_checkpoint
 from minimax_code import REPO_ROOT
 
 import serve
@@ -110,15 +110,26 @@ def ask(served, messages, **kwargs):
     return served.client.chat.completions.create(model=served.model, messages=messages, **settings)
 
 
-def ask_streaming(served, messages, **kwargs) -> tuple[str, list, object, str]:
-    """(joined content deltas, tool-call deltas, usage, finish reason) of a streamed request."""
+class Streamed(NamedTuple):
+    text: str  # the content deltas joined
+    reasoning: str  # the reasoning_content deltas joined
+    tool_calls: list
+    usage: object
+    finish_reason: str
+
+
+def ask_streaming(served, messages, **kwargs) -> Streamed:
     chunks = list(ask(served, messages, stream=True, stream_options={"include_usage": True}, **kwargs))
-    choices = [choice for chunk in chunks for choice in chunk.choices]
-    text = "".join(choice.delta.content or "" for choice in choices)
-    tool_calls = [call for choice in choices for call in (choice.delta.tool_calls or [])]
-    finish = [choice.finish_reason for choice in choices if choice.finish_reason is not None]
+    deltas = [choice.delta for chunk in chunks for choice in chunk.choices]
+    finish = [choice.finish_reason for chunk in chunks for choice in chunk.choices if choice.finish_reason is not None]
     assert len(finish) == 1 and chunks[-1].usage is not None
-    return text, tool_calls, chunks[-1].usage, finish[0]
+    return Streamed(
+        text="".join(delta.content or "" for delta in deltas),
+        reasoning="".join(getattr(delta, "reasoning_content", None) or "" for delta in deltas),
+        tool_calls=[call for delta in deltas for call in (delta.tool_calls or [])],
+        usage=chunks[-1].usage,
+        finish_reason=finish[0],
+    )
 
 
 def assert_served_like_generate(served, messages, tokenizer, prompt_ids, expected_ids):
@@ -128,10 +139,10 @@ def assert_served_like_generate(served, messages, tokenizer, prompt_ids, expecte
     assert answer.usage.prompt_tokens == len(prompt_ids)
     assert answer.usage.completion_tokens == len(expected_ids)
 
-    text, tool_calls, usage, finish_reason = ask_streaming(served, messages)
-    assert text == incremental_text(tokenizer, expected_ids) and not tool_calls
-    assert usage.completion_tokens == len(expected_ids)
-    assert finish_reason == answer.choices[0].finish_reason
+    streamed = ask_streaming(served, messages)
+    assert streamed.text == incremental_text(tokenizer, expected_ids) and not streamed.tool_calls
+    assert streamed.usage.completion_tokens == len(expected_ids)
+    assert streamed.finish_reason == answer.choices[0].finish_reason
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -210,21 +221,6 @@ def test_vl_server_answers_like_generate_with_a_data_url_image(tmp_path):
 # Tool calls through the tokenizer's response_template
 # ------------------------------------------------------------------------------------------------------------------
 
-# The M1 tool-call format: optional text, then `<tool_calls>\n`, a JSON object per call, `\n</tool_calls>`
-TOOL_CALL_TEMPLATE = {
-    "start_anchor": "<beginning_of_sentence>ai name=assistant\n",
-    "defaults": {"role": "assistant"},
-    "fields": {
-        "tool_calls": {
-            "open_pattern": r"\s*<tool_calls>\n",
-            "close_pattern": r"\n</tool_calls>",
-            "repeats": True,
-            "content": "json",
-            "transform": {"type": "function", "function": "{content}"},
-        },
-        "content": {"close": "<end_of_sentence>", "content": "text"},
-    },
-}
 WEATHER_TOOL = {
     "type": "function",
     "function": {
@@ -233,7 +229,11 @@ WEATHER_TOOL = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
     },
 }
-TOOL_ANSWER = 'Let me check.\n<tool_calls>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_calls>'
+# An M1 reply: its thinking, a sentence, then a <tool_calls> block with one JSON line per call
+M1_REPLY = (
+    "<think>\nThe user wants the weather; I will call get_weather.\n</think>\nLet me check.\n<tool_calls>\n"
+    '{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_calls>'
+)
 
 
 def forcing_sequence_bias(prompt_ids: list[int], answer_ids: list[int]) -> list:
@@ -246,38 +246,39 @@ def forcing_sequence_bias(prompt_ids: list[int], answer_ids: list[int]) -> list:
 
 
 @pytest.mark.slow
-def test_tool_calls_are_parsed_by_the_tokenizers_response_template(tmp_path):
+def test_m1_thinking_and_tool_calls_come_back_parsed_by_its_response_template(tmp_path):
     from transformers import AutoTokenizer
 
-    checkpoint = build_text_checkpoint(tmp_path / "tiny-m1")
-    config = json.loads((checkpoint / "config.json").read_text())
-    config["architectures"] = ["MiniMaxM1ForCausalLM"]  # M1's name for the class; the Text-01 class serves it
-    (checkpoint / "config.json").write_text(json.dumps(config))
+    checkpoint = build_m1_checkpoint(tmp_path / "tiny-m1")  # architectures MiniMaxM1ForCausalLM: the Text-01 class
     tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True)
-    tokenizer.response_template = TOOL_CALL_TEMPLATE
-    tokenizer.save_pretrained(checkpoint)
+    assert tokenizer.response_template is not None  # M1's, which the server reads
 
     messages = [{"role": "user", "content": "Weather in Paris?"}]
     prompt = tokenizer.apply_chat_template(messages, tools=[WEATHER_TOOL], add_generation_prompt=True, return_dict=True)
-    prompt_ids = prompt["input_ids"]
-    answer_ids = tokenizer.encode(TOOL_ANSWER, add_special_tokens=False) + [tokenizer.eos_token_id]
-    forced = {"generation_config": json.dumps({"sequence_bias": forcing_sequence_bias(prompt_ids, answer_ids)})}
-    request = dict(tools=[WEATHER_TOOL], max_tokens=len(answer_ids) + 4, extra_body=forced)
+    reply_ids = tokenizer.encode(M1_REPLY, add_special_tokens=False) + [tokenizer.eos_token_id]
+    forced = {"generation_config": json.dumps({"sequence_bias": forcing_sequence_bias(prompt["input_ids"], reply_ids)})}
+    request = dict(tools=[WEATHER_TOOL], max_tokens=len(reply_ids) + 4, extra_body=forced)
 
     with running_server(checkpoint, tmp_path / "server.log") as served:
         answer = ask(served, messages, **request)
-        text, streamed_calls, usage, finish_reason = ask_streaming(served, messages, **request)
+        streamed = ask_streaming(served, messages, **request)
 
     choice = answer.choices[0]
-    assert answer.usage.completion_tokens == len(answer_ids)  # the forcing held: the answer is TOOL_ANSWER
+    assert answer.usage.completion_tokens == len(reply_ids)  # the forcing held: the reply is M1_REPLY
     assert choice.finish_reason == "tool_calls" and choice.message.content == "Let me check."
+    assert choice.message.reasoning_content == "The user wants the weather; I will call get_weather."
     [call] = choice.message.tool_calls
     assert call.type == "function" and call.function.name == "get_weather"
     assert json.loads(call.function.arguments) == {"city": "Paris"}
 
-    assert finish_reason == "tool_calls" and text == "Let me check." and usage.completion_tokens == len(answer_ids)
-    [streamed] = streamed_calls
-    assert streamed.function.name == "get_weather" and json.loads(streamed.function.arguments) == {"city": "Paris"}
+    assert streamed.finish_reason == "tool_calls" and streamed.usage.completion_tokens == len(reply_ids)
+    # transformers' streaming parser sends the newlines around the thinking and the answer; the whole-reply parse
+    # strips them
+    assert streamed.reasoning.strip() == choice.message.reasoning_content
+    assert streamed.text.strip() == choice.message.content
+    [streamed_call] = streamed.tool_calls
+    assert streamed_call.function.name == "get_weather"
+    assert json.loads(streamed_call.function.arguments) == {"city": "Paris"}
 
 
 # ------------------------------------------------------------------------------------------------------------------
