@@ -7,8 +7,10 @@ The tiny checkpoints have 8 heads and 4 KV heads, so both sizes split every laye
 oldest-version smoke run: transformers 5.17 has the same engine (and runs this plan unchanged).
 """
 
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -62,6 +64,7 @@ TEXT_SPLITS = {
 }  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world_size", [pytest.param(2, marks=pytest.mark.smoke), 4])  # 5.17 runs the 2-rank one
 def test_tensor_parallel_matches_single_process(world_size, checkpoints, tmp_path):
     result = launch(world_size, checkpoints, tmp_path / "result.json")
@@ -97,13 +100,52 @@ def test_tensor_parallel_matches_single_process(world_size, checkpoints, tmp_pat
         assert cli["rank0"].startswith("user: ") and "assistant: " in cli["rank0"], (name, cli)
 
     refused = result["refused"]
-    assert "quantized" in refused["int8"] and "int8" in refused["int8"]
+    assert "optimum-quanto" in refused["quanto"] and "torchao_config" in refused["quanto"]
     if "expert_parallel" in refused:
         assert f"ep_size={world_size}" in refused["expert_parallel"] and "nn.Linear" in refused["expert_parallel"]
     if world_size > 2:  # the default tiny model has 2 KV heads
         assert f"tp_size={world_size}" in refused["kv_heads"] and "num_key_value_heads=2" in refused["kv_heads"]
     else:
         assert refused["kv_heads"] is None
+
+
+    if importlib.util.find_spec("torchao") is not None:  # a requirement; absent only in the oldest-version venv
+        assert "text_torchao_int8" in result["generate_cli"]
+        check_torchao_tensor_parallel(result, world_size)
+
+
+def check_torchao_tensor_parallel(result: dict, world_size: int) -> None:
+    """torchao 8-bit weights quantized while loading, tensor parallel vs the same quantization in one process."""
+    print(f"TP {world_size} torchao:", result["quantized"], "VL:", result["vl_int8"], "bytes:", result["int8_bytes"])
+    for weights, measured in result["quantized"].items():
+        # within the quantization's own error against the exact model (w2 / o_proj / out_proj are quantized per
+        # output channel over this rank's input columns only, so their scales differ from the whole model's)
+        assert measured["tp_vs_alone"] <= measured["alone_vs_exact"], (weights, measured)
+        assert 1e-4 < measured["alone_vs_exact"] < 1e-2, (weights, measured)  # quantized, and not broken
+        assert measured["identical_on_ranks"], weights
+    # greedy tokens: equal for the int8 variants; float8's 4e-3 error flips near-ties of this random tiny model
+    assert result["quantized"]["int8"]["generate_equal"] and result["quantized"]["int8-dynamic"]["generate_equal"]
+
+    # every quantized weight is stored in 8 bits and holds exactly 1/N of its full weight along its split dim
+    shards = result["int8_shards"]
+    assert shards and all(entry["ok"] and entry["dtype"] == "int8" for entry in shards.values()), shards
+    for name, entry in shards.items():
+        expected = next(dim for key, dim in TEXT_SPLITS.items() if key in name)
+        assert entry["split"] == expected, (name, entry)
+    kept = {".".join("*" if part.isdigit() else part for part in name.split(".")) for name in result["int8_unquantized"]}
+    assert kept == {"lm_head", "model.layers.*.block_sparse_moe.gate"}, kept  # the recipe's high-precision modules
+    sizes = result["int8_bytes"]
+    assert len(set(sizes["per_rank"])) == 1 and sizes["per_rank"][0] < sizes["alone"] / world_size * 1.1, sizes
+    assert sizes["alone"] < sizes["fp32"] / 2.5, sizes
+
+    # the lightning decay rates come from the rank's own heads (the quantized shards are no DTensors)
+    heads_per_rank = 8 // world_size
+    for rank, layers in enumerate(result["lightning_heads"]):
+        assert layers and all(h == list(range(rank * heads_per_rank, (rank + 1) * heads_per_rank)) for h in layers)
+
+    vl = result["vl_int8"]
+    assert vl["quantized_count"] > 0 and vl["quantized_outside_language_model"] == []  # the vision side stays whole
+    assert vl["tp_vs_alone"] <= result["quantized"]["int8"]["alone_vs_exact"] * 2 and vl["generate_equal"], vl
 
 
 @pytest.mark.smoke
@@ -127,6 +169,46 @@ def test_layout_check_names_the_numbers():
     tp.check_parallel_layout(vl_config, DistributedConfig(tp_size=8))
     with pytest.raises(ValueError, match="Pipeline parallel"):
         tp.check_parallel_layout(vl_config, DistributedConfig(tp_size=4, pp_size=2))
+
+
+def test_quantizers_other_than_torchao_are_refused_under_tensor_parallel():
+    """Tensor parallel quantizes each rank's slice while loading, which transformers does for torchao only: quanto
+    and the others are refused before loading, naming the torchao way; without tensor parallel they pass."""
+    from transformers.distributed import DistributedConfig
+
+    config = config_module.MiniMaxText01Config()
+    for method in ("torchao", "quanto", "bitsandbytes"):
+        config.quantization_config = {"quant_method": method}
+        tp.check_parallel_layout(config, DistributedConfig(tp_size=1, pp_size=2))
+        if method == "torchao":
+            tp.check_parallel_layout(config, DistributedConfig(tp_size=8))
+            continue
+        with pytest.raises(ValueError) as refused:
+            tp.check_parallel_layout(config, DistributedConfig(tp_size=8))
+        message = str(refused.value)
+        assert "tp_plan='auto', quantization_config=torchao_config(path)" in message, message
+        assert ("optimum-quanto" if method == "quanto" else f"{method} quantization is not supported") in message
+
+
+def test_checkpoint_saved_quantized_is_refused_under_tensor_parallel(checkpoints, tmp_path):
+    """A torchao int8 checkpoint saved already quantized loads in one process (same logits as the model it was saved
+    from), and is refused under tensor parallel before anything loads, naming quantization while loading."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from torchao_config import torchao_config
+
+    pytest.importorskip("torchao")
+    source = checkpoints["text"]
+    quantized = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=True, dtype=torch.float32,
+                                                     quantization_config=torchao_config(source))  # fmt: skip
+    quantized.save_pretrained(tmp_path / "int8")
+    assert json.loads((tmp_path / "int8" / "config.json").read_text())["quantization_config"]["quant_method"] == "torchao"
+    with pytest.raises(ValueError, match=r"saved already quantized \(torchao\).*quantization_config=torchao_config"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "int8", trust_remote_code=True, tp_plan="auto")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "int8", trust_remote_code=True)
+    ids = torch.arange(3, 40)[None]
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, quantized(ids).logits)
 
 
 @pytest.mark.smoke
