@@ -126,7 +126,11 @@ def tensor_bytes(model: nn.Module, dtype: str, skip: list[str], scale_bytes: int
     element = torch.empty((), dtype=DTYPES[dtype]).element_size()
     sizes = {}
     for module_name, module in model.named_modules():
-        quantized = dtype == "int8" and isinstance(module, nn.Linear) and should_convert_module(module_name, skip)
+        # transformers' own matching, given only the skip names found in this name (they are literal module names,
+        # and matching all of them against each of the ~8,000 Linear layers takes seconds)
+        quantized = dtype == "int8" and isinstance(module, nn.Linear) and should_convert_module(
+            module_name, [name for name in skip if name in module_name]
+        )
         for name, param in module.named_parameters(prefix=module_name, recurse=False):
             if quantized and name.endswith(".weight"):
                 sizes[name] = param.numel()
@@ -397,7 +401,8 @@ def plan_tensor_parallel(
     for s, run in enumerate(stage_layers(len(layers), pp)):
         kv = sum(caches[i] for i in run if softmax[i])
         states = sum(caches[i] for i in run if not softmax[i])
-        stages.append(StageShare(s, run, stage_sum(weights, s, run), stage_sum(scales, s, run), kv, states, activations))
+        weight, scale = stage_sum(weights, s, run), stage_sum(scales, s, run)
+        stages.append(StageShare(s, run, weight, scale, kv, states, activations))
     name = (config.architectures or [type(model).__name__])[0]
     plan = TensorParallelPlan(name, dtype, tp, memory, reserve, context_length, batch_size, chunk, stages)
     if check_fit and not plan.fits:
@@ -547,17 +552,21 @@ def format_fit_table(config, tp: int, pp: int, gpu_memory, dtype: str, headroom,
     """Whether tensor parallel `tp` x `pp` holds the model at each of FIT_TABLE_CONTEXTS tokens: per GPU (of the
     fullest stage) the total and what is left."""
     name = (getattr(config, "architectures", None) or ["the model"])[0]
-    lines = [f"{name}, {dtype}, tensor parallel {tp} x {pp} stage(s), GPUs of {size(parse_size(gpu_memory, '--gpu-memory'))}"
-             f" (batch {batch_size}, prefill chunks of {chunk:,} tokens, per GPU):"]  # fmt: skip
+    memory = size(parse_size(gpu_memory, "--gpu-memory"))
+    lines = [f"{name}, {dtype}, tensor parallel {tp} x {pp} stage(s), GPUs of {memory} (batch {batch_size}, prefill "
+             f"chunks of {chunk:,} tokens, per GPU):"]  # fmt: skip
+    model = build_meta_model(config)
     for context in FIT_TABLE_CONTEXTS:
-        plan = plan_tensor_parallel(config, tp, pp, gpu_memory, dtype, headroom, context, batch_size, check_fit=False,
-                                    prefill_chunk=chunk)  # fmt: skip
+        plan = plan_tensor_parallel(config, tp, pp, gpu_memory, dtype, headroom, context, batch_size, model, False,
+                                    chunk)  # fmt: skip
         worst = max(plan.stages, key=lambda stage: stage.total(plan.headroom))
         total = worst.total(plan.headroom)
-        verdict = f"fits, {size(plan.gpu_memory - total)} free" if plan.fits else f"does NOT fit, {size(total - plan.gpu_memory)} short"
+        left = plan.gpu_memory - total
+        verdict = f"fits, {size(left)} free" if plan.fits else f"does NOT fit, {size(-left)} short"
         lines.append(f"  {context:>9,} tokens: {size(total)} (weights {size(worst.weight_bytes)}, scales "
                      f"{size(worst.scale_bytes)}, K/V {size(worst.kv_bytes)}, states {size(worst.state_bytes)}, "
-                     f"activations {size(worst.activation_bytes)}, headroom {size(plan.headroom)}): {verdict}")  # fmt: skip
+                     f"activations {size(worst.activation_bytes)}, headroom {size(plan.headroom)}): "
+                     + verdict)  # fmt: skip
     return "\n".join(lines)
 
 

@@ -132,7 +132,7 @@ def check_torchao_tensor_parallel(result: dict, world_size: int) -> None:
     for name, entry in shards.items():
         expected = next(dim for key, dim in TEXT_SPLITS.items() if key in name)
         assert entry["split"] == expected, (name, entry)
-    kept = {".".join("*" if part.isdigit() else part for part in name.split(".")) for name in result["int8_unquantized"]}
+    kept = {".".join("*" if part.isdigit() else part for part in n.split(".")) for n in result["int8_unquantized"]}
     assert kept == {"lm_head", "model.layers.*.block_sparse_moe.gate"}, kept  # the recipe's high-precision modules
     sizes = result["int8_bytes"]
     assert len(set(sizes["per_rank"])) == 1 and sizes["per_rank"][0] < sizes["alone"] / world_size * 1.1, sizes
@@ -202,7 +202,8 @@ def test_checkpoint_saved_quantized_is_refused_under_tensor_parallel(checkpoints
     quantized = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=True, dtype=torch.float32,
                                                      quantization_config=torchao_config(source))  # fmt: skip
     quantized.save_pretrained(tmp_path / "int8")
-    assert json.loads((tmp_path / "int8" / "config.json").read_text())["quantization_config"]["quant_method"] == "torchao"
+    saved = json.loads((tmp_path / "int8" / "config.json").read_text())
+    assert saved["quantization_config"]["quant_method"] == "torchao"
     with pytest.raises(ValueError, match=r"saved already quantized \(torchao\).*quantization_config=torchao_config"):
         AutoModelForCausalLM.from_pretrained(tmp_path / "int8", trust_remote_code=True, tp_plan="auto")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "int8", trust_remote_code=True)
@@ -234,9 +235,14 @@ def test_plan_names_only_real_modules_and_registered_styles():
 # The tensor-parallel planner (scripts/device_map.py --tp), on the released configs
 # ------------------------------------------------------------------------------------------------------------------
 
-SPEC_CONFIGS = REPO_ROOT.parent / "shared" / "spec" / "released-configs"
-needs_released = pytest.mark.skipif(not SPEC_CONFIGS.is_dir(), reason=f"released configs absent ({SPEC_CONFIGS})")
 GIB = 2**30
+# The released MiniMax-Text-01 / M1 sizes (M1 is the same architecture at the same widths), written out here
+RELEASED_TEXT = dict(
+    vocab_size=200064, hidden_size=6144, num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8,
+    head_dim=128, rotary_dim=64, intermediate_size=9216, num_local_experts=32, num_experts_per_tok=2,
+    attn_type_list=[1 if (i + 1) % 8 == 0 else 0 for i in range(80)], shared_intermediate_size=0,
+    architectures=["MiniMaxText01ForCausalLM"],
+)  # fmt: skip
 
 
 def released_tp_weight_bytes(c, tp: int, layers: range, first: bool, last: bool) -> int:
@@ -255,36 +261,66 @@ def released_tp_weight_bytes(c, tp: int, layers: range, first: bool, last: bool)
     return 2 * (split // tp + replicated)
 
 
+def released_tp_int8_bytes(c, tp: int) -> tuple[int, int]:
+    """(weight bytes, scale bytes) per GPU of torchao int8 at TP `tp`, one stage, in closed form: every attention
+    and expert Linear 1 byte per weight, split `tp` ways, with one fp32 scale per output row of this rank's part
+    (a weight split by rows: 1/tp of its rows; by columns, the out_proj / o_proj / w2: all rows); the embedding,
+    lm_head, lightning norm (split), layer norms and router gates (whole) in bf16."""
+    D, hd, kvd, E, I = c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, \
+        c.num_local_experts, c.intermediate_size  # fmt: skip
+    int8 = bf16 = scale_rows = 0
+    for kind in c.attn_type_list:
+        if kind == 1:  # q, k, v by rows, o_proj by columns
+            int8 += (hd * D + 2 * kvd * D) // tp + D * hd // tp
+            scale_rows += (hd + 2 * kvd) // tp + D
+        else:  # qkv_proj, output_gate by rows, out_proj by columns; the lightning norm split in bf16
+            int8 += 4 * hd * D // tp + D * hd // tp
+            scale_rows += 4 * hd // tp + D
+            bf16 += hd // tp
+        int8 += E * 3 * I * D // tp  # w1, w3 by rows, w2 by columns
+        scale_rows += E * (2 * I // tp + D)
+        bf16 += 2 * D + E * D  # the two layer norms, the router gate
+    bf16 += 2 * c.vocab_size * D // tp + D  # embedding, lm_head, final norm
+    return int8 + 2 * bf16, 4 * scale_rows
+
+
 @pytest.fixture(scope="module")
-def released():
-    import quanto_config
+def released(tmp_path_factory):
+    """The released Text-01 and VL-01 configs (VL-01: its language model is Text-01's) and a config.json path."""
+    text = config_module.MiniMaxText01Config(**RELEASED_TEXT)
+    vl = load("configuration_minimax_vl_01").MiniMaxVL01Config(
+        text_config=dict(RELEASED_TEXT, architectures=None), architectures=["MiniMaxVL01ForConditionalGeneration"]
+    )
+    path = tmp_path_factory.mktemp("released") / "config.json"
+    text.to_json_file(path)
+    import device_map as dm
 
-    text = quanto_config.load_config(SPEC_CONFIGS / "minimax-text-01.config.json")
-    return {"text": text, "vl": quanto_config.load_config(SPEC_CONFIGS / "minimax-vl-01.config.json")}
+    return {"text": text, "vl": vl, "text_path": path, "text_meta": dm.build_meta_model(text)}
 
 
-@needs_released
 def test_planner_text_tp8_fits_141gb_and_is_refused_on_80gb_with_what_fits(released):
     import device_map as dm
 
-    c = released["text"]
-    plan = dm.plan_tensor_parallel(c, 8, gpu_memory="141GB")
+    c, meta = released["text"], released["text_meta"]
+    plan = dm.plan_tensor_parallel(c, 8, gpu_memory="141GB", model=meta)
     (stage,) = plan.stages
-    assert stage.weight_bytes == released_tp_weight_bytes(c, 8, range(80), True, True)
+    assert stage.weight_bytes == released_tp_weight_bytes(c, 8, range(80), True, True) and stage.scale_bytes == 0
     assert abs(stage.weight_bytes / GIB - 106.2) < 0.05  # spec: 105.6 GiB + 0.6 GiB of split embedding / lm_head
     assert stage.kv_bytes == 10 * 2 * 1 * 128 * 32768 * 2  # 10 softmax layers, one KV head per GPU, bf16
     assert stage.state_bytes == 70 * 8 * 128 * 128 * 4  # 70 lightning layers, 8 heads per GPU, fp32
+    assert stage.activation_bytes == dm.prefill_chunk_activation_bytes(c, 8192, 8)  # a chunk of 8,192 tokens
     assert plan.fits and 20 * GIB < plan.gpu_memory - stage.total(plan.headroom) < 21 * GIB
 
     with pytest.raises(ValueError) as refused:
-        dm.plan_tensor_parallel(c, 8, gpu_memory="80GB")
+        dm.plan_tensor_parallel(c, 8, gpu_memory="80GB", model=meta)
     message = str(refused.value)
-    assert "does not fit GPUs of 74.5 GiB" in message and "needs 110.4 GiB" in message
+    assert "does not fit GPUs of 74.5 GiB" in message and "needs 111.0 GiB" in message
     assert "--tp 8 --pp 2 (16 GPUs, 2 node(s) of 8)" in message  # more nodes
     assert "not --tp 16" in message and "8 KV heads" in message
+    assert "--tp 8 --pp 1 --dtype int8 (torchao" in message  # int8 on one node, tensor parallel
     assert "--gpus 8 --dtype int8" in message  # int8 on one node, as a device map
 
-    two_nodes = dm.plan_tensor_parallel(c, 8, pp=2, gpu_memory="80GB")
+    two_nodes = dm.plan_tensor_parallel(c, 8, pp=2, gpu_memory="80GB", model=meta)
     assert [s.layers for s in two_nodes.stages] == [range(0, 40), range(40, 80)]
     assert [s.weight_bytes for s in two_nodes.stages] == [
         released_tp_weight_bytes(c, 8, range(0, 40), True, False),
@@ -292,7 +328,23 @@ def test_planner_text_tp8_fits_141gb_and_is_refused_on_80gb_with_what_fits(relea
     ]
 
 
-@needs_released
+def test_planner_int8_tp8_holds_text01_on_8x80gb_at_32k_128k_1m(released):
+    """torchao int8 at TP 8: the weights and scales per GPU equal the closed form, and 8 x 80 GB holds the model with
+    1M tokens of context; bf16 does not fit there at any length."""
+    import device_map as dm
+
+    c, meta = released["text"], released["text_meta"]
+    weights, scales = released_tp_int8_bytes(c, 8)
+    for context in (32768, 131072, 1048576):
+        plan = dm.plan_tensor_parallel(c, 8, gpu_memory="80GB", dtype="int8", context_length=context, model=meta)
+        (stage,) = plan.stages
+        assert (stage.weight_bytes, stage.scale_bytes) == (weights, scales)
+        assert stage.kv_bytes == 10 * 2 * 1 * 128 * context * 2 and stage.state_bytes == 70 * 8 * 128 * 128 * 4
+        assert plan.fits and not dm.plan_tensor_parallel(c, 8, gpu_memory="80GB", context_length=context,
+                                                         model=meta, check_fit=False).fits  # fmt: skip
+    assert 53 * GIB < weights < 54 * GIB and 80 * 2**20 < scales < 90 * 2**20  # about half of bf16's 106.2 GiB
+
+
 def test_planner_vl_keeps_the_vision_side_whole(released):
     import device_map as dm
 
@@ -300,27 +352,32 @@ def test_planner_vl_keeps_the_vision_side_whole(released):
     meta = dm.build_meta_model(vl)
     vision = sum(p.numel() * 2 for n, p in meta.named_parameters() if not n.startswith("language_model."))
     vision += sum(b.numel() * b.element_size() for n, b in meta.named_buffers() if not n.startswith("language_model."))
-    (stage,) = dm.plan_tensor_parallel(vl, 8, gpu_memory="141GB").stages
+    (stage,) = dm.plan_tensor_parallel(vl, 8, gpu_memory="141GB", model=meta).stages
     assert stage.weight_bytes == released_tp_weight_bytes(vl.text_config, 8, range(80), True, True) + vision
     assert vl.text_config.num_hidden_layers == text.num_hidden_layers
+    (int8,) = dm.plan_tensor_parallel(vl, 8, gpu_memory="80GB", dtype="int8", model=meta).stages
+    weights, scales = released_tp_int8_bytes(text, 8)
+    assert (int8.weight_bytes, int8.scale_bytes) == (weights + vision, scales)  # the vision side stays bf16
 
 
-@needs_released
 def test_planner_refusals_and_cli(released, capsys):
     import device_map as dm
 
-    c = released["text"]
-    with pytest.raises(ValueError, match="int8 .* does not combine with tensor parallel"):
-        dm.plan_tensor_parallel(c, 8, dtype="int8")
+    c, path = released["text"], str(released["text_path"])
     with pytest.raises(ValueError, match="tp_size=16 does not divide num_key_value_heads=8"):
-        dm.plan_tensor_parallel(c, 16)
+        dm.plan_tensor_parallel(c, 16, model=released["text_meta"])
     with pytest.raises(ValueError, match="Pipeline parallel"):
         dm.plan_tensor_parallel(released["vl"], 8, pp=2)
-    dm.main([str(SPEC_CONFIGS / "minimax-text-01.config.json"), "--tp", "8", "--gpu-memory", "141GB"])
+    dm.main([path, "--tp", "8", "--gpu-memory", "141GB"])
     table = capsys.readouterr().out
     assert "tensor parallel 8 x 1 pipeline stage(s) = 8 GPUs of 131.3 GiB" in table and table.rstrip().endswith("Fits.")
+    dm.main([path, "--tp", "8", "--gpu-memory", "80GB", "--dtype", "int8", "--fit-table"])
+    rows = capsys.readouterr().out.splitlines()
+    assert "int8, tensor parallel 8 x 1 stage(s), GPUs of 74.5 GiB" in rows[0]
+    assert [row.split(" tokens:")[0].strip() for row in rows[1:]] == ["32,768", "131,072", "1,048,576"]
+    assert all(": fits, " in row for row in rows[1:]), rows
     with pytest.raises(SystemExit):
-        dm.main([str(SPEC_CONFIGS / "minimax-text-01.config.json"), "--tp", "8", "--json"])
+        dm.main([path, "--tp", "8", "--json"])
     assert "needs none" in capsys.readouterr().err
 
 
