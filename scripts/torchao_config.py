@@ -18,12 +18,11 @@ the shared-expert `coefficient` gates, `embed_tokens`, `lm_head` and VL-01's vis
 Tensor parallel needs a full-precision checkpoint: a checkpoint saved already quantized cannot be split.
 """
 
-import argparse
 import json
 
 from transformers import PreTrainedConfig, TorchAoConfig
 
-from quanto_config import load_config, modules_to_not_convert, text_part
+from quanto_config import load_config, modules_to_not_convert, print_recipe, recipe_cli
 
 
 def torchao_weight_configs() -> dict:
@@ -52,24 +51,12 @@ def torchao_config(path_or_config, weights: str = "int8") -> TorchAoConfig:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("path", help="model folder or config.json")
-    parser.add_argument("--weights", choices=WEIGHT_TYPES, default="int8", help="torchao weight type (default int8)")
-    parser.add_argument("--json", action="store_true", help="print the TorchAoConfig as JSON")
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(args.path)
-    except (FileNotFoundError, ValueError) as error:
-        parser.error(str(error))
+    args, config = recipe_cli(argv, __doc__, WEIGHT_TYPES, "torchao")
     quantization = torchao_config(config, args.weights)
     if args.json:
         print(json.dumps(quantization.to_dict(), indent=2))
         return
-    skipped, layers = quantization.modules_to_not_convert, text_part(config)[0].num_hidden_layers
-    print(f"TorchAoConfig({type(quantization.quant_type).__name__}(), modules_to_not_convert=[{len(skipped)} names])")
-    print(f"  kept unquantized: {', '.join(skipped[:-2 * layers])}, and per layer (x{layers}): coefficient, "
-          "block_sparse_moe.gate")
-    print("  quantized: every other nn.Linear (experts w1/w3/w2, attention projections)")
+    print_recipe(config, f"TorchAoConfig({type(quantization.quant_type).__name__}()")
 
 
 if __name__ == "__main__":

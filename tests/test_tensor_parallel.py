@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from make_tiny_checkpoint import build_text_checkpoint, build_vl_checkpoint
 from minimax_code import REPO_ROOT, load
@@ -171,6 +172,25 @@ def test_layout_check_names_the_numbers():
         tp.check_parallel_layout(vl_config, DistributedConfig(tp_size=4, pp_size=2))
 
 
+def test_lightning_heads_come_from_the_rank_place_in_the_plan():
+    """Recording rank r of N gives every lightning layer the global heads [r H/N, (r+1) H/N) and their decay rates,
+    whatever its weights look like (here plain, unsplit tensors, as torchao's quantized shards are)."""
+    modeling = load("modeling_minimax_text_01")
+    kernels = load("lightning_attention")
+    config = config_module.MiniMaxText01Config(
+        hidden_size=64, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4, head_dim=8, rotary_dim=4,
+        intermediate_size=32, num_local_experts=2, vocab_size=64, attn_type_list=[0, 0, 0, 1],
+    )  # fmt: skip
+    model = modeling.MiniMaxText01ForCausalLM(config)
+    tp.record_tensor_parallel_place(model, 2, 4)
+    for i, layer in enumerate(model.model.layers[:3]):
+        assert layer.self_attn.heads == range(4, 6)
+        expected = kernels.lightning_slopes(8, i, 4)[4:6]
+        assert torch.equal(layer.self_attn.slopes(torch.device("cpu")), expected)
+        assert not torch.equal(expected, kernels.lightning_slopes(8, i, 4)[:2])  # rank 0's rates differ
+    assert not hasattr(model.model.layers[3].self_attn, "heads")  # softmax layers: local head counts only
+
+
 def test_quantizers_other_than_torchao_are_refused_under_tensor_parallel():
     """Tensor parallel quantizes each rank's slice while loading, which transformers does for torchao only: quanto
     and the others are refused before loading, naming the torchao way; without tensor parallel they pass."""
@@ -193,7 +213,6 @@ def test_quantizers_other_than_torchao_are_refused_under_tensor_parallel():
 def test_checkpoint_saved_quantized_is_refused_under_tensor_parallel(checkpoints, tmp_path):
     """A torchao int8 checkpoint saved already quantized loads in one process (same logits as the model it was saved
     from), and is refused under tensor parallel before anything loads, naming quantization while loading."""
-    import torch
     from transformers import AutoModelForCausalLM
     from torchao_config import torchao_config
 
