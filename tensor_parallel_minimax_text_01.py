@@ -146,7 +146,16 @@ def check_quantization_under_tensor_parallel(quantization_config) -> None:
     """Tensor parallel shards full-precision weights and quantizes each rank's slice while loading, which
     transformers does for torchao only: refuse the other quantizers, naming the way that works."""
     method = quant_method(quantization_config)
-    if method is None or method == "torchao":
+    if method is None:
+        return
+    if method == "torchao":
+        settings = quantization_config if isinstance(quantization_config, dict) else vars(quantization_config)
+        if settings.get("include_input_output_embeddings"):  # measured: IndexError in the split embedding lookup
+            raise ValueError(
+                "torchao with include_input_output_embeddings=True does not combine with tensor parallel: "
+                "transformers cannot run a quantized embedding split by vocabulary. Keep the embeddings and lm_head "
+                f"in bf16, as {QUANTIZE_WHILE_LOADING} does."
+            )
         return
     if method == "quanto":
         raise ValueError(

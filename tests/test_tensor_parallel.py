@@ -112,6 +112,7 @@ def test_tensor_parallel_matches_single_process(world_size, checkpoints, tmp_pat
 
     if importlib.util.find_spec("torchao") is not None:  # a requirement; absent only in the oldest-version venv
         assert "text_torchao_int8" in result["generate_cli"]
+        assert "include_input_output_embeddings=True" in result["refused"]["torchao_embeddings"]
         check_torchao_tensor_parallel(result, world_size)
 
 
@@ -197,6 +198,9 @@ def test_quantizers_other_than_torchao_are_refused_under_tensor_parallel():
     from transformers.distributed import DistributedConfig
 
     config = config_module.MiniMaxText01Config()
+    config.quantization_config = {"quant_method": "torchao", "include_input_output_embeddings": True}
+    with pytest.raises(ValueError, match="include_input_output_embeddings=True does not combine with tensor parallel"):
+        tp.check_parallel_layout(config, DistributedConfig(tp_size=8))
     for method in ("torchao", "quanto", "bitsandbytes"):
         config.quantization_config = {"quant_method": method}
         tp.check_parallel_layout(config, DistributedConfig(tp_size=1, pp_size=2))

@@ -285,6 +285,10 @@ def refusals(results: dict) -> None:
         cases["expert_parallel"] = (TEXT, dict(distributed_config=DistributedConfig(tp_size=world, ep_size=world)))
     if SMALL_KV != "None":
         cases["kv_heads"] = (SMALL_KV, dict(tp_plan="auto"))
+    if HAS_TORCHAO:  # quantized embeddings cannot be split by vocabulary
+        embeddings = torchao_config(TEXT)
+        embeddings.include_input_output_embeddings = True
+        cases["torchao_embeddings"] = (TEXT, dict(tp_plan="auto", quantization_config=embeddings))
     errors = {}
     for name, (path, kwargs) in cases.items():
         try:
