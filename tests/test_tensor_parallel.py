@@ -2,8 +2,10 @@
 `torch.distributed.run`, each running tests/tp_worker.py (many checks per launch; see there), against the same
 checkpoint loaded whole in each rank.
 
-The tiny checkpoints have 8 heads and 4 KV heads, so both sizes split every layer; the prompts are left-padded to
-49 tokens, crossing the lightning block boundary (32 tokens at head_dim 16). The 2-rank run is also part of the
+The same launch loads the text and VL checkpoints with torchao 8-bit weights quantized while loading, sharded and in
+one process (`check_torchao_tensor_parallel`). The tiny checkpoints have 8 heads and 4 KV heads, so both sizes split
+every layer; the prompts are left-padded to 49 tokens, crossing the lightning block boundary (32 tokens at
+head_dim 16). The 2-rank run is also part of the
 oldest-version smoke run: transformers 5.17 has the same engine (and runs this plan unchanged).
 """
 
