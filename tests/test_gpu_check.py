@@ -4,6 +4,8 @@ meets a GPU: every check and every timing row is reported, the GPU-only ones as 
 import importlib.util
 import json
 
+import pytest
+
 import gpu_check
 
 CPU_ONLY_SKIPS = {  # check -> why it cannot run on CPU
@@ -13,6 +15,7 @@ CPU_ONLY_SKIPS = {  # check -> why it cannot run on CPU
 }
 
 
+@pytest.mark.slow  # torchrun subprocesses (tensor-parallel and 8-bit decode steps)
 def test_gpu_check_runs_end_to_end_on_cpu_tiny(tmp_path, capsys):
     assert gpu_check.main(["--device", "cpu", "--tiny", "--reps", "1", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "gpu_check.json").read_text())
