@@ -8,9 +8,39 @@ for _path in (_ROOT, os.path.join(_ROOT, "scripts")):
 
 import pytest
 import torch
+from make_tiny_checkpoint import build_text_checkpoint, build_vl_checkpoint
+from released_configs import released_text_config, released_vl_config, write_config
 
 # The test tensors are tiny: one thread avoids oversubscribing the 2-core CI machine (several times faster there).
 torch.set_num_threads(1)
+
+
+# ------------------------------------------------------------------------------------------------ shared fixtures
+# Built once per session into the session's temporary folder. Tests read them; a test that edits a checkpoint
+# edits a copy (shutil.copytree) in its own tmp_path.
+
+
+@pytest.fixture(scope="session")
+def tiny_text(tmp_path_factory):
+    """The tiny text checkpoint of `make demo` (scripts/make_tiny_checkpoint.py, seed 0): weights, config, tokenizer
+    and the remote code, loadable with trust_remote_code."""
+    return build_text_checkpoint(tmp_path_factory.mktemp("session") / "tiny-text")
+
+
+@pytest.fixture(scope="session")
+def tiny_vl(tmp_path_factory):
+    """The tiny MiniMax-VL-01 checkpoint of `make demo` (seed 0), with its processor."""
+    return build_vl_checkpoint(tmp_path_factory.mktemp("session") / "tiny-vl")
+
+
+@pytest.fixture(scope="session")
+def released_config_files(tmp_path_factory):
+    """{"text": path, "vl": path} of the released config.json files, written from tests/released_configs.py for the
+    scripts that take a config path."""
+    root = tmp_path_factory.mktemp("released")
+    return {"text": write_config(released_text_config(), root / "minimax-text-01"),
+            "vl": write_config(released_vl_config(), root / "minimax-vl-01")}
+
 
 # Errors a test measured (e.g. the Triton interpreter run's): printed in a section at the end of the run.
 MEASURED_ERRORS: list[str] = []

@@ -20,32 +20,15 @@ from safetensors.torch import load_file, save_file
 import device_map as dm
 import generate as gen
 import prepare_hub_repo as hub
-from make_tiny_checkpoint import build_text_checkpoint, build_vl_checkpoint, tiny_text_config, tiny_vl_config
-from minimax_code import REPO_ROOT, load
+from make_tiny_checkpoint import tiny_text_config
+from minimax_code import load
+from released_configs import released_text_config, released_vl_config
 
 text_config_module = load("configuration_minimax_text_01")
 vl_config_module = load("configuration_minimax_vl_01")
 mm = load("modeling_minimax_text_01")
 vl = load("modeling_minimax_vl_01")
 image_processing = load("image_processing_minimax_vl_01")
-
-# the spec folder sits beside the main checkout (/work/shared next to /work/main), or two levels up from a worktree
-SPEC_CONFIGS = next(
-    (root / "shared/spec/released-configs" for root in (REPO_ROOT.parent, REPO_ROOT.parents[1])
-     if (root / "shared/spec/released-configs").is_dir()),
-    None,
-)
-needs_released = pytest.mark.skipif(SPEC_CONFIGS is None, reason="released configs not found beside the repository")
-
-
-@pytest.fixture(scope="module")
-def tiny_text(tmp_path_factory):
-    return build_text_checkpoint(tmp_path_factory.mktemp("bad-input") / "tiny-text")
-
-
-@pytest.fixture(scope="module")
-def tiny_vl(tmp_path_factory):
-    return build_vl_checkpoint(tmp_path_factory.mktemp("bad-input") / "tiny-vl")
 
 
 @pytest.fixture(scope="module")
@@ -158,10 +141,6 @@ def test_rope_tables_of_a_valid_config_are_finite():
     assert torch.isfinite(cos).all() and torch.isfinite(sin).all()
 
 
-def released(name: str) -> dict:
-    return json.loads((SPEC_CONFIGS / name).read_text())
-
-
 def load_quietly(config_class, folder, caplog):
     """Load a config and return it with every warning it raised (Python warnings and transformers' log)."""
     with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
@@ -170,10 +149,9 @@ def load_quietly(config_class, folder, caplog):
     return config, [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
 
 
-@needs_released
 @pytest.mark.smoke
 def test_released_text_config_loads_unchanged_without_warnings(tmp_path, caplog):
-    values = released("minimax-text-01.config.json")
+    values = released_text_config()
     (tmp_path / "config.json").write_text(json.dumps(values))
     config, warned = load_quietly(text_config_module.MiniMaxText01Config, tmp_path, caplog)
     assert warned == []
@@ -181,19 +159,17 @@ def test_released_text_config_loads_unchanged_without_warnings(tmp_path, caplog)
     assert config.head_dim == 128 and config.hidden_act == "silu" and config.dtype == torch.bfloat16
 
 
-@needs_released
 @pytest.mark.smoke
 def test_released_text_config_with_legacy_model_type_loads(tmp_path, caplog):
-    values = {**released("minimax-text-01.config.json"), "model_type": "MiniMaxText01"}
+    values = {**released_text_config(), "model_type": "MiniMaxText01"}
     (tmp_path / "config.json").write_text(json.dumps(values))
     config, warned = load_quietly(text_config_module.MiniMaxText01Config, tmp_path, caplog)
     assert warned == [] and config.num_hidden_layers == 80 and config.layer_types.count("full_attention") == 10
 
 
-@needs_released
 @pytest.mark.smoke
 def test_released_vl_config_loads_unchanged_without_warnings(tmp_path, caplog):
-    values = released("minimax-vl-01.config.json")
+    values = released_vl_config()
     (tmp_path / "config.json").write_text(json.dumps(values))
     config, warned = load_quietly(vl_config_module.MiniMaxVL01Config, tmp_path, caplog)
     assert warned == []
@@ -618,9 +594,8 @@ def test_gpu_memory_accepts_byte_counts_and_units(value, expected):
     assert dm.parse_size(value, "--gpu-memory") == expected
 
 
-@needs_released
-def test_device_map_cli_accepts_a_byte_count(capsys):
-    dm.main([str(SPEC_CONFIGS / "minimax-text-01.config.json"), "--gpus", "8", "--gpu-memory", str(141 * 10**9),
+def test_device_map_cli_accepts_a_byte_count(released_config_files, capsys):
+    dm.main([str(released_config_files["text"]), "--gpus", "8", "--gpu-memory", str(141 * 10**9),
              "--json"])
     plan = json.loads(capsys.readouterr().out)
     assert sorted(set(plan.values())) == list(range(8))

@@ -4,7 +4,11 @@ meets a GPU: every check and every timing row is reported, the GPU-only ones as 
 import importlib.util
 import json
 
+import pytest
+
 import gpu_check
+
+pytestmark = pytest.mark.slow  # the whole command: a model per check, every timed layer, 2 gloo ranks
 
 CPU_ONLY_SKIPS = {  # check -> why it cannot run on CPU
     "fla prefill vs plain chunked path (padded, cached, decode; packed, gradient)": "CUDA only",

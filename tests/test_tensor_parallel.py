@@ -23,12 +23,12 @@ TOLERANCE = 1e-5  # fp32, relative to the largest logit
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
+def checkpoints(tmp_path_factory, tiny_text):
     root = tmp_path_factory.mktemp("tp")
     return {
         "text": build_text_checkpoint(root / "text", num_attention_heads=8, num_key_value_heads=4),
         "vl": build_vl_checkpoint(root / "vl", num_attention_heads=8, num_key_value_heads=4),
-        "small_kv": build_text_checkpoint(root / "small-kv"),  # the default tiny model: 2 KV heads
+        "small_kv": tiny_text,  # the default tiny model: 2 KV heads
     }
 
 
@@ -62,6 +62,7 @@ TEXT_SPLITS = {
 }  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world_size", [pytest.param(2, marks=pytest.mark.smoke), 4])  # 5.17 runs the 2-rank one
 def test_tensor_parallel_matches_single_process(world_size, checkpoints, tmp_path):
     result = launch(world_size, checkpoints, tmp_path / "result.json")
@@ -152,8 +153,6 @@ def test_plan_names_only_real_modules_and_registered_styles():
 # The tensor-parallel planner (scripts/device_map.py --tp), on the released configs
 # ------------------------------------------------------------------------------------------------------------------
 
-SPEC_CONFIGS = REPO_ROOT.parent / "shared" / "spec" / "released-configs"
-needs_released = pytest.mark.skipif(not SPEC_CONFIGS.is_dir(), reason=f"released configs absent ({SPEC_CONFIGS})")
 GIB = 2**30
 
 
@@ -174,14 +173,12 @@ def released_tp_weight_bytes(c, tp: int, layers: range, first: bool, last: bool)
 
 
 @pytest.fixture(scope="module")
-def released():
+def released(released_config_files):
     import quanto_config
 
-    text = quanto_config.load_config(SPEC_CONFIGS / "minimax-text-01.config.json")
-    return {"text": text, "vl": quanto_config.load_config(SPEC_CONFIGS / "minimax-vl-01.config.json")}
+    return {name: quanto_config.load_config(path) for name, path in released_config_files.items()}
 
 
-@needs_released
 def test_planner_text_tp8_fits_141gb_and_is_refused_on_80gb_with_what_fits(released):
     import device_map as dm
 
@@ -210,7 +207,6 @@ def test_planner_text_tp8_fits_141gb_and_is_refused_on_80gb_with_what_fits(relea
     ]
 
 
-@needs_released
 def test_planner_vl_keeps_the_vision_side_whole(released):
     import device_map as dm
 
@@ -223,8 +219,7 @@ def test_planner_vl_keeps_the_vision_side_whole(released):
     assert vl.text_config.num_hidden_layers == text.num_hidden_layers
 
 
-@needs_released
-def test_planner_refusals_and_cli(released, capsys):
+def test_planner_refusals_and_cli(released, released_config_files, capsys):
     import device_map as dm
 
     c = released["text"]
@@ -234,15 +229,15 @@ def test_planner_refusals_and_cli(released, capsys):
         dm.plan_tensor_parallel(c, 16)
     with pytest.raises(ValueError, match="Pipeline parallel"):
         dm.plan_tensor_parallel(released["vl"], 8, pp=2)
-    dm.main([str(SPEC_CONFIGS / "minimax-text-01.config.json"), "--tp", "8", "--gpu-memory", "141GB"])
+    dm.main([str(released_config_files["text"]), "--tp", "8", "--gpu-memory", "141GB"])
     table = capsys.readouterr().out
     assert "tensor parallel 8 x 1 pipeline stage(s) = 8 GPUs of 131.3 GiB" in table and table.rstrip().endswith("Fits.")
     with pytest.raises(SystemExit):
-        dm.main([str(SPEC_CONFIGS / "minimax-text-01.config.json"), "--tp", "8", "--json"])
+        dm.main([str(released_config_files["text"]), "--tp", "8", "--json"])
     assert "needs none" in capsys.readouterr().err
 
 
-def test_generate_script_layout_under_torchrun(monkeypatch, capsys, checkpoints):
+def test_generate_script_layout_under_torchrun(monkeypatch, capsys, tiny_text):
     """generate.py: no layout in one process, TP x PP from WORLD_SIZE and --pp, refusals before anything loads."""
     import generate
 
@@ -254,5 +249,5 @@ def test_generate_script_layout_under_torchrun(monkeypatch, capsys, checkpoints)
     monkeypatch.setenv("WORLD_SIZE", "2")
     for extra in (["--int8"], ["--device-map", "auto"], ["--pp", "3"]):
         with pytest.raises(SystemExit):
-            generate.main([str(checkpoints["small_kv"]), "--prompt", "hi", *extra])
+            generate.main([str(tiny_text), "--prompt", "hi", *extra])
         assert "error:" in capsys.readouterr().err

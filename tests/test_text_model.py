@@ -11,13 +11,13 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 from minimax_code import load
 from make_tiny_checkpoint import build_text_checkpoint, tiny_text_config
 from reference import lightning_layer_slopes, reference_text_logits, rope_inv_freq
+from released_configs import released_text_config
 from safetensors.torch import load_file, save_file
 
 # Also run on the oldest supported transformers (make test-oldest): generation, the cache and config
@@ -27,8 +27,6 @@ pytestmark = pytest.mark.smoke
 mm = load("modeling_minimax_text_01")
 mc = load("cache_minimax_text_01")
 MiniMaxText01Config = load("configuration_minimax_text_01").MiniMaxText01Config
-# the spec folder sits beside the repository: /work/shared/spec next to /work/main
-RELEASED_CONFIG = Path(__file__).resolve().parents[2] / "shared/spec/released-configs/minimax-text-01.config.json"
 VOCAB = 512
 
 
@@ -350,6 +348,7 @@ FRESH_PROCESS_LOAD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_fresh_process_offline_load(tmp_path):
     folder = build_text_checkpoint(tmp_path / "tiny-text")
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"))
@@ -464,7 +463,7 @@ def test_config_accepts_one_element_shared_size_list():
 
 
 def test_legacy_model_type_is_accepted(tmp_path):
-    values = json.loads(RELEASED_CONFIG.read_text()) if RELEASED_CONFIG.exists() else {}
+    values = released_text_config()
     values.update(model_type="MiniMaxText01", num_hidden_layers=8, attn_type_list=[0, 0, 0, 1, 0, 0, 0, 1])
     (tmp_path / "config.json").write_text(json.dumps(values))
     config = MiniMaxText01Config.from_pretrained(tmp_path)
@@ -477,9 +476,7 @@ def test_legacy_model_type_is_accepted(tmp_path):
 
 @pytest.fixture(scope="module")
 def released_meta_model():
-    if not RELEASED_CONFIG.exists():
-        pytest.skip(f"released config not found at {RELEASED_CONFIG} (the spec folder sits beside the repository)")
-    config = MiniMaxText01Config.from_dict(json.loads(RELEASED_CONFIG.read_text()))
+    config = MiniMaxText01Config.from_dict(released_text_config())
     with torch.device("meta"):
         return mm.MiniMaxText01ForCausalLM(config)
 

@@ -8,7 +8,6 @@ same weights in float64, the projector written as explicit formulas, the anyres 
 spec 4.4, and the text model from tests/reference.py.
 """
 
-import json
 import math
 import os
 import subprocess
@@ -21,8 +20,9 @@ from PIL import Image
 from transformers import CLIPVisionModel
 
 from make_tiny_checkpoint import build_vl_checkpoint, tiny_vl_config
-from minimax_code import REPO_ROOT, load
+from minimax_code import load
 from reference import reference_text_logits
+from released_configs import released_vl_config
 from tiny_tokenizer import build_tiny_tokenizer, special_token_ids
 
 # The whole file is a smoke test: config sub-configs, generation and ProcessorMixin differ between transformers versions.
@@ -33,7 +33,6 @@ modeling = load("modeling_minimax_vl_01")
 processing = load("processing_minimax_vl_01")
 image_processing = load("image_processing_minimax_vl_01")
 
-RELEASED_VL_CONFIG = REPO_ROOT.parent / "shared/spec/released-configs/minimax-vl-01.config.json"
 TILE, PATCH, GRID = 336, 14, 24  # crop size, patch size, patches per crop side
 
 # Images (width x height) and their spec 4.4 geometry, worked out by hand:
@@ -83,7 +82,7 @@ def model(processor):
 
 
 def test_released_config_loads_unchanged_and_round_trips(tmp_path):
-    released = json.loads(RELEASED_VL_CONFIG.read_text())
+    released = released_vl_config()
     config = config_module.MiniMaxVL01Config(**released)
     assert config.text_config.shared_intermediate_size == [0] and config.text_config.hidden_size == 6144
     assert config.text_config.max_position_embeddings == 8192
@@ -121,7 +120,7 @@ def test_config_rejects_unsupported_values(overrides, match):
 
 
 def test_released_config_on_meta_device_has_the_released_keys():
-    config = config_module.MiniMaxVL01Config(**json.loads(RELEASED_VL_CONFIG.read_text()))
+    config = config_module.MiniMaxVL01Config(**released_vl_config())
     with torch.device("meta"):
         model = modeling.MiniMaxVL01ForConditionalGeneration(config)
     shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
@@ -402,6 +401,7 @@ def checkpoint(tmp_path_factory):
     return build_vl_checkpoint(tmp_path_factory.mktemp("tiny-vl"), seed=0)
 
 
+@pytest.mark.slow
 def test_tiny_checkpoint_loads_offline_in_a_fresh_process(checkpoint, tmp_path):
     from safetensors import safe_open
 
