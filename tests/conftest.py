@@ -8,8 +8,10 @@ for _path in (_ROOT, os.path.join(_ROOT, "scripts")):
 
 import pytest
 import torch
-from make_tiny_checkpoint import build_text_checkpoint, build_vl_checkpoint
+from make_tiny_checkpoint import build_text_checkpoint, build_vl_checkpoint, tiny_vl_config
+from minimax_code import load
 from released_configs import released_text_config, released_vl_config, write_config
+from tiny_tokenizer import build_tiny_tokenizer, special_token_ids
 
 # The test tensors are tiny: one thread avoids oversubscribing the 2-core CI machine (several times faster there).
 torch.set_num_threads(1)
@@ -40,6 +42,48 @@ def released_config_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("released")
     return {"text": write_config(released_text_config(), root / "minimax-text-01"),
             "vl": write_config(released_vl_config(), root / "minimax-vl-01")}
+
+
+@pytest.fixture(scope="module")
+def vl_processor():
+    """The VL processor over the tiny tokenizer (with its <image> token) and the released image geometry."""
+    image_processing = load("image_processing_minimax_vl_01")
+    processing = load("processing_minimax_vl_01")
+    tokenizer = build_tiny_tokenizer(with_image_token=True)
+    return processing.MiniMaxVL01Processor(image_processing.MiniMaxVL01ImageProcessor(), tokenizer)
+
+
+@pytest.fixture(scope="module")
+def vl_model(vl_processor):
+    """A tiny eval-mode MiniMaxVL01ForConditionalGeneration matching `vl_processor`'s vocabulary. Module-scoped:
+    tests that change its config restore it."""
+    tokenizer = vl_processor.tokenizer
+    config = tiny_vl_config(image_token_index=special_token_ids(tokenizer)["image"], vocab_size=len(tokenizer))
+    torch.manual_seed(0)
+    model = load("modeling_minimax_vl_01").MiniMaxVL01ForConditionalGeneration(config).eval()
+    with torch.no_grad():  # biases start at 0 and norms at 1: perturb everything outside the LM so all of it counts
+        for name, param in model.named_parameters():
+            if not name.startswith("language_model."):
+                param.add_(0.05 * torch.randn_like(param))
+    return model
+
+
+@pytest.fixture(scope="session")
+def released_configs(released_config_files):
+    """{"text": MiniMaxText01Config, "vl": MiniMaxVL01Config} of the released values, loaded as the scripts load a
+    config.json. Shared by the session: read them, do not change them."""
+    import quanto_config
+
+    return {name: quanto_config.load_config(path) for name, path in released_config_files.items()}
+
+
+@pytest.fixture(scope="session")
+def released_meta_models(released_configs):
+    """{"text": ..., "vl": ...}: the released models on the meta device (shapes, no storage), built once because
+    each takes seconds (8,000 modules). Shared by the session: read them, do not change them."""
+    import device_map
+
+    return {name: device_map.build_meta_model(config) for name, config in released_configs.items()}
 
 
 # Errors a test measured (e.g. the Triton interpreter run's): printed in a section at the end of the run.

@@ -13,7 +13,7 @@ from transformers.cache_utils import DynamicLayer, LinearAttentionLayer, StaticL
 
 from make_tiny_checkpoint import tiny_text_config, tiny_vl_config
 from minimax_code import load
-from test_text_model import random_ids, tiny_model
+from helpers import random_ids, tiny_model
 from tiny_tokenizer import build_tiny_tokenizer, special_token_ids
 
 mm = load("modeling_minimax_text_01")

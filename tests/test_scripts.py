@@ -31,18 +31,18 @@ OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "e
 
 
 @pytest.fixture(scope="module")
-def text_config(released_config_files):
-    return qc.load_config(released_config_files["text"])
+def text_config(released_configs):
+    return released_configs["text"]
 
 
 @pytest.fixture(scope="module")
-def text_meta(text_config):
-    return dm.build_meta_model(text_config)
+def text_meta(released_meta_models):
+    return released_meta_models["text"]
 
 
 @pytest.fixture(scope="module")
-def vl_config(released_config_files):
-    return qc.load_config(released_config_files["vl"])
+def vl_config(released_configs):
+    return released_configs["vl"]
 
 
 def load_tiny(path, **kwargs):
@@ -150,8 +150,8 @@ def test_headroom_and_cache_are_reserved(text_config, text_meta):
         dm.plan_device_map(c, 8, "141GiB", "bfloat16", headroom="40GiB", model=text_meta)
 
 
-def test_released_vl_plan(vl_config):
-    model = dm.build_meta_model(vl_config)
+def test_released_vl_plan(vl_config, released_meta_models):
+    model = released_meta_models["vl"]
     plan = dm.plan_device_map(vl_config, gpus=8, gpu_memory="80GiB", dtype="int8", model=model)
     check_whole_contiguous_layers(plan, 80)
     device_map = plan.device_map

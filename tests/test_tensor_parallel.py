@@ -172,18 +172,11 @@ def released_tp_weight_bytes(c, tp: int, layers: range, first: bool, last: bool)
     return 2 * (split // tp + replicated)
 
 
-@pytest.fixture(scope="module")
-def released(released_config_files):
-    import quanto_config
-
-    return {name: quanto_config.load_config(path) for name, path in released_config_files.items()}
-
-
-def test_planner_text_tp8_fits_141gb_and_is_refused_on_80gb_with_what_fits(released):
+def test_planner_text_tp8_fits_141gb_and_is_refused_on_80gb_with_what_fits(released_configs, released_meta_models):
     import device_map as dm
 
-    c = released["text"]
-    plan = dm.plan_tensor_parallel(c, 8, gpu_memory="141GB")
+    c, meta = released_configs["text"], released_meta_models["text"]
+    plan = dm.plan_tensor_parallel(c, 8, gpu_memory="141GB", model=meta)
     (stage,) = plan.stages
     assert stage.weight_bytes == released_tp_weight_bytes(c, 8, range(80), True, True)
     assert abs(stage.weight_bytes / GIB - 106.2) < 0.05  # spec: 105.6 GiB + 0.6 GiB of split embedding / lm_head
@@ -192,14 +185,14 @@ def test_planner_text_tp8_fits_141gb_and_is_refused_on_80gb_with_what_fits(relea
     assert plan.fits and 20 * GIB < plan.gpu_memory - stage.total(plan.headroom) < 21 * GIB
 
     with pytest.raises(ValueError) as refused:
-        dm.plan_tensor_parallel(c, 8, gpu_memory="80GB")
+        dm.plan_tensor_parallel(c, 8, gpu_memory="80GB", model=meta)
     message = str(refused.value)
     assert "does not fit GPUs of 74.5 GiB" in message and "needs 110.4 GiB" in message
     assert "--tp 8 --pp 2 (16 GPUs, 2 node(s) of 8)" in message  # more nodes
     assert "not --tp 16" in message and "8 KV heads" in message
     assert "--gpus 8 --dtype int8" in message  # int8 on one node, as a device map
 
-    two_nodes = dm.plan_tensor_parallel(c, 8, pp=2, gpu_memory="80GB")
+    two_nodes = dm.plan_tensor_parallel(c, 8, pp=2, gpu_memory="80GB", model=meta)
     assert [s.layers for s in two_nodes.stages] == [range(0, 40), range(40, 80)]
     assert [s.weight_bytes for s in two_nodes.stages] == [
         released_tp_weight_bytes(c, 8, range(0, 40), True, False),
@@ -207,28 +200,27 @@ def test_planner_text_tp8_fits_141gb_and_is_refused_on_80gb_with_what_fits(relea
     ]
 
 
-def test_planner_vl_keeps_the_vision_side_whole(released):
+def test_planner_vl_keeps_the_vision_side_whole(released_configs, released_meta_models):
     import device_map as dm
 
-    vl, text = released["vl"], released["text"]
-    meta = dm.build_meta_model(vl)
+    vl, text, meta = released_configs["vl"], released_configs["text"], released_meta_models["vl"]
     vision = sum(p.numel() * 2 for n, p in meta.named_parameters() if not n.startswith("language_model."))
     vision += sum(b.numel() * b.element_size() for n, b in meta.named_buffers() if not n.startswith("language_model."))
-    (stage,) = dm.plan_tensor_parallel(vl, 8, gpu_memory="141GB").stages
+    (stage,) = dm.plan_tensor_parallel(vl, 8, gpu_memory="141GB", model=meta).stages
     assert stage.weight_bytes == released_tp_weight_bytes(vl.text_config, 8, range(80), True, True) + vision
     assert vl.text_config.num_hidden_layers == text.num_hidden_layers
 
 
-def test_planner_refusals_and_cli(released, released_config_files, capsys):
+def test_planner_refusals_and_cli(released_configs, released_config_files, capsys):
     import device_map as dm
 
-    c = released["text"]
+    c = released_configs["text"]
     with pytest.raises(ValueError, match="int8 .* does not combine with tensor parallel"):
         dm.plan_tensor_parallel(c, 8, dtype="int8")
     with pytest.raises(ValueError, match="tp_size=16 does not divide num_key_value_heads=8"):
         dm.plan_tensor_parallel(c, 16)
     with pytest.raises(ValueError, match="Pipeline parallel"):
-        dm.plan_tensor_parallel(released["vl"], 8, pp=2)
+        dm.plan_tensor_parallel(released_configs["vl"], 8, pp=2)
     dm.main([str(released_config_files["text"]), "--tp", "8", "--gpu-memory", "141GB"])
     table = capsys.readouterr().out
     assert "tensor parallel 8 x 1 pipeline stage(s) = 8 GPUs of 131.3 GiB" in table and table.rstrip().endswith("Fits.")

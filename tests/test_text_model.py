@@ -14,6 +14,7 @@ import textwrap
 
 import pytest
 import torch
+from helpers import VOCAB, cache_of, errors, random_ids, tiny_model
 from minimax_code import load
 from make_tiny_checkpoint import build_text_checkpoint, tiny_text_config
 from reference import lightning_layer_slopes, reference_text_logits, rope_inv_freq
@@ -27,48 +28,11 @@ pytestmark = pytest.mark.smoke
 mm = load("modeling_minimax_text_01")
 mc = load("cache_minimax_text_01")
 MiniMaxText01Config = load("configuration_minimax_text_01").MiniMaxText01Config
-VOCAB = 512
-
-
-def randomize_weights(model, seed=0):
-    """Unit-scale random weights, so every term of the math shows in the logits: norm weights 1 + 0.2 N(0, 1),
-    matrices N(0, 1/fan_in), and router gates 4x larger so top-k choices are decisive (no near-ties for rounding
-    to flip in bf16)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 1:
-                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
-            else:
-                scale = 4.0 if name.endswith("block_sparse_moe.gate.weight") else 1.0
-                p.copy_(scale * torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
-    return model
-
-
-def tiny_model(seed=0, **overrides):
-    """A tiny eval-mode model with random weights; block_size 8 so short prompts cross several lightning blocks."""
-    overrides.setdefault("block_size", 8)
-    return randomize_weights(mm.MiniMaxText01ForCausalLM(tiny_text_config(vocab_size=VOCAB, **overrides)), seed).eval()
-
-
-def random_ids(batch, length, seed=0):
-    return torch.randint(3, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
-
-
-def cache_of(output):
-    return getattr(output, mm.CACHE_FIELD)
 
 
 def logits(model, **inputs):
     with torch.no_grad():
         return model(**inputs).logits
-
-
-def errors(actual, expected):
-    """(max abs error, max abs error / max |expected|, relative L2 error) against a float64 reference."""
-    diff = actual.double() - expected
-    max_abs = diff.abs().max()
-    return max_abs.item(), (max_abs / expected.abs().max()).item(), (diff.norm() / expected.norm()).item()
 
 
 def assert_derived_tables_match_formulas(model):

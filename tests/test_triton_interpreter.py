@@ -22,8 +22,7 @@ import gpu_checks  # noqa: E402
 import torch  # noqa: E402
 from minimax_code import load  # noqa: E402
 from reference import lightning_recurrence  # noqa: E402
-from test_fast_paths import tiny_model  # noqa: E402
-from test_lightning import SLOPES, rel_err  # noqa: E402
+from helpers import SLOPES, rel_err, tiny_model  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
@@ -120,7 +119,7 @@ def test_model_with_fla_prefill_equals_plain_path_padded_and_cached(monkeypatch,
     tensors; the test lets CPU tensors take it) vs the plain chunked path: a left-padded batch prefilled with a
     cache, a 28-token cached continuation (fla from the cached state), then 2 decode steps (scripts/gpu_checks.py
     runs the same comparison on a GPU)."""
-    model = tiny_model().float()
+    model = tiny_model()
     ids, mask = gpu_checks.padded_batch(torch.device("cpu"))  # 70 tokens, row 0 left-padded
     plain_logits, plain_states = gpu_checks.padded_prefill_continuation_decode(model, ids, mask, prefill=40)
     fla_calls = []
@@ -147,7 +146,7 @@ def test_model_with_fla_prefill_equals_plain_path_padded_and_cached(monkeypatch,
 def test_model_with_fla_prefill_equals_plain_path_on_packed_sequences(monkeypatch, report_error):
     """Packed rows (position_ids restarting, right-padded): fla's segments (`cu_seqlens`) inside the model vs the
     plain path's resets, logits and the gradient w.r.t. the input embeddings (the backward through fla)."""
-    model = tiny_model().float()
+    model = tiny_model()
     packed = gpu_checks.packed_batch(torch.device("cpu"))  # rows of 3 and 2 sequences, 66 tokens
     plain_logits, plain_grad = gpu_checks.packed_logits_and_input_gradient(model, *packed)
     resets_seen = []
