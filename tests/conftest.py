@@ -86,6 +86,17 @@ def released_meta_models(released_configs):
     return {name: device_map.build_meta_model(config) for name, config in released_configs.items()}
 
 
+RELEASED_FIXTURES = {"released_config_files", "released_configs", "released_meta_models"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark `released` every test of the released configuration: the ones using its fixtures or naming it (the fresh
+    clone check in test_self_contained.py runs them)."""
+    for item in items:
+        if RELEASED_FIXTURES & set(getattr(item, "fixturenames", ())) or "released" in item.name:
+            item.add_marker(pytest.mark.released)
+
+
 # Errors a test measured (e.g. the Triton interpreter run's): printed in a section at the end of the run.
 MEASURED_ERRORS: list[str] = []
 

@@ -52,7 +52,9 @@ def test_fresh_clone_collects_the_suite_and_passes_the_released_config_tests(tmp
     assert collected.returncode == 0 and " error" not in collected.stdout, collected.stdout[-3000:]
     assert re.search(r"\d+ tests collected", collected.stdout), collected.stdout[-1000:]
 
-    released = pytest_in_clone("-m", "not slow", "-k", "released", "tests")
-    summary = released.stdout.strip().splitlines()[-1] if released.stdout.strip() else released.stderr[-3000:]
+    released = pytest_in_clone("-m", "released and not slow", "-rs", "tests")
     assert released.returncode == 0, released.stdout[-5000:] + released.stderr[-2000:]
-    assert re.search(r"\d+ passed", summary) and "skipped" not in summary and "failed" not in summary, summary
+    assert re.search(r"\b(1\d|[2-9]\d|\d{3,}) passed", released.stdout), released.stdout[-1000:]  # 10 or more
+    # the only skip allowed: the Triton-interpreter module, which skips itself outside `make test-triton`
+    skips = [line for line in released.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert all("test_triton_interpreter.py" in line for line in skips), skips
