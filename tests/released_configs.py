@@ -12,15 +12,9 @@ TEXT_LAYERS = 80
 SOFTMAX_EVERY = 8  # layers 7, 15, ..., 79 are softmax attention (1); the other 70 are lightning attention (0)
 RESIDUAL_ALPHA = 3.5565588200778455  # (2 * 80 layers) ** 0.25, DeepNet's residual scale, as the release writes it
 
-# Tile grid of the VL image processor, (height, width) in pixels: 1 to 6 tiles of 336 a side, at most 18 tiles.
-RELEASED_PINPOINTS = [
-    [336, 336], [336, 672], [336, 1008], [336, 1344], [336, 1680], [336, 2016],
-    [672, 336], [672, 672], [672, 1008], [672, 1344], [672, 1680], [672, 2016],
-    [1008, 336], [1008, 672], [1008, 1008], [1008, 1344], [1008, 1680], [1008, 2016],
-    [1344, 336], [1344, 672], [1344, 1008], [1344, 1344],
-    [1680, 336], [1680, 672], [1680, 1008],
-    [2016, 336], [2016, 672], [2016, 1008],
-]  # fmt: skip
+# The VL image processor's tile grids, [height, width] in pixels: tiles of 336, 1 to 6 a side and at most 18 in all,
+# in the release's order (by height, then width): 28 grids.
+RELEASED_PINPOINTS = [[336 * rows, 336 * cols] for rows in range(1, 7) for cols in range(1, 7) if rows * cols <= 18]
 
 
 def released_text_values() -> dict:
