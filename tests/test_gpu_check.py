@@ -8,6 +8,8 @@ import pytest
 
 import gpu_check
 
+pytestmark = pytest.mark.slow  # the whole command: a model per check, every timed layer, 2 gloo ranks
+
 CPU_ONLY_SKIPS = {  # check -> why it cannot run on CPU
     "fla prefill vs plain chunked path (padded, cached, decode; packed, gradient)": "CUDA only",
     "grouped-mm experts vs per-expert loop": "CUDA only",

@@ -28,12 +28,12 @@ TOLERANCE = 1e-5  # fp32, relative to the largest logit
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
+def checkpoints(tmp_path_factory, tiny_text):
     root = tmp_path_factory.mktemp("tp")
     return {
         "text": build_text_checkpoint(root / "text", num_attention_heads=8, num_key_value_heads=4),
         "vl": build_vl_checkpoint(root / "vl", num_attention_heads=8, num_key_value_heads=4),
-        "small_kv": build_text_checkpoint(root / "small-kv"),  # the default tiny model: 2 KV heads
+        "small_kv": tiny_text,  # the default tiny model: 2 KV heads
     }
 
 
@@ -261,13 +261,6 @@ def test_plan_names_only_real_modules_and_registered_styles():
 # ------------------------------------------------------------------------------------------------------------------
 
 GIB = 2**30
-# The released MiniMax-Text-01 / M1 sizes (M1 is the same architecture at the same widths), written out here
-RELEASED_TEXT = dict(
-    vocab_size=200064, hidden_size=6144, num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8,
-    head_dim=128, rotary_dim=64, intermediate_size=9216, num_local_experts=32, num_experts_per_tok=2,
-    attn_type_list=[1 if (i + 1) % 8 == 0 else 0 for i in range(80)], shared_intermediate_size=0,
-    architectures=["MiniMaxText01ForCausalLM"],
-)  # fmt: skip
 
 
 def released_tp_weight_bytes(c, tp: int, layers: range, first: bool, last: bool) -> int:
@@ -310,17 +303,12 @@ def released_tp_int8_bytes(c, tp: int) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def released(tmp_path_factory):
-    """The released Text-01 and VL-01 configs (VL-01: its language model is Text-01's) and a config.json path."""
-    text = config_module.MiniMaxText01Config(**RELEASED_TEXT)
-    vl = load("configuration_minimax_vl_01").MiniMaxVL01Config(
-        text_config=dict(RELEASED_TEXT, architectures=None), architectures=["MiniMaxVL01ForConditionalGeneration"]
-    )
-    path = tmp_path_factory.mktemp("released") / "config.json"
-    text.to_json_file(path)
-    import device_map as dm
-
-    return {"text": text, "vl": vl, "text_path": path, "text_meta": dm.build_meta_model(text)}
+def released(released_configs, released_meta_models, released_config_files):
+    """The released Text-01 and VL-01 configs (VL-01: its language model is Text-01's), Text-01's config.json path
+    and meta model (the session's fixtures, under the names these planner tests use)."""
+    return {"text": released_configs["text"], "vl": released_configs["vl"],
+            "text_path": released_config_files["text"], "text_meta": released_meta_models["text"],
+            "vl_meta": released_meta_models["vl"]}  # fmt: skip
 
 
 def test_planner_text_tp8_fits_141gb_and_is_refused_on_80gb_with_what_fits(released):
@@ -373,8 +361,7 @@ def test_planner_int8_tp8_holds_text01_on_8x80gb_at_32k_128k_1m(released):
 def test_planner_vl_keeps_the_vision_side_whole(released):
     import device_map as dm
 
-    vl, text = released["vl"], released["text"]
-    meta = dm.build_meta_model(vl)
+    vl, text, meta = released["vl"], released["text"], released["vl_meta"]
     vision = sum(p.numel() * 2 for n, p in meta.named_parameters() if not n.startswith("language_model."))
     vision += sum(b.numel() * b.element_size() for n, b in meta.named_buffers() if not n.startswith("language_model."))
     (stage,) = dm.plan_tensor_parallel(vl, 8, gpu_memory="141GB", model=meta).stages
@@ -406,7 +393,7 @@ def test_planner_refusals_and_cli(released, capsys):
     assert "needs none" in capsys.readouterr().err
 
 
-def test_generate_script_layout_under_torchrun(monkeypatch, capsys, checkpoints):
+def test_generate_script_layout_under_torchrun(monkeypatch, capsys, tiny_text):
     """generate.py: no layout in one process, TP x PP from WORLD_SIZE and --pp, refusals before anything loads."""
     import generate
 
@@ -418,5 +405,5 @@ def test_generate_script_layout_under_torchrun(monkeypatch, capsys, checkpoints)
     monkeypatch.setenv("WORLD_SIZE", "2")
     for extra in (["--int8"], ["--device-map", "auto"], ["--pp", "3"]):
         with pytest.raises(SystemExit):
-            generate.main([str(checkpoints["small_kv"]), "--prompt", "hi", *extra])
+            generate.main([str(tiny_text), "--prompt", "hi", *extra])
         assert "error:" in capsys.readouterr().err

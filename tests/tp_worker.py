@@ -32,16 +32,13 @@ torch.set_num_threads(1)
 TEXT, VL, SMALL_KV, OUT = sys.argv[1:5]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import generate as generate_script  # noqa: E402  (scripts/generate.py)
+from helpers import rel_err  # noqa: E402  (tests/helpers.py: this folder is sys.path[0])
 from torchao_config import torchao_config  # noqa: E402  (scripts/torchao_config.py)
 
 HAS_TORCHAO = importlib.util.find_spec("torchao") is not None  # a requirement; absent in the oldest-version venv
 
 PROMPTS = ["Lightning attention keeps a running state per head, so decoding costs the same at every length.",
            "Softmax layers keep K and V."]  # fmt: skip
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
 
 def identical_on_all_ranks(x: torch.Tensor) -> bool:
