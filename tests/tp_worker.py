@@ -216,7 +216,7 @@ def quantized_checks(results: dict) -> None:
     for weights in ("int8", "int8-dynamic", "float8"):
         pair = [AutoModelForCausalLM.from_pretrained(TEXT, trust_remote_code=True, dtype=torch.float32,
                                                      quantization_config=torchao_config(TEXT, weights), **extra).eval()
-                for extra in ({}, {"tp_plan": "auto"})]  # fmt: skip
+                for extra in ({}, {"distributed_config": tensor_parallel()})]  # fmt: skip
         with torch.no_grad():
             alone, sharded = (model(**batch, use_cache=False).logits for model in pair)
         tokens = [model.generate(**batch, **greedy) for model in pair]
@@ -243,7 +243,7 @@ def quantized_checks(results: dict) -> None:
     # VL-01: the language model quantized and split, the vision side in full precision and whole
     vl = [AutoModelForCausalLM.from_pretrained(VL, trust_remote_code=True, dtype=torch.float32,
                                                quantization_config=torchao_config(VL), **extra).eval()
-          for extra in ({}, {"tp_plan": "auto"})]  # fmt: skip
+          for extra in ({}, {"distributed_config": tensor_parallel()})]  # fmt: skip
     processor = AutoProcessor.from_pretrained(VL, trust_remote_code=True)
     picture = Image.fromarray(torch.full((30, 336, 3), 120, dtype=torch.uint8).numpy())
     inputs = processor(text="<image>Describe the picture.", images=[picture], return_tensors="pt")
