@@ -288,7 +288,8 @@ def generate_cli(results: dict) -> None:
 def refusals(results: dict) -> None:
     """Layouts refused before any weight is read: the error messages, or None where loading went through."""
     world = dist.get_world_size()
-    cases = {"quanto": (TEXT, dict(distributed_config=tensor_parallel(), quantization_config=QuantoConfig(weights="int8")))}
+    quanto = QuantoConfig(weights="int8")
+    cases = {"quanto": (TEXT, dict(distributed_config=tensor_parallel(), quantization_config=quanto))}
     if "ep_size" in DistributedConfig.__dataclass_fields__:  # transformers >= 5.2x
         cases["expert_parallel"] = (TEXT, dict(distributed_config=DistributedConfig(tp_size=world, ep_size=world)))
     if SMALL_KV != "None":
