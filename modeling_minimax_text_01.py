@@ -30,6 +30,7 @@ from .cache_minimax_text_01 import (
     static_cache_attention_mask,
     static_cache_padding_mask,
 )
+from .checkpoint_layouts import NATIVE_DERIVED_BUFFERS
 from .configuration_minimax_text_01 import SOFTMAX, MiniMaxText01Config
 from .lightning_attention import (
     lightning_attention_chunked,
@@ -549,6 +550,8 @@ class MiniMaxText01PreTrainedModel(PreTrainedModel):
     # a lightning state cannot be rolled back to an earlier token: transformers refuses assisted generation and
     # prompt lookup (which verify drafts and undo the rejected ones) with its own message
     _is_stateful = True
+    # checkpoints saved by transformers' native `minimax` also hold its derived decay tables; ours are computed
+    _keys_to_ignore_on_load_unexpected = [NATIVE_DERIVED_BUFFERS.pattern]
 
     @classmethod
     def from_pretrained(cls, *args, ignore_mismatched_sizes: bool = False, output_loading_info: bool = False, **kwargs):

@@ -1,0 +1,134 @@
+"""The checkpoint layouts of the MiniMax-01 family, and the conversions between them (both directions).
+
+Two layouts exist for the same weights and the same architecture:
+- released: what MiniMax-Text-01 / MiniMax-M1 were published with (`attn_type_list`, `layernorm_*_alpha/beta`,
+  `rope_theta`; per-expert `block_sparse_moe.experts.E.w1/w2/w3` and `block_sparse_moe.gate`). This project's
+  modules use it.
+- native: transformers' own `minimax` model (the `-hf` repositories): `model_type` "minimax", `layer_types`,
+  `*_alpha_factor` / `*_beta_factor`, `rope_parameters`; in memory the experts are fused into 3-D
+  `mlp.experts.gate_up_proj` [E, 2I, D] (w1 rows, then w3) and `mlp.experts.down_proj` [E, D, I] and the router is
+  `mlp.gate`. transformers writes the per-expert released names back when it saves, but also the lightning
+  layers' persistent decay buffers (`slope_rate`, `query_decay`, `key_decay`, `diagonal_decay`).
+
+The decay buffers are derived tables (and native's differ slightly from the released formula): this project
+recomputes its own in fp32, so they are dropped, never loaded. Everything else converts without loss.
+
+What happens at load time (nothing rewrites the weight files): the config class reads the native spellings
+(`NATIVE_CONFIG_KEYS`, `layer_types`, `rope_parameters`), and the model ignores the decay buffers
+(`NATIVE_DERIVED_BUFFERS` in `_keys_to_ignore_on_load_unexpected`), so a re-saved native checkpoint or an `-hf`
+repository with the released tensor names loads as it is. Fused expert tensors on disk (`mlp.experts.gate_up_proj`)
+are refused with the fix: transformers' loader cannot split one checkpoint tensor into a list of modules.
+"""
+
+import re
+
+import torch
+
+NATIVE_MODEL_TYPE = "minimax"
+# config keys: released spelling -> native spelling (one setting each)
+NATIVE_CONFIG_KEYS = {
+    "layernorm_full_attention_alpha": "full_attn_alpha_factor",
+    "layernorm_full_attention_beta": "full_attn_beta_factor",
+    "layernorm_linear_attention_alpha": "linear_attn_alpha_factor",
+    "layernorm_linear_attention_beta": "linear_attn_beta_factor",
+    "layernorm_mlp_alpha": "mlp_alpha_factor",
+    "layernorm_mlp_beta": "mlp_beta_factor",
+}
+LAYER_TYPE_NAMES = {0: "linear_attention", 1: "full_attention"}  # attn_type_list value -> layer_types name
+# the native lightning layers' persistent buffers, derived from the config (never loaded here)
+NATIVE_DERIVED_BUFFERS = re.compile(r"(^|\.)self_attn\.(slope_rate|query_decay|key_decay|diagonal_decay)$")
+_NATIVE_ROUTER = re.compile(r"\.mlp\.gate\.weight$")
+_RELEASED_ROUTER = re.compile(r"\.block_sparse_moe\.gate\.weight$")
+_NATIVE_EXPERTS = re.compile(r"^(.*)\.mlp\.experts\.(gate_up_proj|down_proj)$")
+_RELEASED_EXPERT = re.compile(r"^(.*)\.block_sparse_moe\.experts\.(\d+)\.(w1|w2|w3)\.weight$")
+
+
+# ---- config.json ----------------------------------------------------------------------------------------------
+
+
+def released_config_from_native(values: dict) -> dict:
+    """A native config dict in the released spelling (keys this project does not know are kept as they are).
+
+    `rope_parameters` of type "default" becomes `rope_theta`; any other RoPE type is left in place for the config
+    class to refuse. Layer types become `attn_type_list`.
+    """
+    out = {key: value for key, value in values.items() if key not in NATIVE_CONFIG_KEYS.values()}
+    out.update({released: values[native] for released, native in NATIVE_CONFIG_KEYS.items() if native in values})
+    if "layer_types" in out:
+        names = {name: code for code, name in LAYER_TYPE_NAMES.items()}
+        out["attn_type_list"] = [names.get(name, name) for name in out.pop("layer_types")]
+    rope = out.get("rope_parameters")
+    if isinstance(rope, dict) and rope.get("rope_type", "default") == "default" and set(rope) <= {"rope_type",
+                                                                                                    "rope_theta"}:
+        out.pop("rope_parameters")
+        out.setdefault("rope_theta", rope.get("rope_theta", out.get("rope_theta")))
+    if out.get("model_type") == NATIVE_MODEL_TYPE:
+        out["model_type"] = "minimax_text_01"
+    return {key: value for key, value in out.items() if value is not None or key in values}
+
+
+def native_config_from_released(values: dict) -> dict:
+    """A released config dict (e.g. `MiniMaxText01Config.to_dict()`) in the spelling of transformers' MiniMaxConfig.
+
+    The native model rotates every channel of a head, so it computes the released math only when
+    `rotary_dim == head_dim`; the released keys it does not know (`rotary_dim`, `postnorm`, ...) are kept, as the
+    `-hf` repositories keep them.
+    """
+    out = {key: value for key, value in values.items() if key not in NATIVE_CONFIG_KEYS}
+    out.update({native: values[released] for released, native in NATIVE_CONFIG_KEYS.items() if released in values})
+    if "attn_type_list" in out:
+        out["layer_types"] = [LAYER_TYPE_NAMES[code] for code in out.pop("attn_type_list")]
+    if "rope_theta" in out:
+        out["rope_parameters"] = {"rope_type": "default", "rope_theta": out.pop("rope_theta")}
+    out["model_type"] = NATIVE_MODEL_TYPE
+    out["architectures"] = ["MiniMaxForCausalLM"]
+    out.pop("auto_map", None)
+    return out
+
+
+def is_native_config(values: dict) -> bool:
+    """A config dict in transformers' native spelling (model_type "minimax", or any native-only key)."""
+    native_keys = {"layer_types", "rope_parameters", *NATIVE_CONFIG_KEYS.values()}
+    return values.get("model_type") == NATIVE_MODEL_TYPE or bool(native_keys & set(values))
+
+
+# ---- weights: whole state dicts (tests, benchmarks, conversions in memory) --------------------------------------
+
+
+def released_state_dict_from_native(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Native tensors -> released names: fused experts split per expert, the router renamed, the derived decay
+    buffers dropped. Released names pass through, so a re-saved native checkpoint (released MoE names plus the
+    buffers) converts too."""
+    out = {}
+    for key, value in state.items():
+        if NATIVE_DERIVED_BUFFERS.search(key):
+            continue
+        if experts := _NATIVE_EXPERTS.match(key):
+            prefix, name = experts.groups()
+            for e, weight in enumerate(value):
+                if name == "gate_up_proj":  # [2I, D]: w1 rows, then w3 rows
+                    w1, w3 = weight.chunk(2, dim=0)
+                    out[f"{prefix}.block_sparse_moe.experts.{e}.w1.weight"] = w1
+                    out[f"{prefix}.block_sparse_moe.experts.{e}.w3.weight"] = w3
+                else:  # down_proj [D, I]
+                    out[f"{prefix}.block_sparse_moe.experts.{e}.w2.weight"] = weight
+        else:
+            out[_NATIVE_ROUTER.sub(".block_sparse_moe.gate.weight", key)] = value
+    return out
+
+
+def native_state_dict_from_released(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Released tensors -> the names and shapes of transformers' MiniMaxForCausalLM in memory (fused experts,
+    `mlp.gate`). The decay buffers are not produced: the native model computes them."""
+    out, experts = {}, {}
+    for key, value in state.items():
+        if expert := _RELEASED_EXPERT.match(key):
+            prefix, e, name = expert.groups()
+            experts.setdefault(prefix, {}).setdefault(name, {})[int(e)] = value
+        else:
+            out[_RELEASED_ROUTER.sub(".mlp.gate.weight", key)] = value
+    for prefix, w in experts.items():
+        order = sorted(w["w1"])
+        out[f"{prefix}.mlp.experts.gate_up_proj"] = torch.stack([torch.cat((w["w1"][e], w["w3"][e])) for e in order])
+        out[f"{prefix}.mlp.experts.down_proj"] = torch.stack([w["w2"][e] for e in order])
+    return out
