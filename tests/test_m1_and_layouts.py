@@ -250,3 +250,45 @@ def test_this_projects_class_reads_an_unprepared_m1_folder(released, tmp_path, i
     assert warnings == [] and model.dtype == torch.bfloat16 and model.config.rope_theta == 10_000_000
     reference = reference_text_logits(load_file(folder / "model.safetensors"), model.config, input_ids=ids)
     assert rel_err(logits(model, ids), reference) < 2e-2  # bf16 weights and activations vs float64
+
+
+# ---- the planner, the quanto config and gpu_check read M1 and native configs ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def released_size_configs(tmp_path_factory):
+    """config.json files of the released size: Text-01, M1 (its identifiers, integer rope_theta, no torch_dtype)
+    and the native `-hf` spelling."""
+    folder = tmp_path_factory.mktemp("configs")
+    text = load("configuration_minimax_text_01").MiniMaxText01Config().to_dict()
+    m1 = {**text, "model_type": "minimax_m1", "architectures": ["MiniMaxM1ForCausalLM"], "rope_theta": 10_000_000,
+          "auto_map": M1_AUTO_MAP}
+    m1.pop("dtype", None)
+    native = layouts.native_config_from_released(text)
+    paths = {}
+    for name, values in {"text": text, "m1": m1, "native": native}.items():
+        paths[name] = folder / f"{name}.json"
+        paths[name].write_text(json.dumps(values))
+    return paths
+
+
+def test_planner_and_quanto_config_treat_m1_and_native_as_text_01(released_size_configs):
+    import device_map as dm
+    import quanto_config as qc
+
+    configs = {name: qc.load_config(path) for name, path in released_size_configs.items()}
+    skips = {name: qc.modules_to_not_convert(config) for name, config in configs.items()}
+    assert skips["m1"] == skips["native"] == skips["text"] and len(skips["text"]) == 2 + 80 * 2
+    model = dm.build_meta_model(configs["text"])
+    plans = {name: dm.plan_device_map(config, gpus=8, gpu_memory="141GiB", dtype="bfloat16", model=model).device_map
+             for name, config in configs.items()}
+    assert plans["m1"] == plans["native"] == plans["text"]
+
+
+def test_gpu_check_reads_m1_and_native_configs(released_size_configs):
+    import gpu_check
+
+    for path in released_size_configs.values():
+        config = gpu_check.layer_config(path, tiny=False)
+        assert (config.num_hidden_layers, config.rotary_dim, config.rope_theta) == (80, 64, 10_000_000)
+        assert config.layernorm_mlp_alpha == load("configuration_minimax_text_01").RELEASED_DEEPNORM_ALPHA
