@@ -32,6 +32,8 @@ REFUSED = {
     "tied embeddings": ({"tie_word_embeddings": True}, ["tie_word_embeddings"]),
     "both alpha spellings disagree": ({"layernorm_mlp_alpha": 3.0, "mlp_alpha_factor": 2.0},
                                       ["layernorm_mlp_alpha", "mlp_alpha_factor"]),
+    "layer_types and attn_type_list disagree": ({"layer_types": ["linear_attention"] * 8},
+                                                ["layer_types", "attn_type_list"]),
     "both theta spellings disagree": ({"rope_theta": 1e6, "rope_parameters": {"rope_theta": 1e4}},
                                       ["rope_theta", "rope_parameters.rope_theta"]),
 }

@@ -151,6 +151,14 @@ def test_prepare_hub_repo_converts_a_native_folder(native_saved, released_model,
     assert torch.equal(logits(model, ids), logits(released_model, ids))
 
 
+def test_hf_repo_layout_native_config_with_released_tensors_loads(released, released_model, ids, tmp_path):
+    """What the Text-01-hf repository became by a config-only commit: native config.json, released tensor names."""
+    shutil.copy(released / "model.safetensors", tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps(layouts.native_config_from_released(released_model.config.to_dict())))
+    model = modeling.MiniMaxText01ForCausalLM.from_pretrained(tmp_path).eval()
+    assert torch.equal(logits(model, ids), logits(released_model, ids))
+
+
 def test_plain_transformers_native_config_loads_and_matches_native_and_reference(tmp_path, ids):
     """A config exactly as transformers' MiniMaxConfig writes it (no rotary_dim): the default rotary_dim is then
     head_dim (64 capped at head_dim), which is what native computes, so native's own logits are a second check."""
