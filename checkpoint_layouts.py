@@ -14,15 +14,18 @@ The decay buffers are derived tables (and native's differ slightly from the rele
 recomputes its own in fp32, so they are dropped, never loaded. Everything else converts without loss.
 
 What happens at load time (nothing rewrites the weight files): the config class reads the native spellings
-(`NATIVE_CONFIG_KEYS`, `layer_types`, `rope_parameters`), and the model ignores the decay buffers
-(`NATIVE_DERIVED_BUFFERS` in `_keys_to_ignore_on_load_unexpected`), so a re-saved native checkpoint or an `-hf`
-repository with the released tensor names loads as it is. Fused expert tensors on disk (`mlp.experts.gate_up_proj`)
-are refused with the fix: transformers' loader cannot split one checkpoint tensor into a list of modules.
+(`NATIVE_CONFIG_KEYS`, `layer_types`, `rope_parameters`); the model ignores the decay buffers
+(`NATIVE_DERIVED_BUFFERS` in `_keys_to_ignore_on_load_unexpected`); and fused expert tensors, should a checkpoint
+hold them, are split per expert by transformers' loader as it reads each one (`native_weight_conversions`).
 """
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
+from transformers import conversion_mapping
+from transformers.core_model_loading import ConversionOps, WeightConverter, WeightRenaming
 
 NATIVE_MODEL_TYPE = "minimax"
 # config keys: released spelling -> native spelling (one setting each)
@@ -105,16 +108,20 @@ def released_state_dict_from_native(state: dict[str, torch.Tensor]) -> dict[str,
             continue
         if experts := _NATIVE_EXPERTS.match(key):
             prefix, name = experts.groups()
-            for e, weight in enumerate(value):
-                if name == "gate_up_proj":  # [2I, D]: w1 rows, then w3 rows
-                    w1, w3 = weight.chunk(2, dim=0)
-                    out[f"{prefix}.block_sparse_moe.experts.{e}.w1.weight"] = w1
-                    out[f"{prefix}.block_sparse_moe.experts.{e}.w3.weight"] = w3
-                else:  # down_proj [D, I]
-                    out[f"{prefix}.block_sparse_moe.experts.{e}.w2.weight"] = weight
+            out.update({prefix + suffix: weight for suffix, weight in split_fused_experts(name, value).items()})
         else:
             out[_NATIVE_ROUTER.sub(".block_sparse_moe.gate.weight", key)] = value
     return out
+
+
+def split_fused_experts(name: str, fused: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One fused native tensor -> the per-expert released tensors, named from the layer on
+    (`.block_sparse_moe.experts.{e}.w1.weight`). `gate_up_proj` [E, 2I, D] holds w1 rows then w3 rows per expert;
+    `down_proj` [E, D, I] holds w2."""
+    if name.endswith("gate_up_proj"):
+        return {f".block_sparse_moe.experts.{e}.{w}.weight": half
+                for e, pair in enumerate(fused) for w, half in zip(("w1", "w3"), pair.chunk(2, dim=0))}
+    return {f".block_sparse_moe.experts.{e}.w2.weight": weight for e, weight in enumerate(fused)}
 
 
 def native_state_dict_from_released(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -132,3 +139,69 @@ def native_state_dict_from_released(state: dict[str, torch.Tensor]) -> dict[str,
         out[f"{prefix}.mlp.experts.gate_up_proj"] = torch.stack([torch.cat((w["w1"][e], w["w3"][e])) for e in order])
         out[f"{prefix}.mlp.experts.down_proj"] = torch.stack([w["w2"][e] for e in order])
     return out
+
+
+# ---- weights: while transformers loads a checkpoint -------------------------------------------------------------
+
+
+class SplitFusedExperts(ConversionOps):
+    """transformers' loader op: a fused expert tensor of one layer -> its per-expert tensors (split_fused_experts)."""
+
+    def convert(self, input_dict, source_patterns, target_patterns, **kwargs) -> dict[str, torch.Tensor]:
+        ((source, tensors),) = input_dict.items()
+        return split_fused_experts(source, tensors[0] if isinstance(tensors, list) else tensors)
+
+
+class NativeRouterRenaming(WeightRenaming):
+    """`mlp.gate.weight` -> `block_sparse_moe.gate.weight` (a class of its own, so a loaded model can forget it)."""
+
+    __slots__ = ()
+
+
+class NativeExpertSplit(WeightConverter):
+    """A fused expert tensor -> per-expert weights. The loader files the result under one existing parameter
+    (expert 0's); SplitFusedExperts returns every expert's, which the loader then sets one by one."""
+
+    __slots__ = ()
+
+
+NATIVE_TRANSFORMS = (NativeRouterRenaming, NativeExpertSplit)
+
+
+def native_weight_conversions() -> list:
+    """transformers weight transforms from native names to released ones, applied per tensor while loading."""
+    return [
+        NativeRouterRenaming(r"\.mlp\.gate\.weight$", ".block_sparse_moe.gate.weight"),
+        NativeExpertSplit(".mlp.experts.gate_up_proj", ".block_sparse_moe.experts.0.w1.weight", [SplitFusedExperts()]),
+        NativeExpertSplit(".mlp.experts.down_proj", ".block_sparse_moe.experts.0.w2.weight", [SplitFusedExperts()]),
+    ]
+
+
+@contextmanager
+def native_layout_conversions(class_names: list[str]) -> Iterator[None]:
+    """Within the block, transformers' loader applies `native_weight_conversions` to models of these classes.
+
+    Registered only while loading: registered for good, transformers would also try to apply their reverse when
+    saving any model of these classes. After loading, `forget_native_conversions` makes the model save in the
+    released layout.
+    """
+    cache = conversion_mapping._checkpoint_conversion_mapping_cache or {}
+    previous = {name: cache.get(name) for name in class_names}
+    for name in class_names:
+        conversion_mapping.register_checkpoint_conversion_mapping(name, native_weight_conversions(), overwrite=True)
+    try:
+        yield
+    finally:
+        for name, mapping in previous.items():
+            if mapping is None:
+                conversion_mapping._checkpoint_conversion_mapping_cache.pop(name, None)
+                conversion_mapping.USER_REGISTERED_MAPPINGS.discard(name)
+            else:
+                conversion_mapping._checkpoint_conversion_mapping_cache[name] = mapping
+
+
+def forget_native_conversions(model) -> None:
+    """transformers records the conversions a load used and reverses them on save; these have no reverse (this
+    project saves the released layout), so the loaded model forgets them."""
+    if used := getattr(model, "_weight_conversions", None):
+        model._weight_conversions = [c for c in used if not isinstance(c, NATIVE_TRANSFORMS)]

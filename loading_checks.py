@@ -22,13 +22,6 @@ def check_loading_info(model: PreTrainedModel, info: dict, ignore_mismatched_siz
         "shared_intermediate_size (text_config.* for VL-01) decide which tensors exist; or re-download an incomplete "
         "checkpoint."
     )
-    if fused := sorted(key for key in info["unexpected_keys"] if _FUSED_EXPERTS.search(key)):
-        raise ValueError(
-            f"The checkpoint holds fused expert tensors ({summarize_keys(fused)}), the in-memory layout of "
-            "transformers' native `minimax`, which cannot be split into this model's per-expert weights while "
-            "loading. Load it with transformers' MiniMaxForCausalLM and save_pretrained it (that writes the "
-            "per-expert names), or convert the state dict with checkpoint_layouts.released_state_dict_from_native."
-        )
     if info["mismatched_keys"] and not ignore_mismatched_sizes:
         details = "; ".join(
             f"{key}: checkpoint {tuple(ckpt_shape)} vs model {tuple(model_shape)}"
@@ -56,9 +49,6 @@ def check_loading_info(model: PreTrainedModel, info: dict, ignore_mismatched_siz
             f"The checkpoint holds {len(unexpected)} tensor{'s' * (len(unexpected) > 1)} this model does not use: "
             f"{summarize_keys(unexpected)}. {fix}"
         )
-
-
-_FUSED_EXPERTS = re.compile(r"\.mlp\.experts\.(gate_up_proj|down_proj)$")
 
 
 _DECODER_LAYER = re.compile(r"^(?:language_model\.)?(?:model\.)?layers\.(\d+)\.")

@@ -30,7 +30,7 @@ from .cache_minimax_text_01 import (
     static_cache_attention_mask,
     static_cache_padding_mask,
 )
-from .checkpoint_layouts import NATIVE_DERIVED_BUFFERS
+from .checkpoint_layouts import NATIVE_DERIVED_BUFFERS, forget_native_conversions, native_layout_conversions
 from .configuration_minimax_text_01 import SOFTMAX, MiniMaxText01Config
 from .lightning_attention import (
     lightning_attention_chunked,
@@ -556,8 +556,12 @@ class MiniMaxText01PreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, ignore_mismatched_sizes: bool = False, output_loading_info: bool = False, **kwargs):
         """As transformers', but a checkpoint that does not fit the config raises an error naming the keys (see
-        `check_loading_info`) instead of leaving weights at random behind a logged report."""
-        model, info = super().from_pretrained(*args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
+        `check_loading_info`) instead of leaving weights at random behind a logged report. Checkpoints in
+        transformers' native `minimax` layout load too (converted per tensor, see checkpoint_layouts.py)."""
+        with native_layout_conversions([cls.__name__, MiniMaxText01Model.__name__]):
+            model, info = super().from_pretrained(*args, ignore_mismatched_sizes=True, output_loading_info=True,
+                                                  **kwargs)
+        forget_native_conversions(model)
         check_loading_info(model, info, ignore_mismatched_sizes)
         return (model, info) if output_loading_info else model
 

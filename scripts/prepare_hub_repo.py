@@ -12,8 +12,8 @@ OUT. The checkpoint's own `.py` files (MiniMax-M1 ships Text-01's transformers-4
   M1-named files): config.json gets this repository's class names; a `generation_config.json` with M1's
   recommended sampling (temperature 1.0, top-p 0.95) is written when the checkpoint has none.
 - transformers' native layout (`-hf` repositories, or a model saved by `MiniMaxForCausalLM`): config.json is
-  written in the released spelling (checkpoint_layouts.py); the weights are copied unchanged (the native decay
-  buffers they may hold are ignored when loading). Before anything
+  written in the released spelling (checkpoint_layouts.py); the weights are copied unchanged (fused expert
+  tensors are split and the native decay buffers ignored when loading). Before anything
 is written, the weights are checked from the safetensors headers alone: every file complete, every shard the index
 names present and holding its tensors, and the tensors exactly those (and of the shapes) config.json describes.
 `--push` uploads OUT with huggingface_hub's `upload_folder` (the token comes from `hf auth login` or HF_TOKEN), only
@@ -27,8 +27,8 @@ import math
 import shutil
 from pathlib import Path
 
+import torch
 from huggingface_hub import ModelCard, ModelCardData, metadata_load
-
 from transformers import GenerationConfig
 
 from device_map import build_meta_model
@@ -133,14 +133,12 @@ def check_weights(checkpoint: Path, config) -> None:
     elif len(files) > 1:
         raise FileNotFoundError(f"{checkpoint} holds {len(files)} safetensors files but no {INDEX_FILE}; add the "
                                 "index that maps every tensor to its shard.")
-    layouts, summarize = load("checkpoint_layouts"), load("loading_checks").summarize_keys
-    found = {name: tuple(tensor["shape"]) for header in headers.values() for name, tensor in header.items()
-             if not layouts.NATIVE_DERIVED_BUFFERS.search(name)}  # native decay tables: ignored when loading
-    if fused := sorted(name for name in found if name.endswith((".mlp.experts.gate_up_proj", ".mlp.experts.down_proj"))):
-        raise ValueError(f"{checkpoint} holds fused expert tensors ({summarize(fused)}), transformers' in-memory "
-                         "native layout, which cannot be split while loading. Load it with transformers' "
-                         "MiniMaxForCausalLM and save_pretrained it (that writes the per-expert names), or convert "
-                         "the state dict with checkpoint_layouts.released_state_dict_from_native.")
+    # in the released names: transformers' native layout (fused experts, decay tables) is converted when loading
+    on_disk = {name: torch.empty(tensor["shape"], device="meta") for header in headers.values()
+               for name, tensor in header.items()}
+    released_names = load("checkpoint_layouts").released_state_dict_from_native(on_disk)
+    found = {name: tuple(t.shape) for name, t in released_names.items()}
+    summarize = load("loading_checks").summarize_keys
     expected = {name: tuple(t.shape) for name, t in build_meta_model(config).state_dict().items()}
     problems = []
     if missing := sorted(set(expected) - set(found)):

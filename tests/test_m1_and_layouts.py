@@ -68,6 +68,11 @@ def model_type_warnings(load_fn):
     return result, [line for line in captured.out.splitlines() if "model of type" in line]
 
 
+def native_values(model) -> dict:
+    """The model's config in transformers' native spelling."""
+    return layouts.native_config_from_released(model.config.to_dict())
+
+
 def copy_tokenizer(source, folder):
     for name in TOKENIZER_FILES:
         shutil.copy(source / name, folder / name)
@@ -95,21 +100,22 @@ def test_config_converts_both_ways_and_transformers_reads_the_native_one(release
 def test_state_dict_converts_both_ways_to_transformers_native_names(released_model):
     state = released_model.state_dict()
     native = layouts.native_state_dict_from_released(state)
-    native_model = MiniMaxForCausalLM(MiniMaxConfig(**layouts.native_config_from_released(released_model.config.to_dict())))
-    expected = {k: v.shape for k, v in native_model.state_dict().items() if not layouts.NATIVE_DERIVED_BUFFERS.search(k)}
+    native_model = MiniMaxForCausalLM(MiniMaxConfig(**native_values(released_model)))
+    expected = {k: v.shape for k, v in native_model.state_dict().items()
+                if not layouts.NATIVE_DERIVED_BUFFERS.search(k)}
     assert {k: v.shape for k, v in native.items()} == expected
     back = layouts.released_state_dict_from_native({**native, **{k: v for k, v in native_model.state_dict().items()
                                                                   if layouts.NATIVE_DERIVED_BUFFERS.search(k)}})
     assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
 
 
-# ---- native layout: a checkpoint written by transformers' MiniMaxForCausalLM -------------------------------------------
+# ---- native layout: a checkpoint written by transformers' MiniMaxForCausalLM ----------------------------------
 
 
 @pytest.fixture(scope="module")
 def native_saved(released, released_model, tmp_path_factory):
     """The released model's weights in transformers' MiniMaxForCausalLM, written by its own save_pretrained."""
-    native_model = MiniMaxForCausalLM(MiniMaxConfig(**layouts.native_config_from_released(released_model.config.to_dict())))
+    native_model = MiniMaxForCausalLM(MiniMaxConfig(**native_values(released_model)))
     missing, unexpected = native_model.load_state_dict(
         layouts.native_state_dict_from_released(released_model.state_dict()), strict=False)
     assert not unexpected and all(layouts.NATIVE_DERIVED_BUFFERS.search(k) for k in missing)
@@ -154,7 +160,7 @@ def test_prepare_hub_repo_converts_a_native_folder(native_saved, released_model,
 def test_hf_repo_layout_native_config_with_released_tensors_loads(released, released_model, ids, tmp_path):
     """What the Text-01-hf repository became by a config-only commit: native config.json, released tensor names."""
     shutil.copy(released / "model.safetensors", tmp_path / "model.safetensors")
-    (tmp_path / "config.json").write_text(json.dumps(layouts.native_config_from_released(released_model.config.to_dict())))
+    (tmp_path / "config.json").write_text(json.dumps(native_values(released_model)))
     model = modeling.MiniMaxText01ForCausalLM.from_pretrained(tmp_path).eval()
     assert torch.equal(logits(model, ids), logits(released_model, ids))
 
@@ -179,17 +185,26 @@ def test_plain_transformers_native_config_loads_and_matches_native_and_reference
     assert rel_err(logits(native_model, ids), reference) < 1e-3
 
 
-def test_fused_expert_tensors_are_refused_with_the_fix(released_model, released, tmp_path):
+def test_fused_expert_tensors_are_split_while_loading(released_model, released, ids, tmp_path):
+    """transformers' in-memory native layout written to disk as it is (fused 3-D experts, `mlp.gate`): each fused
+    tensor is split per expert as the loader reads it; the loaded model saves the released layout."""
     folder = tmp_path / "fused"
     folder.mkdir()
     native = layouts.native_state_dict_from_released(released_model.state_dict())
+    assert any(k.endswith("mlp.experts.gate_up_proj") for k in native)
     save_file({k: v.contiguous() for k, v in native.items()}, folder / "model.safetensors", metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps(layouts.native_config_from_released(released_model.config.to_dict())))
+    (folder / "config.json").write_text(json.dumps(native_values(released_model)))
+    model = modeling.MiniMaxText01ForCausalLM.from_pretrained(folder).eval()
+    assert torch.equal(logits(model, ids), logits(released_model, ids))
+    model.save_pretrained(tmp_path / "resaved")
+    assert set(load_file(tmp_path / "resaved" / "model.safetensors")) == set(released_model.state_dict())
     copy_tokenizer(released, folder)
-    with pytest.raises(ValueError, match="fused expert tensors.*save_pretrained"):
-        modeling.MiniMaxText01ForCausalLM.from_pretrained(folder)
-    with pytest.raises(ValueError, match="fused expert tensors.*save_pretrained"):
-        prepare_repo(folder, tmp_path / "repo")
+    repo = prepare_repo(folder, tmp_path / "repo")  # weights copied as they are, split again when loaded
+    auto_model = AutoModelForCausalLM.from_pretrained(repo, trust_remote_code=True).eval()
+    assert torch.equal(logits(auto_model, ids), logits(released_model, ids))
+    # the conversions were registered only while loading: a model built from scratch saves the released layout too
+    modeling.MiniMaxText01ForCausalLM(released_model.config).save_pretrained(tmp_path / "fresh")
+    assert set(load_file(tmp_path / "fresh" / "model.safetensors")) == set(released_model.state_dict())
 
 
 # ---- MiniMax-M1 as released ----------------------------------------------------------------------------------------
