@@ -557,8 +557,10 @@ class MiniMaxText01PreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, *args, ignore_mismatched_sizes: bool = False, output_loading_info: bool = False, **kwargs):
         """As transformers', but a checkpoint that does not fit the config raises an error naming the keys (see
         `check_loading_info`) instead of leaving weights at random behind a logged report. Checkpoints in
-        transformers' native `minimax` layout load too (converted per tensor, see checkpoint_layouts.py)."""
-        with native_layout_conversions([cls.__name__, MiniMaxText01Model.__name__]):
+        transformers' native `minimax` layout load too (converted per tensor, see checkpoint_layouts.py), except
+        fused experts with a `quantization_config`: quanto quantizes each tensor as it is read, before any split."""
+        converted = [] if "quantization_config" in kwargs else [cls.__name__, MiniMaxText01Model.__name__]
+        with native_layout_conversions(converted):
             model, info = super().from_pretrained(*args, ignore_mismatched_sizes=True, output_loading_info=True,
                                                   **kwargs)
         forget_native_conversions(model)

@@ -16,6 +16,7 @@ from transformers.utils import logging
 from make_tiny_checkpoint import build_text_checkpoint
 from minimax_code import load
 from prepare_hub_repo import prepare_repo
+from quanto_config import quanto_config
 from reference import reference_text_logits
 
 layouts = load("checkpoint_layouts")
@@ -202,6 +203,8 @@ def test_fused_expert_tensors_are_split_while_loading(released_model, released, 
     repo = prepare_repo(folder, tmp_path / "repo")  # weights copied as they are, split again when loaded
     auto_model = AutoModelForCausalLM.from_pretrained(repo, trust_remote_code=True).eval()
     assert torch.equal(logits(auto_model, ids), logits(released_model, ids))
+    with pytest.raises(ValueError, match="fused expert tensors.*without it, save_pretrained"):
+        modeling.MiniMaxText01ForCausalLM.from_pretrained(folder, quantization_config=quanto_config(folder))
     # the conversions were registered only while loading: a model built from scratch saves the released layout too
     modeling.MiniMaxText01ForCausalLM(released_model.config).save_pretrained(tmp_path / "fresh")
     assert set(load_file(tmp_path / "fresh" / "model.safetensors")) == set(released_model.state_dict())
