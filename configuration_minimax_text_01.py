@@ -42,7 +42,7 @@ class MiniMaxText01Config(PreTrainedConfig):
     r"""
     attn_type_list (`list[int]`): one entry per layer, 0 = lightning (linear) attention, 1 = softmax attention.
     rotary_dim (`int`): RoPE is applied to the first `rotary_dim` channels of each head only (64 of 128).
-        Default: 64, or head_dim when that is smaller.
+        Default: 64, or head_dim (rounded down to even) when that is smaller.
     rope_theta (`float`): the RoPE base (1e7). transformers 5's `rope_parameters` {"rope_type": "default",
         "rope_theta": ...} is read too; other RoPE types (and `rope_scaling`) are refused: not implemented.
     postnorm (`bool`): residual taken from the normalised input (the released DeepNorm-style blocks).
@@ -143,8 +143,8 @@ class MiniMaxText01Config(PreTrainedConfig):
             self.attn_type_list = released_attn_type_list(self.num_hidden_layers)
         if self.head_dim is None and self.num_attention_heads > 0:  # a non-positive count is reported below
             self.head_dim = self.hidden_size // self.num_attention_heads
-        if self.rotary_dim is None:
-            self.rotary_dim = min(RELEASED_ROTARY_DIM, self.head_dim)
+        if self.rotary_dim is None and self.head_dim is not None:  # the largest even count up to 64
+            self.rotary_dim = min(RELEASED_ROTARY_DIM, self.head_dim // 2 * 2)
         self._validate()  # before the base class, which already reads `layer_types`
         super().__post_init__(**kwargs)
         if layer_types is not None and list(layer_types) != self.layer_types:

@@ -125,3 +125,7 @@ def test_integer_rope_theta_and_native_spellings_are_read_and_saved_in_the_relea
 def test_rotary_dim_default_is_64_capped_at_head_dim():
     assert Config().rotary_dim == 64
     assert tiny_text_config(rotary_dim=None, head_dim=16).rotary_dim == 16
+    assert tiny_text_config(rotary_dim=None, head_dim=5).rotary_dim == 4  # RoPE pairs channels: an even count
+    with pytest.raises(ValueError) as error:  # reported as the key written, not as the derived rotary_dim
+        Config(num_attention_heads=0, head_dim=None)
+    assert_names_only(error, ["num_attention_heads"])
