@@ -52,22 +52,29 @@ _RELEASED_EXPERT = re.compile(r"^(.*)\.block_sparse_moe\.experts\.(\d+)\.(w1|w2|
 def released_config_from_native(values: dict) -> dict:
     """A native config dict in the released spelling (keys this project does not know are kept as they are).
 
-    `rope_parameters` of type "default" becomes `rope_theta`; any other RoPE type is left in place for the config
-    class to refuse. Layer types become `attn_type_list`.
+    A setting given in both spellings with two values keeps both, for the config class to refuse naming them; a
+    `rope_parameters` other than the default type is kept for it to refuse too.
     """
-    out = {key: value for key, value in values.items() if key not in NATIVE_CONFIG_KEYS.values()}
-    out.update({released: values[native] for released, native in NATIVE_CONFIG_KEYS.items() if native in values})
+    out = dict(values)
+    for released, native in NATIVE_CONFIG_KEYS.items():
+        if native in out and out.get(released, out[native]) == out[native]:
+            out[released] = out.pop(native)
     if "layer_types" in out:
-        names = {name: code for code, name in LAYER_TYPE_NAMES.items()}
-        out["attn_type_list"] = [names.get(name, name) for name in out.pop("layer_types")]
+        codes = {name: code for code, name in LAYER_TYPE_NAMES.items()}
+        attn_type_list = [codes.get(name, name) for name in out["layer_types"]]
+        if out.get("attn_type_list", attn_type_list) == attn_type_list:
+            out["attn_type_list"] = attn_type_list
+            del out["layer_types"]
     rope = out.get("rope_parameters")
-    if isinstance(rope, dict) and rope.get("rope_type", "default") == "default" and set(rope) <= {"rope_type",
-                                                                                                    "rope_theta"}:
-        out.pop("rope_parameters")
-        out.setdefault("rope_theta", rope.get("rope_theta", out.get("rope_theta")))
+    if isinstance(rope, dict) and set(rope) <= {"rope_type", "rope_theta"} and rope.get("rope_type") == "default":
+        theta = rope.get("rope_theta", out.get("rope_theta"))
+        if out.get("rope_theta", theta) == theta:
+            del out["rope_parameters"]
+            if theta is not None:
+                out["rope_theta"] = theta
     if out.get("model_type") == NATIVE_MODEL_TYPE:
         out["model_type"] = "minimax_text_01"
-    return {key: value for key, value in out.items() if value is not None or key in values}
+    return out
 
 
 def native_config_from_released(values: dict) -> dict:

@@ -98,6 +98,17 @@ def test_config_converts_both_ways_and_transformers_reads_the_native_one(release
     assert settings(config_class(**back)) == settings(released_model.config)
 
 
+def test_config_conversion_keeps_disagreeing_spellings_for_the_config_class_to_refuse():
+    native = {"model_type": "minimax", "mlp_alpha_factor": 2.0, "layernorm_mlp_alpha": 3.0, "rope_theta": 5.0,
+              "rope_parameters": {"rope_type": "default", "rope_theta": 7.0}, "full_attn_beta_factor": 0.5}
+    released = layouts.released_config_from_native(native)
+    assert released["mlp_alpha_factor"] == 2.0 and released["layernorm_mlp_alpha"] == 3.0
+    assert released["rope_parameters"] == native["rope_parameters"] and released["rope_theta"] == 5.0
+    assert released["layernorm_full_attention_beta"] == 0.5 and "full_attn_beta_factor" not in released
+    with pytest.raises(ValueError, match="`layernorm_mlp_alpha` .* `mlp_alpha_factor`"):
+        load("configuration_minimax_text_01").MiniMaxText01Config(**released)
+
+
 def test_state_dict_converts_both_ways_to_transformers_native_names(released_model):
     state = released_model.state_dict()
     native = layouts.native_state_dict_from_released(state)
