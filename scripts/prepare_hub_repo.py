@@ -205,6 +205,9 @@ def write_config(checkpoint: Path, out: Path, config, vl: bool) -> list[str]:
     if values.get("model_type") != type(config).model_type or values.get("architectures") != architectures:
         changes.append(f"`model_type` {values.get('model_type')!r} -> {type(config).model_type!r}, `architectures` "
                        f"{values.get('architectures')} -> {architectures}")
+    if values.get("auto_map") != auto_map:
+        changes.append("`auto_map` points at this repository's classes"
+                       + (f" (it named {sorted(set(values['auto_map'].values()))})" if values.get("auto_map") else ""))
     values.update(model_type=type(config).model_type, architectures=architectures, auto_map=auto_map)
     write_json(out / "config.json", values)
     return changes
@@ -373,6 +376,9 @@ def model_card(config, files: list[str], source_metadata: dict | None = None, fa
         files=file_list(files, REMOTE_CODE_FILES if vl else TEXT_CODE_FILES),
         changes="\n".join(f"- {change}" for change in changes or ["none besides the files above"]),
         m1=M1_NOTES if family == "m1" else "",
+        # M1's tokenizer files (and template) are kept as released
+        template_note="" if family == "m1" else "- The chat template also renders plain-string message content (the "
+        "released one rendered it as nothing).\n",
     )
 
 
@@ -487,8 +493,7 @@ The weights and the tokenizer files are the source's, unchanged. Besides the rem
 - A transformers `Cache` subclass (fp32 lightning states plus K/V) replaces the legacy tuple caches, so
   `generate()` works with greedy search, sampling, beam search and left-padded batches.
 - The lightning layers have a training path (autograd through a chunked, memory-bounded prefill).
-- The chat template also renders plain-string message content (the released one rendered it as nothing).
-
+{template_note}
 ## Differences from transformers' native `minimax`
 
 - RoPE is applied to the first `rotary_dim` (64) channels of each head only, as released; native rotates all 128.

@@ -271,6 +271,7 @@ def test_prepare_hub_repo_turns_an_m1_folder_into_a_working_repo(released, relea
     card = (out / "README.md").read_text()
     assert "# MiniMax-M1" in card and "configuration_minimax_m1.py, modeling_minimax_m1.py" in card
     assert "MiniMaxAI/MiniMax-M1-80k" in card  # default base model
+    assert "`auto_map` points at this repository's classes (it named ['configuration_minimax_m1." in card
 
     loaded_config, warnings = model_type_warnings(lambda: AutoConfig.from_pretrained(out, trust_remote_code=True))
     assert warnings == [] and loaded_config.rope_theta == 10_000_000
