@@ -31,6 +31,7 @@ import torch
 from huggingface_hub import ModelCard, ModelCardData, metadata_load
 from transformers import GenerationConfig
 
+from chat_format import RESPONSE_TEMPLATES, named_chat_templates
 from device_map import build_meta_model
 from generate import PROCESSOR_FILES
 from make_tiny_checkpoint import TEXT_AUTO_MAP, VL_AUTO_MAP, copy_remote_code
@@ -46,6 +47,7 @@ IMAGE_PROCESSOR_AUTO_MAP = {
     "AutoImageProcessor": "image_processing_minimax_vl_01.MiniMaxVL01ImageProcessor",
     **PROCESSOR_AUTO_MAP,
 }
+CHAT_TEMPLATE_DIR = "additional_chat_templates"  # transformers' folder of named chat templates
 TRANSFORMERS_RANGE = ">=5.17,<6"
 INDEX_FILE = "model.safetensors.index.json"
 # bytes per element of the safetensors dtypes a checkpoint may hold
@@ -171,6 +173,9 @@ def copy_checkpoint_files(checkpoint: Path, out: Path, vl: bool) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     for name in names:
         shutil.copy2(checkpoint / name, out / name)
+    if (checkpoint / CHAT_TEMPLATE_DIR).is_dir():  # named chat templates ("tool_use", ...)
+        shutil.copytree(checkpoint / CHAT_TEMPLATE_DIR, out / CHAT_TEMPLATE_DIR)
+        names.append(CHAT_TEMPLATE_DIR)
     return names
 
 
@@ -249,6 +254,29 @@ def write_processor_auto_maps(out: Path) -> None:
             write_json(out / name, values)
 
 
+def write_chat_format(out: Path, kind: str) -> None:
+    """OUT's chat format becomes this repository's for `kind` ("m1", "text"): its chat template as
+    chat_template.jinja, also named "tool_use" (it renders what the released one renders for valid input, and what
+    that one drops, such as OpenAI tool calls or plain strings, correctly); the released template stays available as
+    `chat_template="released"`; and the `response_template` in tokenizer_config.json, for `tokenizer.parse_response`
+    and `transformers serve` (one the checkpoint already carries is kept)."""
+    config_path, default_path = out / "tokenizer_config.json", out / "chat_template.jinja"
+    values = read_json(config_path) if config_path.is_file() else {}
+    released = values.pop("chat_template", None)  # inline in the released tokenizer_config.json
+    if default_path.is_file():  # a template file takes precedence over the inline one
+        released = default_path.read_text()
+    templates = named_chat_templates(kind)
+    if isinstance(released, str) and released not in templates.values():
+        templates["released"] = released
+    default_path.write_text(templates.pop("default"))
+    (out / CHAT_TEMPLATE_DIR).mkdir(exist_ok=True)
+    for name, template in templates.items():
+        (out / CHAT_TEMPLATE_DIR / f"{name}.jinja").write_text(template)
+    if values.get("response_template") is None:
+        values["response_template"] = RESPONSE_TEMPLATES[kind]
+    write_json(config_path, values)
+
+
 def defined_classes(path: Path) -> set[str]:
     return {node.name for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ClassDef)}
 
@@ -286,7 +314,11 @@ def prepare_repo(checkpoint, out, base_model: str | None = None) -> Path:
                        "code replaces them")
     if family == "m1":
         changes += write_m1_generation_config(checkpoint, out)
-        files.append("generation_config.json")
+        write_chat_format(out, "m1")
+        changes.append("the chat format: this repository's M1 chat template is the default (`chat_template.jinja`, "
+                       "also named `tool_use`), the released one stays available as `chat_template=\"released\"`, "
+                       "and tokenizer_config.json gains M1's `response_template` (for `tokenizer.parse_response`)")
+        files += ["generation_config.json", "chat_template.jinja", CHAT_TEMPLATE_DIR]
     if vl:
         write_processor_auto_maps(out)
     validate_auto_maps(out)
@@ -376,9 +408,6 @@ def model_card(config, files: list[str], source_metadata: dict | None = None, fa
         files=file_list(files, REMOTE_CODE_FILES if vl else TEXT_CODE_FILES),
         changes="\n".join(f"- {change}" for change in changes or ["none besides the files above"]),
         m1=M1_NOTES if family == "m1" else "",
-        # M1's tokenizer files (and template) are kept as released
-        template_note="" if family == "m1" else "- The chat template also renders plain-string message content (the "
-        "released one rendered it as nothing).\n",
     )
 
 
@@ -483,7 +512,7 @@ Every expert and attention projection is quantized; router gates, embeddings and
 
 ## What changed from the source folder
 
-The weights and the tokenizer files are the source's, unchanged. Besides the remote code and this card:
+The weights are the source's, unchanged. Besides the remote code and this card:
 {changes}
 {m1}
 ## Differences from the code published with the release
@@ -493,7 +522,8 @@ The weights and the tokenizer files are the source's, unchanged. Besides the rem
 - A transformers `Cache` subclass (fp32 lightning states plus K/V) replaces the legacy tuple caches, so
   `generate()` works with greedy search, sampling, beam search and left-padded batches.
 - The lightning layers have a training path (autograd through a chunked, memory-bounded prefill).
-{template_note}
+- The chat template also renders plain-string message content (the released one rendered it as nothing).
+
 ## Differences from transformers' native `minimax`
 
 - RoPE is applied to the first `rotary_dim` (64) channels of each head only, as released; native rotates all 128.

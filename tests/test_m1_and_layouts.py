@@ -261,8 +261,13 @@ def test_prepare_hub_repo_turns_an_m1_folder_into_a_working_repo(released, relea
     config = json.loads((out / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_minimax_text_01.MiniMaxText01ForCausalLM"
     assert config["rope_theta"] == 10_000_000 and "torch_dtype" not in config and "dtype" not in config
-    for name in TOKENIZER_FILES:
-        assert (out / name).read_bytes() == (folder / name).read_bytes()
+    assert (out / "tokenizer.json").read_bytes() == (folder / "tokenizer.json").read_bytes()
+    # tokenizer_config.json: as released, but for the chat format (the chat side's, see test_m1_chat.py)
+    source_tokenizer = json.loads((folder / "tokenizer_config.json").read_text())
+    prepared_tokenizer = json.loads((out / "tokenizer_config.json").read_text())
+    chat_keys = ("chat_template", "response_template")
+    assert {k: v for k, v in prepared_tokenizer.items() if k not in chat_keys} == {
+        k: v for k, v in source_tokenizer.items() if k not in chat_keys}
     generation = GenerationConfig.from_pretrained(out)
     assert (generation.do_sample, generation.temperature, generation.top_p) == (True, 1.0, 0.95)
     eos = json.loads((folder / "tokenizer_config.json").read_text())["eos_token"]
