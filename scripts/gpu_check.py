@@ -24,7 +24,9 @@ beside transformers' native `minimax` where it has the layer, and beside a floor
   measured bf16 matmul rate);
 - an expert matmul (6144 -> 9216) at 1 token: optimum-quanto int8 vs bf16, with the int8 / bf16 weight-read floors;
 - with several GPUs, a decode step of a 2-layer model at the released widths on one GPU vs tensor parallel over the
-  GPUs (transformers' engine under torchrun, scripts/tp_decode.py); on CPU (--tiny), 2 gloo ranks.
+  GPUs (transformers' engine under torchrun, scripts/tp_decode.py); on CPU (--tiny), 2 gloo ranks;
+- the same decode step with 8-bit weights quantized while loading, beside the unquantized one: torchao int8 on one
+  GPU and tensor parallel (when there are several GPUs; 2 gloo ranks on CPU), FineGrainedFP8 on a GPU with FP8.
 Times are medians of CUDA-event timings (GPU) or time.perf_counter (CPU) after warm-up runs.
 
 Writes <out>/gpu_check.json, gpu_check.md and gpu_check.png (time vs tokens; the plot needs matplotlib), all
@@ -618,6 +620,7 @@ def run_timings(report: Report, args, device, dtype):
             part()
             free_memory()
     time_tp_decode(report, config, args.tiny, device, dtype)
+    time_8bit_decode(report, config, args.tiny, device, dtype)
     return ceilings
 
 
@@ -646,23 +649,45 @@ def time_tp_decode(report: Report, config: Config, tiny: bool, device, dtype):
             report.time(what, impl, 1, lambda: skip(reason))
         return
     ranks = min(ranks, config.num_key_value_heads)  # the heads must split evenly
-    worker = Path(__file__).resolve().parent / "tp_decode.py"
     dtype_name = str(dtype).removeprefix("torch.")
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = tp_decode_checkpoint(Path(tmp) / "checkpoint", config, tiny, dtype)
 
-        def run(world: int) -> float:
-            launcher = [sys.executable] if world == 1 else [
-                sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}"]
-            out = Path(tmp) / f"tp{world}.json"
-            command = launcher + [str(worker), str(checkpoint), "--out", str(out), "--dtype", dtype_name]
-            done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-            if done.returncode != 0:
-                raise RuntimeError(f"{' '.join(command[:6])} failed: {done.stderr.strip().splitlines()[-1:]}")
-            return json.loads(out.read_text())["ms_per_token"]
+        report.time(what, "1 device", 1, lambda: tp_decode_ms(checkpoint, 1, dtype_name))
+        report.time(what, f"tensor parallel {ranks}", 1, lambda: tp_decode_ms(checkpoint, ranks, dtype_name))
 
-        report.time(what, "1 device", 1, lambda: run(1))
-        report.time(what, f"tensor parallel {ranks}", 1, lambda: run(ranks))
+
+def tp_decode_ms(checkpoint: Path, world: int, dtype_name: str, quantize: str | None = None) -> float:
+    """scripts/tp_decode.py on `checkpoint`: one process, or `world` ranks under torchrun -> ms per decode step."""
+    launcher = [sys.executable] if world == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}"]  # fmt: skip
+    out = checkpoint.parent / f"tp{world}-{quantize}.json"
+    command = launcher + [str(Path(__file__).resolve().parent / "tp_decode.py"), str(checkpoint), "--out", str(out),
+                          "--dtype", dtype_name] + (["--quantize", quantize] if quantize else [])  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:6])} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.read_text())["ms_per_token"]
+
+
+def time_8bit_decode(report: Report, config: Config, tiny: bool, device, dtype):
+    """The 2-layer model's decode step with 8-bit weights quantized while loading, beside the same step unquantized:
+    torchao int8 on one device and tensor parallel (several GPUs; 2 gloo ranks on CPU), FineGrainedFP8 on one GPU
+    with FP8 (compute capability 8.9 or newer)."""
+    what = "decode step, 2-layer model, 8-bit weights"
+    dtype_name = str(dtype).removeprefix("torch.")
+    ranks = min(torch.cuda.device_count() if device.type == "cuda" else 2, config.num_key_value_heads)
+    has_fp8 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = tp_decode_checkpoint(Path(tmp) / "checkpoint", config, tiny, dtype)
+        report.time(what, f"{dtype_name}, 1 device", 1, lambda: tp_decode_ms(checkpoint, 1, dtype_name))
+        report.time(what, "int8 (torchao), 1 device", 1, lambda: tp_decode_ms(checkpoint, 1, dtype_name, "int8"))
+        multi = (lambda: tp_decode_ms(checkpoint, ranks, dtype_name, "int8")) if ranks > 1 else (
+            lambda: skip(f"tensor parallel needs 2 or more GPUs (one per rank); this machine has {ranks}"))
+        report.time(what, f"int8 (torchao), tensor parallel {max(ranks, 2)}", 1, multi)
+        fp8 = (lambda: tp_decode_ms(checkpoint, 1, dtype_name, "fp8")) if has_fp8 else (
+            lambda: skip("FineGrainedFP8 needs a CUDA GPU with FP8 (compute capability 8.9+)"))
+        report.time(what, "FP8 (FineGrainedFP8), 1 device", 1, fp8)
 
 
 # ------------------------------------------------------------------------------------------------ output

@@ -330,6 +330,34 @@ def test_quanto_skip_lists_name_real_modules(text_config, text_meta, vl_config, 
         qc.quanto_config(text_config, weights="int3")
 
 
+def test_torchao_recipe_quantizes_what_quanto_does(tiny_text, capsys):
+    """scripts/torchao_config.py: the same modules kept as the quanto recipe; int8 weights (torchao Int8Tensor) on
+    exactly the expert and attention Linear layers; logits close to fp32."""
+    pytest.importorskip("torchao")
+    import torchao_config as tc
+
+    c = qc.load_config(tiny_text)
+    assert tc.torchao_config(c).modules_to_not_convert == qc.modules_to_not_convert(c)
+    model = load_tiny(tiny_text, quantization_config=tc.torchao_config(tiny_text))
+    quantized = {name.removesuffix(".weight"): p for name, p in model.named_parameters() if hasattr(p, "qdata")}
+    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert linears - set(quantized) == {"lm_head"} | {f"model.layers.{i}.block_sparse_moe.gate" for i in range(8)}
+    assert {p.qdata.dtype for p in quantized.values()} == {torch.int8}
+    plain = load_tiny(tiny_text)
+    ids = token_ids(c)
+    with torch.no_grad():
+        reference, int8 = plain(ids).logits, model(ids).logits
+    error = ((int8 - reference).norm() / reference.norm()).item()
+    assert 1e-5 < error < 1e-2, error  # quantized, per-row int8 weights
+
+    tc.main([str(tiny_text), "--json", "--weights", "int8-dynamic"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["quant_method"] == "torchao"
+    assert printed["quant_type"]["default"]["_type"] == "Int8DynamicActivationInt8WeightConfig"
+    with pytest.raises(ValueError, match="Unknown torchao weight type 'int4'"):
+        tc.torchao_config(c, weights="int4")
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # generate.py
 # ------------------------------------------------------------------------------------------------------------------
