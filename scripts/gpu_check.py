@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import native_config  # noqa: E402
 from make_tiny_checkpoint import TEXT_AUTO_MAP, copy_remote_code, tiny_text_config  # noqa: E402
 from minimax_code import REPO_ROOT, load  # noqa: E402
+from cli_args import positive_int  # noqa: E402
 
 modeling = load("modeling_minimax_text_01")
 kernels = load("lightning_attention")
@@ -736,7 +737,7 @@ def parse_args(argv=None):
     parser.add_argument("--tiny", action="store_true", help="tiny layer sizes and token counts (CPU, seconds)")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
                         help="timing dtype (default: bfloat16 on CUDA, float32 on CPU)")
-    parser.add_argument("--reps", type=int, default=None, help="timed repetitions per row (default 10, tiny 3)")
+    parser.add_argument("--reps", type=positive_int, default=None, help="timed repetitions per row (default 10, tiny 3)")
     parser.add_argument("--config", type=Path, default=RELEASED_CONFIG,
                         help="released config.json for the layer sizes (default: the spec's copy if found, else the "
                              "config class's defaults, which are the released values)")

@@ -22,6 +22,7 @@ from transformers import GenerationConfig
 
 from minimax_code import REMOTE_CODE_FILES, REPO_ROOT, TEXT_CODE_FILES, load
 from tiny_tokenizer import build_tiny_tokenizer, special_token_ids
+from cli_args import positive_int
 
 TEXT_AUTO_MAP = {
     "AutoConfig": "configuration_minimax_text_01.MiniMaxText01Config",
@@ -63,8 +64,32 @@ def save_tokenizer_and_generation_config(out: Path, tokenizer) -> None:
     GenerationConfig(eos_token_id=ids["eos"], pad_token_id=ids["eos"], max_new_tokens=32).save_pretrained(out)
 
 
-def build_text_checkpoint(out: Path, seed: int = 0, **text_overrides) -> Path:
+# What a checkpoint folder of either kind holds (weights, configs, tokenizer, remote code): cleared before a new
+# checkpoint is written over an old one, so a text checkpoint written over a VL one keeps no processor config
+# (which would make it look like VL-01) and no stale shards.
+CHECKPOINT_FILE_PATTERNS = (
+    "config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json", "tokenizer*",
+    "special_tokens_map.json", "chat_template.*", "processor_config.json", "preprocessor_config.json",
+    *REMOTE_CODE_FILES,
+)
+
+
+def prepare_out_folder(out: Path) -> None:
+    """Create `out`; over an existing checkpoint, remove its files first. A non-empty folder that is no checkpoint
+    (no config.json) is refused rather than mixed with."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pass a folder.")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / "config.json").is_file():
+            raise ValueError(f"--out {out} is not empty and holds no checkpoint; pass a new or empty folder.")
+        for pattern in CHECKPOINT_FILE_PATTERNS:
+            for path in out.glob(pattern):
+                path.unlink()
     out.mkdir(parents=True, exist_ok=True)
+
+
+def build_text_checkpoint(out: Path, seed: int = 0, **text_overrides) -> Path:
+    prepare_out_folder(out)
     tokenizer = build_tiny_tokenizer(with_image_token=False)
     config = tiny_text_config(
         vocab_size=len(tokenizer), eos_token_id=special_token_ids(tokenizer)["eos"], **text_overrides
@@ -102,7 +127,7 @@ def tiny_vl_config(image_token_index: int, vocab_size: int = 512, text_overrides
 
 
 def build_vl_checkpoint(out: Path, seed: int = 0, **text_overrides) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_out_folder(out)
     tokenizer = build_tiny_tokenizer(with_image_token=True)
     ids = special_token_ids(tokenizer)
     config = tiny_vl_config(image_token_index=ids["image"], vocab_size=len(tokenizer), text_overrides=text_overrides)
@@ -128,13 +153,16 @@ BUILDERS = {"text": build_text_checkpoint, "vl": build_vl_checkpoint}
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(BUILDERS), default="text")
-    parser.add_argument("--out", type=Path, required=True, help="folder to write (created if missing)")
+    parser.add_argument("--out", type=Path, required=True, help="folder to write (created if missing; an old checkpoint there is replaced)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    parser.add_argument("--heads", type=int, help="attention heads of the text model (default 4)")
-    parser.add_argument("--kv-heads", type=int, help="KV heads of its softmax layers (default 2)")
+    parser.add_argument("--heads", type=positive_int, help="attention heads of the text model (default 4)")
+    parser.add_argument("--kv-heads", type=positive_int, help="KV heads of its softmax layers (default 2)")
     args = parser.parse_args(argv)
     overrides = {"num_attention_heads": args.heads, "num_key_value_heads": args.kv_heads}
-    path = BUILDERS[args.model](args.out, args.seed, **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        path = BUILDERS[args.model](args.out, args.seed, **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as error:  # a bad --out, or heads the config refuses
+        parser.error(str(error))
     print(f"wrote a tiny MiniMax-{args.model} checkpoint to {path}")
 
 

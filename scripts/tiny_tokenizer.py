@@ -29,6 +29,7 @@ import argparse
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
+from cli_args import positive_int
 
 BOS_TOKEN = "<beginning_of_sentence>"
 EOS_TOKEN = "<end_of_sentence>"
@@ -216,7 +217,7 @@ def special_token_ids(tokenizer) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir")
-    parser.add_argument("--vocab-size", type=int, default=512)
+    parser.add_argument("--vocab-size", type=positive_int, default=512)
     parser.add_argument("--no-image-token", action="store_true")
     args = parser.parse_args(argv)
     tokenizer = build_tiny_tokenizer(args.vocab_size, with_image_token=not args.no_image_token)
