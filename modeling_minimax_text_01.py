@@ -27,6 +27,7 @@ from .cache_minimax_text_01 import (
     MiniMaxGenerationMixin,
     MiniMaxText01Cache,
     MiniMaxText01StaticCache,
+    check_prefill_chunk_size,
     static_cache_attention_mask,
     static_cache_padding_mask,
 )
@@ -634,18 +635,6 @@ def refuse_image_inputs(extra_inputs: dict) -> None:
             f"MiniMax-Text-01 is text-only and would ignore {', '.join(given)}. Use a MiniMax-VL-01 checkpoint with "
             "MiniMaxVL01ForConditionalGeneration for images, or drop the image inputs."
         )
-
-
-def check_prefill_chunk_size(value) -> None:
-    """None (the config's default) or a positive token count; 0, negatives, floats and bools are refused."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"prefill_chunk_size must be an int token count or None, got {value!r} "
-                        f"({type(value).__name__}).")
-    if value <= 0:
-        raise ValueError(f"prefill_chunk_size must be a positive token count, got {value}. Pass None for the "
-                         "config's default (no chunking unless config.prefill_chunk_size is set).")
 
 
 def check_logits_to_keep(logits_to_keep, labels, num_tokens: int) -> None:

@@ -100,6 +100,33 @@ def test_top_level_pinpoints_tile_the_image_and_count_its_tokens_alike(processor
     assert processor.image_processor.image_grid_pinpoints != pinpoints  # the processor itself is unchanged
 
 
+@pytest.mark.parametrize(
+    "setting, phrase",
+    [
+        (dict(do_resize=False), "do_resize=False: anyres tiling always resizes"),
+        (dict(do_center_crop=True, crop_size={"height": 224, "width": 224}), "crop_size="),
+        (dict(crop_size={"height": 224, "width": 224}), "crop_size="),
+        (dict(do_pad=False), "do_pad=False"),
+        (dict(image_seq_length=576), "image_seq_length=576"),
+        (dict(data_format="channels_last"), "data_format='channels_last'"),
+        (dict(device="cuda"), "device='cuda'"),
+    ],
+)
+def test_image_settings_the_anyres_processor_cannot_honour(processor, setting, phrase):
+    with pytest.raises(ValueError, match=rf"MiniMaxVL01ImageProcessor cannot honour {phrase}"):
+        processor(text="a<image>", images=[photo()], return_tensors="pt", **setting)
+    with pytest.raises(ValueError, match=r"cannot honour"):
+        processor.image_processor(photo(), return_tensors="pt", **setting)
+
+
+def test_image_settings_it_honours_anyway_are_accepted(processor):
+    plain = processor.image_processor(photo(), return_tensors="pt")["pixel_values"]
+    same = processor.image_processor(photo(), do_resize=True, do_pad=True, data_format="channels_first", device="cpu",
+                                     do_center_crop=True, crop_size={"height": 336, "width": 336},
+                                     return_tensors="pt")["pixel_values"]
+    assert torch.equal(plain, same)
+
+
 def test_tokenizer_arguments_still_reach_the_tokenizer(processor):
     out = processor(text=["a<image>", "a longer prompt<image>"], images=[photo(), photo(seed=1)],
                     padding_side="right", return_tensors="pt")
@@ -281,6 +308,19 @@ def test_logits_to_keep_keeps_the_last_tokens(text_model):
 def test_bad_prefill_chunk_size(text_model, size, error, phrase):
     with pytest.raises(error, match=phrase):
         text_model(ids_of(1, 6), prefill_chunk_size=size)
+
+
+@pytest.mark.parametrize("size", [0, -2, 2.5, True])
+def test_bad_prefill_chunk_size_in_generate(text_model, size):
+    with pytest.raises((TypeError, ValueError), match=r"prefill_chunk_size must be"):
+        text_model.generate(ids_of(1, 9), max_new_tokens=2, do_sample=False, prefill_chunk_size=size)
+
+
+def test_generate_with_prefill_chunks_matches_unchunked(text_model):
+    ids = ids_of(1, 9)
+    plain = text_model.generate(ids, max_new_tokens=3, do_sample=False)
+    chunked = text_model.generate(ids, max_new_tokens=3, do_sample=False, prefill_chunk_size=4)
+    assert torch.equal(plain, chunked)
 
 
 def test_prefill_chunk_size_gives_the_unchunked_logits(text_model):
