@@ -41,6 +41,22 @@ PROCESSOR_MISMATCH_FIX = (
 )
 
 
+def images_by_token_count(totals: list[int], tokens_per_image: list[int]) -> list[range] | None:
+    """Split the images, in order, into consecutive groups whose token counts add up to each of `totals` (the image
+    tokens of each prompt, or of each unbroken run): one range of image indices per total, or None if no such split
+    exists (an image would straddle two totals)."""
+    groups, image = [], 0
+    for remaining in totals:
+        first = image
+        while remaining > 0 and image < len(tokens_per_image):
+            remaining -= tokens_per_image[image]
+            image += 1
+        if remaining != 0:
+            return None
+        groups.append(range(first, image))
+    return groups
+
+
 class MiniMaxVL01MultiModalProjector(nn.Module):
     """linear_1 -> act (GELU, erf form) -> linear_2, both with biases: vision width -> text width."""
 
@@ -257,17 +273,13 @@ class MiniMaxVL01Model(MiniMaxVL01PreTrainedModel):
     def _check_image_runs(self, image_mask: torch.Tensor, tokens_per_image: list[int]) -> None:
         """Each image's tokens must be one unbroken run (adjacent images may share a run): the processor writes
         them so, and text inside a run would shift every later feature onto the wrong token."""
-        runs, image = self._image_token_runs(image_mask), 0
-        for run in runs:
-            while run > 0 and image < len(tokens_per_image):
-                run -= tokens_per_image[image]
-                image += 1
-            if run != 0:
-                raise ValueError(
-                    f"The image tokens do not form one unbroken run per image: runs of {runs} "
-                    f"tokens for images of {tokens_per_image} tokens. Image {image - 1}'s run is split by other tokens; "
-                    "keep each expanded <image> intact (do not insert or truncate text inside it)."
-                )
+        runs = self._image_token_runs(image_mask)
+        if images_by_token_count(runs, tokens_per_image) is None:
+            raise ValueError(
+                f"The image tokens do not form one unbroken run per image: runs of {runs} tokens for images of "
+                f"{tokens_per_image} tokens, so an image's run is split by other tokens. Keep each expanded <image> "
+                "intact (do not insert or truncate text inside it)."
+            )
 
     def _swapped_size_hint(self, sizes, fits) -> str:
         """A hint when image_sizes rows read as (width, height) fit the inputs and the rows as given do not."""
@@ -384,18 +396,12 @@ class MiniMaxVL01ForConditionalGeneration(MiniMaxGenerationMixin, MiniMaxVL01Mod
         sizes, crops_per_image = self._check_pixel_inputs(pixel_values, image_sizes)
         config = self.config
         tokens = [self._num_image_tokens(hw) for hw in sizes]
-        images_of_row, image = [], 0
-        for row_tokens in (input_ids == config.image_token_index).sum(-1).tolist():
-            first = image
-            while row_tokens > 0 and image < len(sizes):
-                row_tokens -= tokens[image]
-                image += 1
-            if row_tokens != 0:
-                raise ValueError(
-                    f"The image tokens of each prompt do not add up to its images' token counts {tokens}; expand "
-                    "every <image> with the MiniMax-VL-01 processor."
-                )
-            images_of_row.append(range(first, image))
+        images_of_row = images_by_token_count((input_ids == config.image_token_index).sum(-1).tolist(), tokens)
+        if images_of_row is None:
+            raise ValueError(
+                f"The image tokens of each prompt do not add up to its images' token counts {tokens}; expand "
+                "every <image> with the MiniMax-VL-01 processor."
+            )
         order = [i for row in images_of_row for _ in range(times) for i in row]
         crops = pixel_values.split(crops_per_image)
         return {
