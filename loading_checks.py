@@ -130,18 +130,27 @@ def check_shards(folder: Path) -> None:
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise ValueError(f"{folder / INDEX_FILE} has no `weight_map` {{tensor name: shard file}}. Restore the index "
                          "from the checkpoint's original repository.")
-    seen: dict[str, str] = {}
+    keys_of = {}  # shard file -> the tensor names it holds
     for shard in sorted(set(weight_map.values())):
-        if not (folder / shard).is_file():
-            continue  # transformers names a missing shard itself
-        with safe_open(folder / shard, framework="pt") as handle:
-            for key in handle.keys():
-                if key in seen and not _same_tensor(folder, key, seen[key], shard):
-                    raise ValueError(
-                        f"{folder}: the tensor {key} is in both {seen[key]} and {shard}, with different values. "
-                        f"Keep it in the shard the index names ({weight_map.get(key)}) and remove it from the other."
-                    )
-                seen.setdefault(key, shard)
+        if (folder / shard).is_file():  # (transformers names a missing shard itself)
+            with safe_open(folder / shard, framework="pt") as handle:
+                keys_of[shard] = set(handle.keys())
+    seen: dict[str, str] = {}
+    for shard, keys in keys_of.items():
+        for key in sorted(keys):
+            if key in seen and not _same_tensor(folder, key, seen[key], shard):
+                raise ValueError(
+                    f"{folder}: the tensor {key} is in both {seen[key]} and {shard}, with different values. "
+                    f"Keep it in the shard the index names ({weight_map.get(key)}) and remove it from the other."
+                )
+            seen.setdefault(key, shard)
+    misplaced = sorted(k for k, shard in weight_map.items() if shard in keys_of and k not in keys_of[shard])
+    unlisted = sorted(set(seen) - set(weight_map))
+    if misplaced or unlisted:
+        problem = (f"the index names {summarize_keys(misplaced)} in shards that do not hold them" if misplaced else
+                   f"the shards hold {summarize_keys(unlisted)}, which the index does not list (they would be ignored)")
+        raise ValueError(f"{folder / INDEX_FILE} does not match the shards: {problem}. Regenerate the index from the "
+                         "shards, or restore it from the checkpoint's original repository.")
 
 
 def _same_tensor(folder: Path, key: str, shard_a: str, shard_b: str) -> bool:

@@ -675,7 +675,7 @@ def causal_lm_loss(loss_function, logits, labels, vocab_size: int, **kwargs) -> 
     ignore_index = kwargs.get("ignore_index", -100)
     targets = kwargs.get("shift_labels")
     targets = targets if targets is not None else labels[..., 1:]
-    if kwargs.get("num_items_in_batch") is None and not bool((targets != ignore_index).any()):
+    if not bool((targets != ignore_index).any()):  # (also when num_items_in_batch is 0: 0 / 0 again)
         return logits.sum() * 0.0
     return loss_function(logits, labels, vocab_size, **kwargs)
 

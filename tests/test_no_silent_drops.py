@@ -256,6 +256,12 @@ def test_labels_with_nothing_to_predict_give_zero_loss_not_nan(text_model, kept)
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())
 
 
+def test_nothing_to_predict_with_num_items_in_batch_zero(text_model):
+    ids = ids_of(1, 5)
+    loss = text_model(ids, labels=torch.full_like(ids, -100), num_items_in_batch=torch.tensor(0)).loss
+    assert loss.item() == 0.0
+
+
 @pytest.mark.parametrize(
     "labels, error, phrase",
     [
@@ -407,6 +413,33 @@ def test_malformed_shard_index(tiny_text, tmp_path, index_text):
     (folder / "model.safetensors.index.json").write_text(index_text)
     with pytest.raises(ValueError, match=r"model.safetensors.index.json (is not valid JSON|has no `weight_map`)"):
         mm.MiniMaxText01ForCausalLM.from_pretrained(folder)
+
+
+def test_index_naming_a_tensor_in_the_wrong_shard(tiny_text, tmp_path):
+    folder = copy_folder(tiny_text, tmp_path / "ckpt")
+    key = split_into_shards(folder)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    index["weight_map"][key] = "model-00002-of-00002.safetensors"
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=rf"does not match the shards: the index names {key} in shards that do not"):
+        mm.MiniMaxText01ForCausalLM.from_pretrained(folder)
+
+
+def test_shard_tensor_missing_from_the_index(tiny_text, tmp_path):
+    folder = copy_folder(tiny_text, tmp_path / "ckpt")
+    key = split_into_shards(folder)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    del index["weight_map"][key]
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=rf"the shards hold {key}, which the index does not list"):
+        mm.MiniMaxText01ForCausalLM.from_pretrained(folder)
+
+
+def test_sharded_checkpoint_with_a_consistent_index_loads(tiny_text, text_model, tmp_path):
+    folder = copy_folder(tiny_text, tmp_path / "ckpt")
+    split_into_shards(folder)
+    model = mm.MiniMaxText01ForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), text_model.state_dict().values()))
 
 
 @pytest.mark.parametrize("key", ["dtype", "torch_dtype"])
