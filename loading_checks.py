@@ -53,8 +53,9 @@ def looks_like_a_local_path(path: str) -> bool:
     return path.startswith((".", "~", os.sep, "/")) or path.count("/") > 1 or os.path.isabs(path) or path.endswith("/")
 
 
-def check_device_map(device_map) -> None:
-    """A device map naming a GPU fails deep inside torch on a machine without that GPU; refuse it by name."""
+def check_device_map(device_map, name: str = "device_map") -> None:
+    """A device map (or a device) naming a GPU fails deep inside torch on a machine without that GPU; refuse it by
+    name. `name`: what the user called it, for the message."""
     if device_map is None or isinstance(device_map, str) and device_map in ("auto", "balanced", "balanced_low_0",
                                                                             "sequential"):
         return
@@ -66,11 +67,11 @@ def check_device_map(device_map) -> None:
         try:
             device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
         except (RuntimeError, TypeError):
-            raise ValueError(f"device_map names the device {device!r}, which torch does not know. Use 'cpu', "
+            raise ValueError(f"{name} names the device {device!r}, which torch does not know. Use 'cpu', "
                              "'cuda:N', a GPU index, 'disk' or 'auto'.") from None
         if device.type == "cuda" and (device.index or 0) >= available:
             raise ValueError(
-                f"device_map names the GPU {str(device)!r}, but this machine has {available} CUDA GPU(s). Use "
+                f"{name} names the GPU {str(device)!r}, but this machine has {available} CUDA GPU(s). Use "
                 "device_map='auto' (or 'cpu'), or a map written for this machine (scripts/device_map.py)."
             )
 

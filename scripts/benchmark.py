@@ -427,7 +427,12 @@ def parse_args(argv=None):
     sizes.add_argument("--vocab", type=positive_int, default=1024)
     parser.add_argument("--checkpoint", type=Path, default=None, help="reuse a checkpoint written by this script")
     parser.add_argument("--memory-probe", nargs=2, metavar=("WHICH", "TOKENS"), help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:  # a GPU this machine lacks fails here, not after the checkpoint is built
+        load("loading_checks").check_device_map(args.device, "--device")
+    except ValueError as error:
+        parser.error(str(error))
+    return args
 
 
 def main(argv=None):

@@ -537,6 +537,13 @@ def test_counts_below_one_are_refused_when_parsed(main, argv, flag, capsys):
     assert f"argument {flag}" in err and ("must be at least 1" in err or "expected a whole number" in err)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_benchmark_refuses_a_gpu_on_a_cpu_machine_when_parsed(capsys):
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--device", "cuda"])
+    assert "--device names the GPU 'cuda', but this machine has 0 CUDA GPU" in capsys.readouterr().err
+
+
 def test_generate_script_names_a_missing_path(tmp_path, capsys):
     with pytest.raises(SystemExit):
         gen.main([str(tmp_path / "missing"), "--prompt", "hi"])
