@@ -220,7 +220,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vocab-size", type=positive_int, default=512)
     parser.add_argument("--no-image-token", action="store_true")
     args = parser.parse_args(argv)
-    tokenizer = build_tiny_tokenizer(args.vocab_size, with_image_token=not args.no_image_token)
+    try:
+        tokenizer = build_tiny_tokenizer(args.vocab_size, with_image_token=not args.no_image_token)
+    except ValueError as error:  # a vocabulary too small for the byte alphabet
+        parser.error(str(error))
     tokenizer.save_pretrained(args.out_dir)
     print(f"saved {len(tokenizer)} ids to {args.out_dir}: {special_token_ids(tokenizer)}")
 

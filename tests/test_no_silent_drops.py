@@ -544,6 +544,12 @@ def test_benchmark_refuses_a_gpu_on_a_cpu_machine_when_parsed(capsys):
     assert "--device names the GPU 'cuda', but this machine has 0 CUDA GPU" in capsys.readouterr().err
 
 
+def test_tiny_tokenizer_too_small_a_vocabulary_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        tiny_tokenizer.main([str(tmp_path / "tok"), "--vocab-size", "10"])
+    assert "vocab_size must be at least 259" in capsys.readouterr().err
+
+
 def test_generate_script_names_a_missing_path(tmp_path, capsys):
     with pytest.raises(SystemExit):
         gen.main([str(tmp_path / "missing"), "--prompt", "hi"])
