@@ -38,11 +38,13 @@ def check_checkpoint_folder(model_class, args: tuple, kwargs: dict) -> None:
             )
         return  # a Hub repository id: transformers fetches and reports it
     values = read_json(folder / "config.json", "config.json") if (folder / "config.json").is_file() else None
-    if values is not None and "config" not in kwargs:
+    if isinstance(values, dict) and "config" not in kwargs:
         check_model_kind(model_class, values, folder)
-        for key in ("dtype", "torch_dtype"):
-            for where, config in (("", values), ("text_config.", values.get("text_config") or {})):
-                check_dtype_name(config.get(key), f"{folder / 'config.json'}: `{where}{key}`")
+        sections = {"": values, "text_config.": values.get("text_config"), "vision_config.": values.get("vision_config")}
+        for where, section in sections.items():
+            for key in ("dtype", "torch_dtype"):
+                if isinstance(section, dict):
+                    check_dtype_name(section.get(key), f"{folder / 'config.json'}: `{where}{key}`")
         check_generation_config(folder, values)
     if (folder / INDEX_FILE).is_file():
         check_shards(folder)

@@ -450,6 +450,15 @@ def test_unknown_dtype_name_in_config(tiny_text, tmp_path, key):
         mm.MiniMaxText01ForCausalLM.from_pretrained(folder)
 
 
+def test_unknown_dtype_name_in_a_vl_sub_config(tiny_vl, tmp_path):
+    folder = copy_folder(tiny_vl, tmp_path / "ckpt")
+    values = json.loads((folder / "config.json").read_text())
+    values["text_config"]["torch_dtype"] = "bf16"
+    (folder / "config.json").write_text(json.dumps(values))
+    with pytest.raises(ValueError, match=r"`text_config.torch_dtype` is 'bf16', which is not a torch dtype"):
+        vl.MiniMaxVL01ForConditionalGeneration.from_pretrained(folder)
+
+
 def test_unknown_dtype_name_as_argument(tiny_text):
     with pytest.raises(ValueError, match=r"the `dtype` argument is 'float33', which is not a torch dtype"):
         mm.MiniMaxText01ForCausalLM.from_pretrained(tiny_text, dtype="float33")
