@@ -1,6 +1,7 @@
 # Two entry points, each setting itself up on a fresh machine:
 #   make demo   build a tiny offline checkpoint and chat with it exactly as with a real one
-#   make test   run the test suite
+#   make test   run the test suite, less the slow end-to-end tests (about a minute on 2 cores)
+#   make test-slow   the slow end-to-end tests: CLIs in subprocesses, torchrun, torch.compile, fresh-process loads
 #   make test-triton   run the GPU-path tests (fla's Triton kernels) on CPU through Triton's interpreter
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +10,7 @@ PY := $(VENV)/bin/python
 OLDEST_VENV ?= .venv-transformers-5.17
 TRITON_VENV ?= .venv-triton
 
-.PHONY: demo test test-oldest test-triton clean
+.PHONY: demo test test-slow test-oldest test-triton clean
 
 $(PY): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +26,10 @@ demo: $(PY)
 	HF_HUB_OFFLINE=1 $(PY) scripts/generate.py build/tiny-vl --prompt "Describe this image." --image scripts/assets/demo.png --max-new-tokens 24
 
 test: $(PY)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" tests
+
+test-slow: $(PY)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow tests
 
 # A smoke subset on the oldest supported transformers (5.17).
 $(OLDEST_VENV)/bin/python: requirements.txt requirements-dev.txt

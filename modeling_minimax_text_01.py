@@ -41,7 +41,7 @@ from .lightning_attention import (
     use_fla_prefill,
 )
 from .loading_checks import check_checkpoint_folder, check_loading_info
-from .tensor_parallel_minimax_text_01 import is_sharded, local_row_range, prepare_distributed_model
+from .tensor_parallel_minimax_text_01 import check_checkpoint_for_tensor_parallel, is_sharded, prepare_distributed_model
 
 logger = logging.get_logger(__name__)
 
@@ -89,6 +89,9 @@ class MiniMaxText01LightningAttention(nn.Module):
         self.head_dim = config.head_dim
         self.num_layers = config.num_hidden_layers
         self.block_size = config.block_size
+        # global indices of the heads this module holds: all, or under tensor parallel this rank's share, set from
+        # the rank's place when the plan is applied (`record_tensor_parallel_place`)
+        self.heads = range(self.num_heads)
         inner = self.num_heads * self.head_dim
         # rows are head-major: head h owns [3d h, 3d h + 3d) = q | k | v
         self.qkv_proj = nn.Linear(config.hidden_size, 3 * inner, bias=False)
@@ -98,11 +101,9 @@ class MiniMaxText01LightningAttention(nn.Module):
         self._slopes: torch.Tensor | None = None  # fp32, computed on first use per device
 
     def slopes(self, device: torch.device) -> torch.Tensor:
-        """Decay rates [H_local] of the heads this module holds: all H, or under tensor parallel this rank's heads
-        (their global indices set the rates)."""
+        """Decay rates [H_local] of the heads this module holds (`self.heads`: their global indices set the rates)."""
         if self._slopes is None or self._slopes.device != device:
-            rows, rows_per_head = local_row_range(self.qkv_proj.weight), 3 * self.head_dim
-            heads = slice(rows.start // rows_per_head, rows.stop // rows_per_head)
+            heads = slice(self.heads.start, self.heads.stop)
             self._slopes = lightning_slopes(self.num_heads, self.layer_idx, self.num_layers)[heads].to(device)
         return self._slopes
 
@@ -554,9 +555,11 @@ class MiniMaxText01PreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, ignore_mismatched_sizes: bool = False, output_loading_info: bool = False, **kwargs):
         """As transformers', but the folder is checked first (`check_checkpoint_folder`: model kind, JSON files, dtype
-        name, shards, device map), and a checkpoint that does not fit the config raises an error naming the keys
-        (`check_loading_info`) instead of leaving weights at random behind a logged report."""
+        name, shards, device map; `check_checkpoint_for_tensor_parallel`), and a checkpoint that does not fit the
+        config raises an error naming the keys (`check_loading_info`) instead of leaving weights at random behind a
+        logged report."""
         check_checkpoint_folder(cls, args, kwargs)
+        check_checkpoint_for_tensor_parallel(cls.config_class, args, kwargs)
         model, info = super().from_pretrained(*args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
         check_loading_info(model, info, ignore_mismatched_sizes)
         return (model, info) if output_loading_info else model

@@ -30,7 +30,7 @@ from .image_processing_minimax_vl_01 import (
 from .cache_minimax_text_01 import MiniMaxGenerationMixin, MiniMaxText01Cache
 from .loading_checks import check_checkpoint_folder, check_loading_info
 from .modeling_minimax_text_01 import MiniMaxText01ForCausalLM, MiniMaxText01Model
-from .tensor_parallel_minimax_text_01 import prepare_distributed_model
+from .tensor_parallel_minimax_text_01 import check_checkpoint_for_tensor_parallel, prepare_distributed_model
 
 
 # The two ways the processor's output can disagree with the model's image geometry.
@@ -98,8 +98,9 @@ class MiniMaxVL01PreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, ignore_mismatched_sizes: bool = False, output_loading_info: bool = False, **kwargs):
         """As transformers', with the folder and loaded-key checks of MiniMax-Text-01 (`check_checkpoint_folder`,
-        `check_loading_info`)."""
+        `check_checkpoint_for_tensor_parallel`, `check_loading_info`)."""
         check_checkpoint_folder(cls, args, kwargs)
+        check_checkpoint_for_tensor_parallel(cls.config_class, args, kwargs)
         model, info = super().from_pretrained(*args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
         check_loading_info(model, info, ignore_mismatched_sizes)
         return (model, info) if output_loading_info else model

@@ -12,22 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import DynamicLayer
+from helpers import tiny_model
 
-from make_tiny_checkpoint import tiny_text_config
 from minimax_code import load
 from reference import lightning_recurrence
 
 mm = load("modeling_minimax_text_01")
 mc = load("cache_minimax_text_01")
 la = load("lightning_attention")
-
-
-def tiny_model(**overrides):
-    torch.manual_seed(0)
-    model = mm.MiniMaxText01ForCausalLM(tiny_text_config(**overrides)).double().eval()
-    for p in model.parameters():  # larger weights than the 0.02 init, so every term matters in the comparison
-        p.data.normal_(0, 0.2)
-    return model
 
 
 # ------------------------------------------------------------------------------------------------ MoE
@@ -52,7 +44,7 @@ def moe_reference(moe, x):
 
 @pytest.mark.parametrize("tokens", [1, 2, 13])
 def test_moe_dispatch_matches_per_token_loop(tokens):
-    moe = tiny_model().model.layers[0].block_sparse_moe
+    moe = tiny_model(dtype=torch.float64).model.layers[0].block_sparse_moe
     x = torch.randn(1, tokens, moe.gate.in_features, dtype=torch.float64)
     with torch.no_grad():
         out, logits = moe(x)
@@ -64,7 +56,7 @@ def test_moe_dispatch_matches_per_token_loop(tokens):
 def test_moe_dispatch_with_autograd_matches_reference_gradients(tokens):
     """With autograd on, the dispatch takes its out-of-place branches: outputs and gradients (input and router)
     equal autograd through the per-token reference."""
-    moe = tiny_model().model.layers[0].block_sparse_moe
+    moe = tiny_model(dtype=torch.float64).model.layers[0].block_sparse_moe
     x = torch.randn(1, tokens, moe.gate.in_features, dtype=torch.float64, requires_grad=True)
     upstream = torch.randn(1, tokens, moe.gate.in_features, dtype=torch.float64)
     out, _ = moe(x)
@@ -80,7 +72,7 @@ def test_moe_dispatch_with_autograd_matches_reference_gradients(tokens):
 
 @pytest.mark.skipif(mm._grouped_mm is None, reason="this torch has no grouped matmul")
 def test_grouped_experts_math_matches_per_expert_loop():
-    moe = tiny_model().float().model.layers[0].block_sparse_moe
+    moe = tiny_model().model.layers[0].block_sparse_moe
     counts = torch.tensor([3, 0, 7, 2])  # an expert with no tokens too
     x = torch.randn(int(counts.sum()), moe.gate.in_features)
     with torch.no_grad():
@@ -96,7 +88,7 @@ def test_grouped_experts_math_matches_per_expert_loop():
 
 
 def test_grouped_path_is_off_on_cpu_and_for_quantized_experts():
-    moe = tiny_model().model.layers[0].block_sparse_moe
+    moe = tiny_model(dtype=torch.float64).model.layers[0].block_sparse_moe
     assert not moe.grouped_mm  # opt-in: the stacked weights are a second copy of the experts
     moe.grouped_mm = True
     assert not mm.use_grouped_mm(moe, torch.zeros(1))  # CPU tensors keep the per-expert loop
@@ -194,7 +186,7 @@ def test_fla_wrapper_passes_layout_decay_states_and_segments(monkeypatch, per_to
 
 
 def test_prefill_chunk_size_equals_whole_prompt_with_left_padding():
-    model = tiny_model()
+    model = tiny_model(dtype=torch.float64)
     ids = torch.randint(0, 512, (2, 23))
     mask = torch.ones_like(ids)
     mask[0, :9] = 0  # more padding than one chunk: the first chunk of row 0 is all padding
@@ -223,7 +215,7 @@ def test_prefill_chunk_size_equals_whole_prompt_with_left_padding():
 def test_lightning_layers_in_cpu_spans_equal_whole_prompt(monkeypatch):
     """Long inputs run through lightning layers in spans of LIGHTNING_CPU_SPAN tokens (state carried over): with a
     5-token span the logits, lightning states and input gradients equal the unsplit layers (left padding too)."""
-    model = tiny_model()
+    model = tiny_model(dtype=torch.float64)
     ids = torch.randint(0, 512, (2, 23))
     mask = torch.ones_like(ids)
     mask[0, :7] = 0
@@ -248,7 +240,7 @@ def test_lightning_layers_in_cpu_spans_equal_whole_prompt(monkeypatch):
 def test_decode_steps_equal_one_forward():
     """Prefill 11 tokens, then 6 single-token steps (lightning recurrence step, single-token MoE, cached K/V):
     the logits equal one uncached forward over all 17 tokens."""
-    model = tiny_model()
+    model = tiny_model(dtype=torch.float64)
     ids = torch.randint(0, 512, (1, 17))
     field = mm.CACHE_FIELD
     with torch.no_grad():
@@ -307,7 +299,7 @@ def test_growing_kv_layer_equals_concatenation_through_beam_and_batch_ops():
 def test_cache_uses_growing_kv_layers_and_generate_equals_plain_dynamic_layers(monkeypatch):
     """Greedy and beam-search generate with the growing K/V layers give the same tokens and scores as with
     transformers' torch.cat-based DynamicLayer."""
-    model = tiny_model().float()
+    model = tiny_model()
     ids = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(4))
     kwargs = dict(max_new_tokens=12, do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=0)
     cache = mc.MiniMaxText01Cache(model.config)
