@@ -11,11 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
@@ -27,23 +24,13 @@ import gpu_check
 import make_tiny_checkpoint as mtc
 import tiny_tokenizer
 import tp_decode
-from make_tiny_checkpoint import build_text_checkpoint, build_vl_checkpoint
+from helpers import random_ids, random_image
+from make_tiny_checkpoint import build_vl_checkpoint
 from minimax_code import load
 
 mm = load("modeling_minimax_text_01")
 vl = load("modeling_minimax_vl_01")
 image_processing = load("image_processing_minimax_vl_01")
-processing = load("processing_minimax_vl_01")
-
-
-@pytest.fixture(scope="module")
-def tiny_text(tmp_path_factory):
-    return build_text_checkpoint(tmp_path_factory.mktemp("no-silent-drops") / "text")
-
-
-@pytest.fixture(scope="module")
-def tiny_vl(tmp_path_factory):
-    return build_vl_checkpoint(tmp_path_factory.mktemp("no-silent-drops") / "vl")
 
 
 @pytest.fixture(scope="module")
@@ -51,53 +38,36 @@ def text_model(tiny_text):
     return mm.MiniMaxText01ForCausalLM.from_pretrained(tiny_text, dtype=torch.float32).eval()
 
 
-@pytest.fixture(scope="module")
-def vl_model(tiny_vl):
-    return vl.MiniMaxVL01ForConditionalGeneration.from_pretrained(tiny_vl, dtype=torch.float32).eval()
-
-
-@pytest.fixture(scope="module")
-def processor(tiny_vl):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_vl)
-    return processing.MiniMaxVL01Processor(image_processing.MiniMaxVL01ImageProcessor(), tokenizer)
-
-
-def photo(height=40, width=90, seed=0) -> Image.Image:
-    return Image.fromarray(np.random.RandomState(seed).randint(0, 255, (height, width, 3), dtype=np.uint8))
-
-
-def ids_of(*shape, seed=0):
-    return torch.randint(3, 300, shape, generator=torch.Generator().manual_seed(seed))
+def photo(seed=0, width=90, height=40):
+    return random_image(width, height, seed)
 
 
 # ================================================================================ processor keyword arguments
 
 
-def test_top_level_do_normalize_reaches_the_image_processor(processor):
-    out = processor(text="a<image>b", images=[photo()], do_normalize=False, return_tensors="pt")
-    expected = processor.image_processor(photo(), do_normalize=False, return_tensors="pt")["pixel_values"]
+def test_top_level_do_normalize_reaches_the_image_processor(vl_processor):
+    out = vl_processor(text="a<image>b", images=[photo()], do_normalize=False, return_tensors="pt")
+    expected = vl_processor.image_processor(photo(), do_normalize=False, return_tensors="pt")["pixel_values"]
     assert torch.equal(out["pixel_values"], expected)
     # raw 0..1 pixels, not the CLIP-normalised ones the default gives
     assert out["pixel_values"].min() >= 0 and out["pixel_values"].max() <= 1
-    default = processor(text="a<image>b", images=[photo()], return_tensors="pt")["pixel_values"]
+    default = vl_processor(text="a<image>b", images=[photo()], return_tensors="pt")["pixel_values"]
     assert not torch.allclose(default, expected)
 
 
-def test_top_level_max_image_pixels_reaches_the_image_processor(processor):
+def test_top_level_max_image_pixels_reaches_the_image_processor(vl_processor):
     with pytest.raises(ValueError, match=r"exceeds max_image_pixels=100"):
-        processor(text="a<image>", images=[photo()], max_image_pixels=100, return_tensors="pt")
+        vl_processor(text="a<image>", images=[photo()], max_image_pixels=100, return_tensors="pt")
 
 
 @pytest.mark.parametrize("pinpoints", [[[336, 336]], [[336, 672], [672, 336]]])
-def test_top_level_pinpoints_tile_the_image_and_count_its_tokens_alike(processor, pinpoints):
-    out = processor(text="x<image>y", images=[photo()], image_grid_pinpoints=pinpoints, return_tensors="pt")
+def test_top_level_pinpoints_tile_the_image_and_count_its_tokens_alike(vl_processor, pinpoints):
+    out = vl_processor(text="x<image>y", images=[photo()], image_grid_pinpoints=pinpoints, return_tensors="pt")
     hw = (40, 90)
     assert out["pixel_values"].shape[0] == image_processing.num_crops(hw, pinpoints)
-    tokens = int((out["input_ids"] == processor.image_token_id).sum())
+    tokens = int((out["input_ids"] == vl_processor.image_token_id).sum())
     assert tokens == image_processing.num_image_tokens(hw, pinpoints)
-    assert processor.image_processor.image_grid_pinpoints != pinpoints  # the processor itself is unchanged
+    assert vl_processor.image_processor.image_grid_pinpoints != pinpoints  # the processor itself is unchanged
 
 
 @pytest.mark.parametrize(
@@ -112,48 +82,48 @@ def test_top_level_pinpoints_tile_the_image_and_count_its_tokens_alike(processor
         (dict(device="cuda"), "device='cuda'"),
     ],
 )
-def test_image_settings_the_anyres_processor_cannot_honour(processor, setting, phrase):
+def test_image_settings_the_anyres_processor_cannot_honour(vl_processor, setting, phrase):
     with pytest.raises(ValueError, match=rf"MiniMaxVL01ImageProcessor cannot honour {phrase}"):
-        processor(text="a<image>", images=[photo()], return_tensors="pt", **setting)
+        vl_processor(text="a<image>", images=[photo()], return_tensors="pt", **setting)
     with pytest.raises(ValueError, match=r"cannot honour"):
-        processor.image_processor(photo(), return_tensors="pt", **setting)
+        vl_processor.image_processor(photo(), return_tensors="pt", **setting)
 
 
-def test_image_settings_it_honours_anyway_are_accepted(processor):
-    plain = processor.image_processor(photo(), return_tensors="pt")["pixel_values"]
-    same = processor.image_processor(photo(), do_resize=True, do_pad=True, data_format="channels_first", device="cpu",
+def test_image_settings_it_honours_anyway_are_accepted(vl_processor):
+    plain = vl_processor.image_processor(photo(), return_tensors="pt")["pixel_values"]
+    same = vl_processor.image_processor(photo(), do_resize=True, do_pad=True, data_format="channels_first", device="cpu",
                                      do_center_crop=True, crop_size={"height": 336, "width": 336},
                                      return_tensors="pt")["pixel_values"]
     assert torch.equal(plain, same)
 
 
-def test_tokenizer_arguments_still_reach_the_tokenizer(processor):
-    out = processor(text=["a<image>", "a longer prompt<image>"], images=[photo(), photo(seed=1)],
+def test_tokenizer_arguments_still_reach_the_tokenizer(vl_processor):
+    out = vl_processor(text=["a<image>", "a longer prompt<image>"], images=[photo(), photo(seed=1)],
                     padding_side="right", return_tensors="pt")
     assert out["attention_mask"][0, 0] == 1 and out["attention_mask"][0, -1] == 0  # padded on the right
 
 
-def test_unknown_processor_argument_is_refused(processor):
+def test_unknown_processor_argument_is_refused(vl_processor):
     with pytest.raises(TypeError, match=r"unexpected keyword argument 'do_nomalize'.*neither the image processor"):
-        processor(text="a<image>", images=[photo()], do_nomalize=False)
+        vl_processor(text="a<image>", images=[photo()], do_nomalize=False)
 
 
-def test_unknown_images_kwargs_entry_is_refused(processor):
+def test_unknown_images_kwargs_entry_is_refused(vl_processor):
     with pytest.raises(TypeError, match=r"images_kwargs holds \['foo'\]"):
-        processor(text="a<image>", images=[photo()], images_kwargs={"foo": 1})
+        vl_processor(text="a<image>", images=[photo()], images_kwargs={"foo": 1})
 
 
-def test_argument_given_twice_with_different_values_is_refused(processor):
+def test_argument_given_twice_with_different_values_is_refused(vl_processor):
     with pytest.raises(ValueError, match=r"'do_normalize' is given twice"):
-        processor(text="a<image>", images=[photo()], do_normalize=False, images_kwargs={"do_normalize": True})
+        vl_processor(text="a<image>", images=[photo()], do_normalize=False, images_kwargs={"do_normalize": True})
 
 
 # ================================================================================================ VL inputs
 
 
 @pytest.fixture(scope="module")
-def vl_inputs(processor):
-    return processor(text="look<image>here", images=[photo()], return_tensors="pt")
+def vl_inputs(vl_processor):
+    return vl_processor(text="look<image>here", images=[photo()], return_tensors="pt")
 
 
 def test_image_tokens_without_pixel_values_in_forward(vl_model, vl_inputs):
@@ -191,16 +161,16 @@ def test_malformed_image_sizes(vl_model, vl_inputs, sizes):
 def test_image_token_run_split_by_text(vl_model, vl_inputs):
     ids = vl_inputs["input_ids"]
     first = int((ids[0] == vl_model.config.image_token_index).nonzero()[0])
-    split = torch.cat([ids[:, : first + 10], ids_of(1, 1), ids[:, first + 10 :]], dim=1)
+    split = torch.cat([ids[:, : first + 10], random_ids(1, 1), ids[:, first + 10 :]], dim=1)
     with pytest.raises(ValueError, match=r"do not form one unbroken run per image: runs of \[10, \d+\]"):
         vl_model(input_ids=split, pixel_values=vl_inputs["pixel_values"], image_sizes=vl_inputs["image_sizes"])
 
 
-def test_two_adjacent_images_share_one_run(vl_model, processor):
+def test_two_adjacent_images_share_one_run(vl_model, vl_processor):
     """Two placeholders side by side give one run of both images' tokens: accepted, and the first image's
     features stay on its own tokens (the causal prefix gives the logits of the first image alone)."""
-    both = processor(text="a<image><image>b", images=[photo(), photo(60, 30, seed=1)], return_tensors="pt")
-    alone = processor(text="a<image>", images=[photo()], return_tensors="pt")
+    both = vl_processor(text="a<image><image>b", images=[photo(), photo(seed=1, width=30, height=60)], return_tensors="pt")
+    alone = vl_processor(text="a<image>", images=[photo()], return_tensors="pt")
     with torch.no_grad():
         logits_both, logits_alone = vl_model(**both).logits, vl_model(**alone).logits
     prefix = alone["input_ids"].shape[1]
@@ -218,9 +188,9 @@ def test_image_token_count_not_matching_the_images(vl_model, vl_inputs):
 def test_image_inputs_to_the_text_model_are_refused(text_model, name):
     value = torch.zeros(1, 3, 336, 336) if name == "pixel_values" else torch.tensor([[40, 90]])
     with pytest.raises(ValueError, match=rf"MiniMax-Text-01 is text-only and would ignore {name}.*MiniMaxVL01"):
-        text_model(ids_of(1, 5), **{name: value})
+        text_model(random_ids(1, 5), **{name: value})
     with pytest.raises(ValueError, match=r"text-only"):
-        text_model.model(ids_of(1, 5), **{name: value})  # the base model (AutoModel) too
+        text_model.model(random_ids(1, 5), **{name: value})  # the base model (AutoModel) too
 
 
 # ========================================================================== training and generation settings
@@ -235,7 +205,7 @@ def reference_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def test_partly_ignored_labels_give_the_reference_loss(text_model):
-    ids = ids_of(2, 7)
+    ids = random_ids(2, 7)
     labels = ids.clone()
     labels[0, :4] = -100
     out = text_model(ids, labels=labels)
@@ -244,7 +214,7 @@ def test_partly_ignored_labels_give_the_reference_loss(text_model):
 
 @pytest.mark.parametrize("kept", [None, 0])  # every label ignored / only the first, which nothing predicts
 def test_labels_with_nothing_to_predict_give_zero_loss_not_nan(text_model, kept):
-    ids = ids_of(2, 6)
+    ids = random_ids(2, 6)
     labels = torch.full_like(ids, -100)
     if kept is not None:
         labels[:, kept] = ids[:, kept]
@@ -257,7 +227,7 @@ def test_labels_with_nothing_to_predict_give_zero_loss_not_nan(text_model, kept)
 
 
 def test_nothing_to_predict_with_num_items_in_batch_zero(text_model):
-    ids = ids_of(1, 5)
+    ids = random_ids(1, 5)
     loss = text_model(ids, labels=torch.full_like(ids, -100), num_items_in_batch=torch.tensor(0)).loss
     assert loss.item() == 0.0
 
@@ -274,7 +244,7 @@ def test_nothing_to_predict_with_num_items_in_batch_zero(text_model):
     ],
 )
 def test_bad_labels(text_model, labels, error, phrase):
-    ids = ids_of(2, 6)
+    ids = random_ids(2, 6)
     with pytest.raises(error, match=phrase):
         text_model(ids, labels=labels(ids))
 
@@ -289,13 +259,13 @@ def test_bad_labels(text_model, labels, error, phrase):
     ],
 )
 def test_bad_logits_to_keep(text_model, keep, labels, error, phrase):
-    ids = ids_of(1, 6)
+    ids = random_ids(1, 6)
     with pytest.raises(error, match=phrase):
         text_model(ids, logits_to_keep=keep, labels=ids if labels else None)
 
 
 def test_logits_to_keep_keeps_the_last_tokens(text_model):
-    ids = ids_of(1, 6)
+    ids = random_ids(1, 6)
     with torch.no_grad():
         full, last2 = text_model(ids).logits, text_model(ids, logits_to_keep=2).logits
     assert last2.shape[1] == 2 and torch.allclose(last2, full[:, -2:], atol=1e-5)
@@ -313,24 +283,24 @@ def test_logits_to_keep_keeps_the_last_tokens(text_model):
 )
 def test_bad_prefill_chunk_size(text_model, size, error, phrase):
     with pytest.raises(error, match=phrase):
-        text_model(ids_of(1, 6), prefill_chunk_size=size)
+        text_model(random_ids(1, 6), prefill_chunk_size=size)
 
 
 @pytest.mark.parametrize("size", [0, -2, 2.5, True])
 def test_bad_prefill_chunk_size_in_generate(text_model, size):
     with pytest.raises((TypeError, ValueError), match=r"prefill_chunk_size must be"):
-        text_model.generate(ids_of(1, 9), max_new_tokens=2, do_sample=False, prefill_chunk_size=size)
+        text_model.generate(random_ids(1, 9), max_new_tokens=2, do_sample=False, prefill_chunk_size=size)
 
 
 def test_generate_with_prefill_chunks_matches_unchunked(text_model):
-    ids = ids_of(1, 9)
+    ids = random_ids(1, 9)
     plain = text_model.generate(ids, max_new_tokens=3, do_sample=False)
     chunked = text_model.generate(ids, max_new_tokens=3, do_sample=False, prefill_chunk_size=4)
     assert torch.equal(plain, chunked)
 
 
 def test_prefill_chunk_size_gives_the_unchunked_logits(text_model):
-    ids = ids_of(1, 9)
+    ids = random_ids(1, 9)
     with torch.no_grad():
         whole, chunked = text_model(ids).logits, text_model(ids, prefill_chunk_size=4).logits
     assert torch.allclose(whole, chunked, atol=1e-4)
