@@ -464,7 +464,8 @@ def _refuse_unsupported_settings(settings: dict, tile: int) -> None:
     crop = settings.get("crop_size")
     crop_is_tile = crop is None or (isinstance(crop, dict) and set(crop.values()) == {tile})
     refused = {
-        "do_resize": (settings.get("do_resize") is False, "anyres tiling always resizes (the thumbnail and the canvas)"),
+        "do_resize": (settings.get("do_resize") is False,
+                      "anyres tiling always resizes (the thumbnail and the canvas)"),
         "do_pad": (settings.get("do_pad") is False, "the canvas is always padded to the chosen grid resolution"),
         "pad_size": (settings.get("pad_size") is not None, "the canvas size is the chosen image_grid_pinpoints entry"),
         "crop_size": (not crop_is_tile, f"the crops are the thumbnail and the canvas tiles, {tile} x {tile}"),

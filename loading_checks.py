@@ -40,7 +40,7 @@ def check_checkpoint_folder(model_class, args: tuple, kwargs: dict) -> None:
     values = read_json(folder / "config.json", "config.json") if (folder / "config.json").is_file() else None
     if isinstance(values, dict) and "config" not in kwargs:
         check_model_kind(model_class, values, folder)
-        sections = {"": values, "text_config.": values.get("text_config"), "vision_config.": values.get("vision_config")}
+        sections = {"": values, **{f"{name}.": values.get(name) for name in ("text_config", "vision_config")}}
         for where, section in sections.items():
             for key in ("dtype", "torch_dtype"):
                 if isinstance(section, dict):

@@ -183,7 +183,8 @@ class MiniMaxVL01Model(MiniMaxVL01PreTrainedModel):
 
     def _num_image_tokens(self, original_hw) -> int:
         config = self.config
-        return num_image_tokens(original_hw, config.image_grid_pinpoints, config.tile_size, config.vision_config.patch_size)
+        patch = config.vision_config.patch_size
+        return num_image_tokens(original_hw, config.image_grid_pinpoints, config.tile_size, patch)
 
     def _check_pixel_inputs(self, pixel_values, image_sizes) -> tuple[list[tuple[int, int]], list[int]]:
         """Validate the image inputs; return the original (height, width) and the crop count of each image."""
@@ -206,12 +207,14 @@ class MiniMaxVL01Model(MiniMaxVL01PreTrainedModel):
         image_sizes = torch.as_tensor(image_sizes)
         if image_sizes.dim() != 2 or image_sizes.shape[-1] != 2 or image_sizes.is_floating_point():
             raise ValueError(f"image_sizes must be an integer tensor [num_images, 2] of (height, width) rows, got "
-                             f"shape {tuple(image_sizes.shape)} ({image_sizes.dtype}). Pass the processor's image_sizes.")
+                             f"shape {tuple(image_sizes.shape)} ({image_sizes.dtype}). Pass the processor's "
+                             "image_sizes.")
         sizes = [tuple(int(v) for v in hw) for hw in image_sizes.tolist()]
         expected = [num_crops(hw, self.config.image_grid_pinpoints, S) for hw in sizes]
         if sum(expected) != pixel_values.shape[0]:
             def fits(candidate):
-                return sum(num_crops(hw, self.config.image_grid_pinpoints, S) for hw in candidate) == pixel_values.shape[0]
+                crops = sum(num_crops(hw, self.config.image_grid_pinpoints, S) for hw in candidate)
+                return crops == pixel_values.shape[0]
             raise ValueError(
                 f"pixel_values holds {pixel_values.shape[0]} crops, but image_sizes {sizes} need {sum(expected)} "
                 f"under this model's image_grid_pinpoints (per image {expected}: one thumbnail plus the tiles of its "

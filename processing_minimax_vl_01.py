@@ -77,7 +77,8 @@ class MiniMaxVL01Processor(ProcessorMixin):
         image_names = set(self.image_processor.valid_kwargs.__annotations__) - {"return_tensors"}
         text_names = set(TextKwargs.__annotations__) | set(inspect.signature(self.tokenizer.__call__).parameters)
         text_names -= {"self", "text", "kwargs", "tokenizer_kwargs"}
-        for given, names, owner in ((images_kwargs, image_names, "images_kwargs"), (text_kwargs, text_names, "text_kwargs")):
+        for given, names, owner in ((images_kwargs, image_names, "images_kwargs"),
+                                    (text_kwargs, text_names, "text_kwargs")):
             if unknown := sorted(set(given) - names - {"return_tensors"}):
                 raise TypeError(f"MiniMaxVL01Processor: {owner} holds {unknown}, which the "
                                 f"{'image processor' if owner == 'images_kwargs' else 'tokenizer'} does not take.")

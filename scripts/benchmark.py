@@ -404,7 +404,8 @@ def parse_args(argv=None):
     parser.add_argument("--prefill", type=positive_int, nargs="+", default=[4096, 16384], help="prompt lengths to time")
     parser.add_argument("--decode-context", type=positive_int, default=2048)
     parser.add_argument("--decode-tokens", type=positive_int, default=32, help="decode steps timed after the context")
-    parser.add_argument("--reps", type=positive_int, default=3, help="timed repetitions (the fastest is kept), after one warm-up")
+    parser.add_argument("--reps", type=positive_int, default=3,
+                        help="timed repetitions (the fastest is kept), after one warm-up")
     parser.add_argument("--threads", type=positive_int, default=2, help="torch.set_num_threads")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cpu")
@@ -412,7 +413,8 @@ def parse_args(argv=None):
     parser.add_argument("--skip-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--memory-chunks", type=positive_int, nargs="*", default=[2048],
                         help="also measure the project's prefill memory with these prefill_chunk_size values")
-    parser.add_argument("--prefill-chunk-size", type=positive_int, default=None, help="config.prefill_chunk_size of the project")
+    parser.add_argument("--prefill-chunk-size", type=positive_int, default=None,
+                        help="config.prefill_chunk_size of the project")
     parser.add_argument("--compiled-decode", action="store_true",
                         help="also time the project's static-cache decode under torch.compile(fullgraph=True)")
     parser.add_argument("--compile-mode", default="default",

@@ -254,7 +254,8 @@ def main(argv=None):
     parser.add_argument("--system", help="an optional system message")
     parser.add_argument("--image", action="append", default=[], help="an image file (repeat for several; VL-01 only)")
     parser.add_argument("--tools", help="a JSON file with a list of tool definitions for the chat template")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=128, help="most tokens to generate (default 128)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=128,
+                        help="most tokens to generate (default 128)")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="weight dtype (default: the checkpoint's)")
     parser.add_argument("--device-map", help='"auto" or a JSON file from scripts/device_map.py --json')
     quantize = parser.add_mutually_exclusive_group()

@@ -33,11 +33,6 @@ vl = load("modeling_minimax_vl_01")
 image_processing = load("image_processing_minimax_vl_01")
 
 
-@pytest.fixture(scope="module")
-def text_model(tiny_text):
-    return mm.MiniMaxText01ForCausalLM.from_pretrained(tiny_text, dtype=torch.float32).eval()
-
-
 def photo(seed=0, width=90, height=40):
     return random_image(width, height, seed)
 
@@ -91,7 +86,8 @@ def test_image_settings_the_anyres_processor_cannot_honour(vl_processor, setting
 
 def test_image_settings_it_honours_anyway_are_accepted(vl_processor):
     plain = vl_processor.image_processor(photo(), return_tensors="pt")["pixel_values"]
-    same = vl_processor.image_processor(photo(), do_resize=True, do_pad=True, data_format="channels_first", device="cpu",
+    same = vl_processor.image_processor(photo(), do_resize=True, do_pad=True, data_format="channels_first",
+                                        device="cpu",
                                      do_center_crop=True, crop_size={"height": 336, "width": 336},
                                      return_tensors="pt")["pixel_values"]
     assert torch.equal(plain, same)
@@ -127,7 +123,7 @@ def vl_inputs(vl_processor):
 
 
 def test_image_tokens_without_pixel_values_in_forward(vl_model, vl_inputs):
-    with pytest.raises(ValueError, match=r"image tokens .* but no pixel_values were given.*pixel_values and image_sizes"):
+    with pytest.raises(ValueError, match=r"no pixel_values were given\. Pass the processor's pixel_values"):
         vl_model(input_ids=vl_inputs["input_ids"])
 
 
@@ -169,7 +165,8 @@ def test_image_token_run_split_by_text(vl_model, vl_inputs):
 def test_two_adjacent_images_share_one_run(vl_model, vl_processor):
     """Two placeholders side by side give one run of both images' tokens: accepted, and the first image's
     features stay on its own tokens (the causal prefix gives the logits of the first image alone)."""
-    both = vl_processor(text="a<image><image>b", images=[photo(), photo(seed=1, width=30, height=60)], return_tensors="pt")
+    images = [photo(), photo(seed=1, width=30, height=60)]
+    both = vl_processor(text="a<image><image>b", images=images, return_tensors="pt")
     alone = vl_processor(text="a<image>", images=[photo()], return_tensors="pt")
     with torch.no_grad():
         logits_both, logits_alone = vl_model(**both).logits, vl_model(**alone).logits
