@@ -42,6 +42,7 @@ from transformers import MiniMaxConfig, MiniMaxForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_tiny_checkpoint import tiny_text_config  # noqa: E402
 from minimax_code import load  # noqa: E402
+from cli_args import positive_int  # noqa: E402
 
 modeling = load("modeling_minimax_text_01")
 cache_module = load("cache_minimax_text_01")
@@ -357,33 +358,40 @@ def print_table(rows, notes, args):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prefill", type=int, nargs="+", default=[4096, 16384], help="prompt lengths to time")
-    parser.add_argument("--decode-context", type=int, default=2048)
-    parser.add_argument("--decode-tokens", type=int, default=32, help="decode steps timed after the context")
-    parser.add_argument("--reps", type=int, default=3, help="timed repetitions (the fastest is kept), after one warm-up")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--prefill", type=positive_int, nargs="+", default=[4096, 16384], help="prompt lengths to time")
+    parser.add_argument("--decode-context", type=positive_int, default=2048)
+    parser.add_argument("--decode-tokens", type=positive_int, default=32, help="decode steps timed after the context")
+    parser.add_argument("--reps", type=positive_int, default=3,
+                        help="timed repetitions (the fastest is kept), after one warm-up")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch.set_num_threads")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument("--memory-chunks", type=int, nargs="*", default=[2048],
+    parser.add_argument("--memory-chunks", type=positive_int, nargs="*", default=[2048],
                         help="also measure the project's prefill memory with these prefill_chunk_size values")
-    parser.add_argument("--prefill-chunk-size", type=int, default=None, help="config.prefill_chunk_size of the project")
+    parser.add_argument("--prefill-chunk-size", type=positive_int, default=None,
+                        help="config.prefill_chunk_size of the project")
     parser.add_argument("--compiled-decode", action="store_true",
                         help="also time the project's static-cache decode under torch.compile(fullgraph=True)")
     parser.add_argument("--compile-mode", default="default",
                         help='torch.compile mode for --compiled-decode ("reduce-overhead": CUDA graphs on a GPU)')
     sizes = parser.add_argument_group("model sizes")
-    sizes.add_argument("--hidden", type=int, default=256)
-    sizes.add_argument("--heads", type=int, default=8)
-    sizes.add_argument("--kv-heads", type=int, default=2)
-    sizes.add_argument("--head-dim", type=int, default=32)
-    sizes.add_argument("--experts", type=int, default=8)
-    sizes.add_argument("--expert-size", type=int, default=512)
-    sizes.add_argument("--vocab", type=int, default=1024)
+    sizes.add_argument("--hidden", type=positive_int, default=256)
+    sizes.add_argument("--heads", type=positive_int, default=8)
+    sizes.add_argument("--kv-heads", type=positive_int, default=2)
+    sizes.add_argument("--head-dim", type=positive_int, default=32)
+    sizes.add_argument("--experts", type=positive_int, default=8)
+    sizes.add_argument("--expert-size", type=positive_int, default=512)
+    sizes.add_argument("--vocab", type=positive_int, default=1024)
     parser.add_argument("--checkpoint", type=Path, default=None, help="reuse a checkpoint written by this script")
     parser.add_argument("--memory-probe", nargs=2, metavar=("WHICH", "TOKENS"), help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:  # a GPU this machine lacks fails here, not after the checkpoint is built
+        load("loading_checks").check_device_map(args.device, "--device")
+    except ValueError as error:
+        parser.error(str(error))
+    return args
 
 
 def main(argv=None):
