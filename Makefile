@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 OLDEST_VENV ?= .venv-transformers-5.17
 TRITON_VENV ?= .venv-triton
 
-.PHONY: demo test test-oldest test-triton clean
+.PHONY: demo test test-oldest test-triton train-passkey clean
 
 $(PY): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,7 @@ demo: $(PY)
 	HF_HUB_OFFLINE=1 $(PY) scripts/generate.py build/tiny-text --prompt "Tell me about lightning attention." --max-new-tokens 24
 	$(PY) scripts/make_tiny_checkpoint.py --model vl --out build/tiny-vl
 	HF_HUB_OFFLINE=1 $(PY) scripts/generate.py build/tiny-vl --prompt "Describe this image." --image scripts/assets/demo.png --max-new-tokens 24
+	HF_HUB_OFFLINE=1 $(PY) scripts/passkey_demo.py checkpoints/tiny-passkey --out build/needle-demo
 
 test: $(PY)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
@@ -47,6 +48,15 @@ $(TRITON_VENV)/bin/python: requirements.txt requirements-dev.txt
 
 test-triton: $(TRITON_VENV)/bin/python
 	HF_HUB_OFFLINE=1 TRITON_INTERPRET=1 $(TRITON_VENV)/bin/python -m pytest -q -m triton tests
+
+# Retrain the committed pass-key checkpoint from scratch on CPU (deterministic for the seed and thread count), measure
+# it with the needle sweep and rewrite its model card.
+PASSKEY_DIR ?= checkpoints/tiny-passkey
+PASSKEY_SWEEP ?= build/needle-tiny-passkey
+train-passkey: $(PY)
+	$(PY) scripts/train_passkey.py --out $(PASSKEY_DIR)
+	HF_HUB_OFFLINE=1 $(PY) scripts/needle.py $(PASSKEY_DIR) --lengths 1K 2K 4K 8K --samples 20 --out $(PASSKEY_SWEEP)
+	$(PY) scripts/train_passkey.py --out $(PASSKEY_DIR) --card $(PASSKEY_SWEEP)
 
 clean:
 	rm -rf build $(VENV) $(OLDEST_VENV) $(TRITON_VENV)
