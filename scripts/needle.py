@@ -1,6 +1,7 @@
 """Needle in a haystack: the pass-key test over context lengths x needle depths, with a heatmap.
 
     python scripts/needle.py CHECKPOINT --lengths 1K 2K 4K --depths 0 0.25 0.5 0.75 1 --samples 20 --out DIR
+    python scripts/needle.py CHECKPOINT --lengths 4K 16K 64K --samples 20 4 1 --out DIR   # fewer at long lengths
                              [--seed 0] [--chat] [--prefill-chunk 4096] [--dtype ...] [--device-map auto|MAP.json]
     torchrun --nproc-per-node 8 scripts/needle.py CHECKPOINT ... --out DIR      # tensor parallel, 8 GPUs
 
@@ -114,14 +115,15 @@ def prompt_ids(tokenizer, text: str, chat: bool) -> torch.Tensor:
     return tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
 
 
-def plan_prompts(tokenizer, lengths, depths, samples: int, seed: int, chat: bool) -> list[dict]:
-    """Every prompt of the sweep, in order (length, depth, sample), each with its fresh key."""
+def plan_prompts(tokenizer, lengths, depths, samples: list[int], seed: int, chat: bool) -> list[dict]:
+    """Every prompt of the sweep, in order (length, depth, sample), each with its fresh key; samples[i] prompts per
+    depth at lengths[i] (one number: the same for every length)."""
     rng = random.Random(seed)
     plan = []
-    for length in lengths:
+    for length, count in zip(lengths, samples if len(samples) > 1 else samples * len(lengths)):
         repetitions = filler_repetitions(tokenizer, length)
         for depth in depths:
-            for _ in range(samples):
+            for _ in range(count):
                 key = random_key(rng)
                 ids = prompt_ids(tokenizer, passkey_text(repetitions, depth, key), chat)
                 plan.append({"target_length": length, "depth": depth, "key": key, "ids": ids})
@@ -249,7 +251,8 @@ def main(argv=None):
                         help="prompt lengths in the checkpoint's tokens (1K = 1024; default 1K 2K 4K)")
     parser.add_argument("--depths", type=parse_depth, nargs="+", default=DEFAULT_DEPTHS,
                         help="needle depths, fractions of the filler before it (default 0 .25 .5 .75 1)")
-    parser.add_argument("--samples", type=int, default=10, help="prompts (fresh keys) per length and depth")
+    parser.add_argument("--samples", type=int, nargs="+", default=[10],
+                        help="prompts (fresh keys) per length and depth: one number, or one per length")
     parser.add_argument("--out", type=Path, required=True, help="folder for needle.json / .md / .png")
     parser.add_argument("--seed", type=int, default=0, help="seed of the keys")
     parser.add_argument("--chat", action="store_true", help="wrap each prompt in the chat template")
@@ -263,9 +266,10 @@ def main(argv=None):
 
     if not (args.checkpoint / "config.json").is_file():
         parser.error(f"{args.checkpoint} is not a checkpoint folder (no config.json in it).")
-    for name in ("samples", "max_new_tokens"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
+    if min(args.samples) < 1 or len(args.samples) not in (1, len(args.lengths)):
+        parser.error(f"--samples {args.samples}: give one count >= 1, or one per length ({len(args.lengths)}).")
+    if args.max_new_tokens < 1:
+        parser.error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
     if args.prefill_chunk < 0:
         parser.error(f"--prefill-chunk must be a token count >= 0 (0 = whole prompt), got {args.prefill_chunk}.")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

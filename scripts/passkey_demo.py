@@ -13,6 +13,8 @@ import random
 import time
 from pathlib import Path
 
+from transformers.utils import logging as hf_logging
+
 from generate import load_model, status
 from needle import answer, PeakMemory, plan_prompts, prompt_ids, run_sweep, write_results
 from passkey import answer_digits, filler_repetitions, passkey_text, random_key
@@ -25,6 +27,7 @@ def main(argv=None):
     parser.add_argument("--length", type=int, default=2048, help="haystack length in tokens (default 2048)")
     args = parser.parse_args(argv)
 
+    hf_logging.disable_progress_bar()
     model, tokenizer = load_model(args.checkpoint)
     rng = random.SystemRandom()  # a fresh key every run
     key, depth = random_key(rng), rng.random()
@@ -33,10 +36,12 @@ def main(argv=None):
     start = time.perf_counter()
     text, _, _ = answer(model, tokenizer, ids, 8, None, PeakMemory(model.device))
     found = answer_digits(text)
-    print(f"model: 'The pass key is{text}' -> {found or '(no digits)'}: "
-          f"{'RIGHT' if found == str(key) else 'WRONG'} ({time.perf_counter() - start:.1f} s)")  # fmt: skip
+    verdict = "RIGHT" if found == str(key) else "WRONG"
+    print("question: What is the pass key? The pass key is ...")
+    print(f"model generated {text.strip()!r}: answer {found or '(no digits)'}, {verdict} "
+          f"({time.perf_counter() - start:.1f} s)")
 
-    plan = plan_prompts(tokenizer, [1024, 2048], [0.0, 0.5, 1.0], 2, rng.randrange(2**31), chat=False)
+    plan = plan_prompts(tokenizer, [1024, 2048], [0.0, 0.5, 1.0], [2], rng.randrange(2**31), chat=False)
     records, memory_kind = run_sweep(model, tokenizer, plan, 8, None, show=False)
     settings = {"checkpoint": str(args.checkpoint), "lengths": [1024, 2048], "depths": [0.0, 0.5, 1.0],
                 "samples": 2, "seed": None, "chat": False, "peak_memory": memory_kind}  # fmt: skip

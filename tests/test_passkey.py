@@ -86,14 +86,14 @@ def test_needle_script_end_to_end(tmp_path):
     out = tmp_path / "sweep"
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, str(REPO_ROOT / "scripts" / "needle.py"), str(CHECKPOINT), "--lengths", "512", "1K",
-               "--depths", "0", "0.5", "1", "--samples", "3", "--out", str(out), "--prefill-chunk", "256",
+               "--depths", "0", "0.5", "1", "--samples", "3", "2", "--out", str(out), "--prefill-chunk", "256",
                "--seed", "7", "--threads", "1"]  # fmt: skip
     subprocess.run(command, check=True, env=env, capture_output=True, text=True, timeout=600)
 
     result = json.loads((out / "needle.json").read_text())
     records = result["records"]
     assert result["settings"]["prefill_chunk"] == 256
-    assert len(records) == 2 * 3 * 3
+    assert [r["target_length"] for r in records] == [512] * 9 + [1024] * 6  # 3 and 2 keys per depth
     assert {(r["target_length"], r["depth"]) for r in records} == {(n, d) for n in (512, 1024) for d in (0, 0.5, 1)}
     tokenizer = build_passkey_tokenizer()
     for r in records:
@@ -103,7 +103,7 @@ def test_needle_script_end_to_end(tmp_path):
         assert r["length"] == len(tokenizer(prompt)["input_ids"])
         assert r["correct"] == (answer_digits(r["generated"]) == str(r["key"]))
         assert r["prefill_seconds"] > 0 and r["peak_memory_mib"] > 0
-    assert sum(r["correct"] for r in records) >= 16  # the trained model: at most 2 of 18 wrong
+    assert sum(r["correct"] for r in records) >= 13  # the trained model: at most 2 of 15 wrong
     table = (out / "needle.md").read_text()
     assert table.count("\n| ") == 3 + 2 + 1  # header, 3 depths, overall, prefill seconds
     png = (out / "needle.png").read_bytes()
