@@ -55,7 +55,11 @@ PASSKEY_DIR ?= checkpoints/tiny-passkey
 PASSKEY_SWEEP ?= build/needle-tiny-passkey
 train-passkey: $(PY)
 	$(PY) scripts/train_passkey.py --out $(PASSKEY_DIR)
-	HF_HUB_OFFLINE=1 $(PY) scripts/needle.py $(PASSKEY_DIR) --lengths 1K 2K 4K 8K --samples 20 --out $(PASSKEY_SWEEP)
+	HF_HUB_OFFLINE=1 $(PY) scripts/needle.py $(PASSKEY_DIR) --lengths 1K 2K 4K 8K --samples 20 20 20 10 \
+		--seed 1 --threads 1 --out $(PASSKEY_SWEEP)/short
+	HF_HUB_OFFLINE=1 $(PY) scripts/needle.py $(PASSKEY_DIR) --lengths 16K 32K 64K --samples 4 2 1 \
+		--seed 2 --threads 1 --out $(PASSKEY_SWEEP)/long
+	$(PY) scripts/needle.py --merge $(PASSKEY_SWEEP)/short $(PASSKEY_SWEEP)/long --out $(PASSKEY_SWEEP)
 	$(PY) scripts/train_passkey.py --out $(PASSKEY_DIR) --card $(PASSKEY_SWEEP)
 
 clean:

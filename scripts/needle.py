@@ -4,6 +4,7 @@
     python scripts/needle.py CHECKPOINT --lengths 4K 16K 64K --samples 20 4 1 --out DIR   # fewer at long lengths
                              [--seed 0] [--chat] [--prefill-chunk 4096] [--dtype ...] [--device-map auto|MAP.json]
     torchrun --nproc-per-node 8 scripts/needle.py CHECKPOINT ... --out DIR      # tensor parallel, 8 GPUs
+    python scripts/needle.py --merge DIR1 DIR2 --out DIR        # one table and heatmap from several sweeps
 
 Each prompt is the pass-key task of scripts/passkey.py: an intro, the filler repeated, the needle ("The pass key
 is KEY. ...", KEY a fresh random 5-digit number) after a fraction `depth` of the filler, more filler, and the
@@ -244,9 +245,22 @@ def write_results(out: Path, settings: dict, records: list[dict]) -> None:
     heatmap(records, out / "needle.png", title)
 
 
+def merge_sweeps(sweeps: list[Path], out: Path) -> None:
+    """One needle.json / .md / .png from several sweeps' records (settings: a list, one per sweep)."""
+    results = [json.loads((sweep / "needle.json").read_text()) for sweep in sweeps]
+    checkpoints = {r["settings"]["checkpoint"] for r in results}
+    if len(checkpoints) > 1:
+        raise SystemExit(f"--merge: the sweeps tested different checkpoints {sorted(checkpoints)}; merge one model's.")
+    settings = results[0]["settings"] | {"merged": [r["settings"] for r in results]}
+    write_results(out, settings, [record for r in results for record in r["records"]])
+    status(f"wrote {out / 'needle.json'}, needle.md, needle.png")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path, help="local checkpoint folder")
+    parser.add_argument("checkpoint", type=Path, nargs="?", help="local checkpoint folder")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="SWEEP_DIR",
+                        help="instead of running: join the records of earlier sweeps (of one checkpoint) into --out")
     parser.add_argument("--lengths", type=parse_length, nargs="+", default=[1024, 2048, 4096],
                         help="prompt lengths in the checkpoint's tokens (1K = 1024; default 1K 2K 4K)")
     parser.add_argument("--depths", type=parse_depth, nargs="+", default=DEFAULT_DEPTHS,
@@ -264,7 +278,10 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)  # fmt: skip
 
-    if not (args.checkpoint / "config.json").is_file():
+    if args.merge:
+        merge_sweeps(args.merge, args.out)
+        return
+    if args.checkpoint is None or not (args.checkpoint / "config.json").is_file():
         parser.error(f"{args.checkpoint} is not a checkpoint folder (no config.json in it).")
     if min(args.samples) < 1 or len(args.samples) not in (1, len(args.lengths)):
         parser.error(f"--samples {args.samples}: give one count >= 1, or one per length ({len(args.lengths)}).")

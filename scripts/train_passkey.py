@@ -169,7 +169,7 @@ Load it like a released checkpoint:
 
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
-tokenizer = AutoTokenizer.from_pretrained("checkpoints/tiny-passkey")
+tokenizer = AutoTokenizer.from_pretrained("checkpoints/tiny-passkey", trust_remote_code=True)
 model = AutoModelForCausalLM.from_pretrained("checkpoints/tiny-passkey", trust_remote_code=True)
 ```
 
@@ -178,7 +178,7 @@ The remote-code `.py` files are symlinks to the repository's top-level modules (
 
 ## Training
 
-`python scripts/train_passkey.py --out checkpoints/tiny-passkey` (`make train-passkey` runs it, then the sweep
+`python scripts/train_passkey.py --out checkpoints/tiny-passkey` (`make train-passkey` runs it, then the sweeps
 below, then writes this card): seed {args['seed']}, {args['threads']} thread(s), AdamW (peak learning rate
 {args['lr']}, {args['warmup']} warm-up steps), {args['tokens_per_step']} tokens per step, loss on the answer only
 (the space and the five digits) plus the router's load-balancing loss. Every prompt is the exact test format with a

@@ -109,6 +109,14 @@ def test_needle_script_end_to_end(tmp_path):
     png = (out / "needle.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
 
+    import needle  # --merge: one table from several sweeps (here the same one twice: every cell doubles)
+
+    needle.main(["--merge", str(out), str(out), "--out", str(tmp_path / "merged")])
+    merged = json.loads((tmp_path / "merged" / "needle.json").read_text())["records"]
+    assert merged == records + records
+    assert "| all | **" in (tmp_path / "merged" / "needle.md").read_text()
+    assert "(18)" in (tmp_path / "merged" / "needle.md").read_text()  # 512 tokens: 2 x 3 depths x 3 keys
+
 
 @pytest.mark.slow
 def test_training_is_deterministic_for_a_seed(tmp_path):
