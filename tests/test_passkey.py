@@ -63,22 +63,25 @@ def test_committed_checkpoint_is_small_and_links_the_project_code():
         assert link.is_symlink() and link.resolve() == (REPO_ROOT / name).resolve()
 
 
-def test_committed_checkpoint_finds_fresh_keys_at_1k_tokens(tmp_path, monkeypatch):
+def test_committed_checkpoint_finds_fresh_keys(tmp_path, monkeypatch):
+    """The issue's bar, on fresh keys and depths through the Auto classes and greedy generate(): >= 95 % near 1K
+    tokens, >= 85 % near 3.5K."""
     monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))  # a fresh remote-code import
     tokenizer = AutoTokenizer.from_pretrained(CHECKPOINT, trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(CHECKPOINT, trust_remote_code=True).eval()
     assert type(model).__name__ == "MiniMaxText01ForCausalLM"
     rng = random.Random(20261206)  # keys and depths the training data (seeded from 0) did not fix
-    repetitions = filler_repetitions(tokenizer, 1024)
-    right = 0
-    for _ in range(12):
-        key, depth = rng.randint(10000, 99999), rng.random()
-        ids = tokenizer(passkey_text(repetitions, depth, key), return_tensors="pt")["input_ids"]
-        assert 1000 <= ids.shape[1] <= 1050
-        with torch.inference_mode():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)
-        right += answer_digits(tokenizer.decode(out[0, ids.shape[1] :])) == str(key)
-    assert right >= 11, f"{right}/12 keys found at 1K tokens"
+    for length, prompts, least_right in ((1024, 12, 12), (3584, 8, 7)):
+        repetitions = filler_repetitions(tokenizer, length)
+        right = 0
+        for _ in range(prompts):
+            key, depth = rng.randint(10000, 99999), rng.random()
+            ids = tokenizer(passkey_text(repetitions, depth, key), return_tensors="pt")["input_ids"]
+            assert abs(ids.shape[1] - length) <= 12
+            with torch.inference_mode():
+                out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)
+            right += answer_digits(tokenizer.decode(out[0, ids.shape[1] :])) == str(key)
+        assert right >= least_right, f"{right}/{prompts} keys found at {length} tokens"
 
 
 @pytest.mark.slow
