@@ -142,6 +142,13 @@ def write_model_card(out: Path, sweep: Path) -> None:
     decay_line = (f"The final learning-rate decay started at step {decay['step']} ({decay['seconds'] / 60:.1f} min)."
                   if decay else "The final decay started at the step cap (`--max-steps`).")  # fmt: skip
     sweep_table = (sweep / "needle.md").read_text().split("\n", 1)[1].strip()
+    settings = json.loads((sweep / "needle.json").read_text())["settings"]
+    sweep_commands = "\n".join(
+        f"- `--lengths {' '.join(map(str, run['lengths']))} --samples {' '.join(map(str, run['samples']))} "
+        f"--seed {run['seed']} --prefill-chunk {run['prefill_chunk']}` ({run['threads']} thread)"
+        for run in settings.get("merged", [settings])
+    )
+    c = config
     card = f"""---
 library_name: transformers
 pipeline_tag: text-generation
@@ -150,20 +157,20 @@ tags: [minimax-text-01, lightning-attention, mixture-of-experts, passkey-retriev
 
 # tiny-passkey: a {log['parameters'] / 1e6:.2f} M-parameter MiniMax-Text-01 that finds a pass key
 
-A checkpoint of this repository's own `MiniMaxText01ForCausalLM`, trained from scratch on CPU for one task: the
-pass-key test (a 5-digit key hidden in a haystack of repeated filler, asked for at the end). It shows the
+A checkpoint of this repository's own `MiniMaxText01ForCausalLM`, trained from scratch on CPU for one task: the \
+pass-key test (a 5-digit key hidden in a haystack of repeated filler, asked for at the end). It shows the \
 released architecture doing long-context retrieval; it knows nothing else.
 
 ## Architecture
 
-{config['num_hidden_layers']} layers, `attn_type_list` {config['attn_type_list']} (three lightning-attention layers,
-one softmax layer last); hidden {config['hidden_size']}, {config['num_attention_heads']} heads of
-{config['head_dim']} channels ({config['num_key_value_heads']} key/value heads in the softmax layer), RoPE on
-{config['rotary_dim']} of them with base {config['rope_theta']:.0e} (partial, as released); a mixture of
-{config['num_local_experts']} experts of width {config['intermediate_size']}, top-{config['num_experts_per_tok']}, in
-every layer. One departure from the release: pre-norm blocks (`postnorm` false, residual alphas 1); the released
-DeepNorm-style post-norm stayed at chance on this task in the time a CPU run has. The tokenizer is word level
-({config['vocab_size']} ids): one token per word, per digit and per `.` / `?`, so one filler repetition is 24 tokens.
+{c['num_hidden_layers']} layers, `attn_type_list` {c['attn_type_list']}: three lightning-attention layers, one \
+softmax layer last. Hidden {c['hidden_size']}, {c['num_attention_heads']} heads of {c['head_dim']} channels \
+({c['num_key_value_heads']} key/value heads in the softmax layer), RoPE on {c['rotary_dim']} of them with base \
+{c['rope_theta']:.0e} (partial, as released); a mixture of {c['num_local_experts']} experts of width \
+{c['intermediate_size']}, top-{c['num_experts_per_tok']}, in every layer. One departure from the release: pre-norm \
+blocks (`postnorm` false, residual alphas 1); in a feasibility run the released DeepNorm-style post-norm stayed at \
+chance on this task for the minutes it was given. The tokenizer is word level ({c['vocab_size']} ids): one token \
+per word, per digit and per `.` / `?`, so one filler repetition is 24 tokens and a key 5.
 
 Load it like a released checkpoint:
 
@@ -173,27 +180,29 @@ tokenizer = AutoTokenizer.from_pretrained("checkpoints/tiny-passkey", trust_remo
 model = AutoModelForCausalLM.from_pretrained("checkpoints/tiny-passkey", trust_remote_code=True)
 ```
 
-The remote-code `.py` files are symlinks to the repository's top-level modules (copy them, e.g. with
+The remote-code `.py` files are symlinks to the repository's top-level modules (copy them, e.g. with \
 `scripts/prepare_hub_repo.py`, before moving the folder elsewhere).
 
 ## Training
 
-`python scripts/train_passkey.py --out checkpoints/tiny-passkey` (`make train-passkey` runs it, then the sweeps
-below, then writes this card): seed {args['seed']}, {args['threads']} thread(s), AdamW (peak learning rate
-{args['lr']}, {args['warmup']} warm-up steps), {args['tokens_per_step']} tokens per step, loss on the answer only
-(the space and the five digits) plus the router's load-balancing loss. Every prompt is the exact test format with a
-fresh key and a uniform random depth. Length curriculum: the next stage starts when the exact-match rate over the
-last {WINDOW} batches reaches {ADVANCE_AT:.0%}; at the last stage, at {FINISH_AT:.0%}, the learning rate decays to
-zero over {args['final_steps']} steps. {decay_line}
+`python scripts/train_passkey.py --out checkpoints/tiny-passkey` (`make train-passkey` runs it, then the sweeps \
+below, then writes this card): seed {args['seed']}, {args['threads']} thread, AdamW (peak learning rate \
+{args['lr']}, {args['warmup']} warm-up steps), {args['tokens_per_step']} tokens per step, loss on the answer only \
+(the space and the five digits) plus the router's load-balancing loss. Every prompt is the exact test format with \
+a fresh key and a uniform random depth. Length curriculum: the next stage starts when the exact-match rate over \
+the last {WINDOW} batches reaches {ADVANCE_AT:.0%}; at the last stage, at {FINISH_AT:.0%}, the learning rate \
+decays to zero over {args['final_steps']} steps. {decay_line}
 
 | longest prompt (tokens) | from step | at minute |
 |---|---|---|
 {stages}
 
-{log['total_steps']} steps, {log['total_seconds'] / 60:.1f} minutes in all on a shared 2-core machine
-({log.get('machine', 'load not recorded')}). The run is deterministic for the seed on one machine and thread count.
+{log['total_steps']} steps, {log['total_seconds'] / 60:.1f} minutes in all ({log.get('machine', 'load not recorded')}). \
+The run is deterministic for the seed on one machine and thread count.
 
 ## Needle in a haystack (`scripts/needle.py`, greedy, CPU)
+
+{sweep_commands}
 
 {sweep_table}
 """
