@@ -15,6 +15,8 @@ from transformers.configuration_utils import PreTrainedConfig
 LIGHTNING, SOFTMAX = 0, 1
 _LAYER_TYPE_NAMES = {LIGHTNING: "linear_attention", SOFTMAX: "full_attention"}
 LEGACY_MODEL_TYPE = "MiniMaxText01"
+# Model types read as this class: the legacy spelling, and MiniMax-M1's (the same architecture and keys)
+READ_AS_TEXT_01 = (LEGACY_MODEL_TYPE, "minimax_m1", "MiniMaxM1")
 
 
 def released_attn_type_list(num_hidden_layers: int) -> list[int]:
@@ -131,10 +133,10 @@ class MiniMaxText01Config(PreTrainedConfig):
 
     @classmethod
     def get_config_dict(cls, *args, **kwargs):
-        """Older released files name the model type "MiniMaxText01": read them as this class, without transformers'
-        warning about loading another model type."""
+        """Older released files name the model type "MiniMaxText01", MiniMax-M1's "minimax_m1": read them as this
+        class, without transformers' warning about loading another model type."""
         config_dict, kwargs = super().get_config_dict(*args, **kwargs)
-        if config_dict.get("model_type") == LEGACY_MODEL_TYPE:
+        if config_dict.get("model_type") in READ_AS_TEXT_01:
             config_dict = {**config_dict, "model_type": cls.model_type}
         return config_dict, kwargs
 

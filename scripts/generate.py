@@ -1,15 +1,19 @@
-"""Chat with a MiniMax-Text-01 / MiniMax-VL-01 checkpoint: tokens stream as they are generated.
+"""Chat with a MiniMax-Text-01 / MiniMax-VL-01 / MiniMax-M1 checkpoint: tokens stream as they are generated.
 
     python scripts/generate.py CHECKPOINT --prompt "What is lightning attention?" [--system TEXT]
-                               [--image photo.jpg ...] [--max-new-tokens 128] [--dtype auto|bfloat16|float16|float32]
-                               [--device-map auto|MAP.json] [--int8]
+                               [--image photo.jpg ...] [--tools TOOLS.json] [--max-new-tokens 128]
+                               [--dtype auto|bfloat16|float16|float32] [--device-map auto|MAP.json] [--int8]
     torchrun --nproc-per-node 8 scripts/generate.py CHECKPOINT --prompt ...            # tensor parallel, 8 GPUs
     torchrun --nnodes 2 --nproc-per-node 8 ... scripts/generate.py CHECKPOINT --pp 2 ...  # TP 8 x 2 pipeline stages
 
 CHECKPOINT is a local folder (weights, config, tokenizer or processor, remote code). It is loaded with the Auto
 classes and `trust_remote_code=True`; a folder with a processor config (VL-01) is read with `AutoProcessor`, which
 takes the images, otherwise with `AutoTokenizer`. The prompt goes through the checkpoint's chat template (one
-`<image>` item per --image, before the text). `--device-map` takes "auto" or a JSON file written by
+`<image>` item per --image, before the text), with the tools of `--tools` (a JSON list of tool definitions, as
+`apply_chat_template(tools=...)` takes them). When the tokenizer has a `response_template` (the tiny checkpoints,
+MiniMax-M1 repositories from scripts/prepare_hub_repo.py), the reply is parsed as it streams: the model's thinking
+(M1) is shown apart from its answer, and each tool call is printed as `tool call: NAME {arguments}`.
+`--device-map` takes "auto" or a JSON file written by
 `scripts/device_map.py --json`; without it the model goes to the first GPU, or the CPU. `--int8` quantizes the
 experts and attention projections with optimum-quanto (`scripts/quanto_config.py`). Status lines go to stderr,
 the conversation to stdout.
@@ -27,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from jinja2 import TemplateError
 from PIL import Image, UnidentifiedImageError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, AutoTokenizer, TextStreamer
 from transformers.distributed import DistributedConfig
@@ -64,6 +69,21 @@ def read_device_map(value: str | None):
     if not isinstance(device_map, dict):
         raise ValueError(f"--device-map {value} must hold a JSON object {{module name: device}}.")
     return device_map
+
+
+def read_tools(path: str | None) -> list[dict] | None:
+    """The tool definitions of a JSON file: a list of objects ({"type": "function", "function": {...}} or bare
+    {"name", "description", "parameters"})."""
+    if path is None:
+        return None
+    try:
+        tools = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"--tools {path}: not a readable JSON file ({error}).") from None
+    if not isinstance(tools, list) or not all(isinstance(tool, dict) for tool in tools):
+        raise ValueError(f"--tools {path} must hold a JSON list of tool definitions (objects), e.g. "
+                         '[{"type": "function", "function": {"name": ..., "description": ..., "parameters": {...}}}].')
+    return tools
 
 
 def has_processor(checkpoint: Path) -> bool:
@@ -125,18 +145,83 @@ def chat_messages(prompt: str, n_images: int = 0, system: str | None = None) -> 
     return messages + [{"role": "user", "content": user}]
 
 
-def build_inputs(reader, messages: list[dict], images: list[Image.Image]):
+def build_inputs(reader, messages: list[dict], images: list[Image.Image], tools: list[dict] | None = None):
     """Token ids (and pixel values) for the chat prompt, ending with the assistant's generation prompt."""
     if not hasattr(reader, "image_processor"):  # a tokenizer
-        return reader.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    text = reader.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return reader.apply_chat_template(messages, tools=tools, add_generation_prompt=True, return_tensors="pt",
+                                          return_dict=True)  # fmt: skip
+    text = reader.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=False)
     return reader(text=text, images=images or None, return_tensors="pt")
 
 
-def generate(model, reader, inputs, max_new_tokens: int) -> tuple[int, float]:
+class ParsedReplyPrinter(TextStreamer):
+    """Streams the reply through the tokenizer's `response_template` parser: the thinking and the answer each under
+    its own heading, every tool call when it closes, and a note on stderr for each malformed tool-call line the
+    parser skipped. `message` is the parsed reply once the stream has ended."""
+
+    HEADINGS = {"reasoning_content": "thinking: ", "content": "assistant: "}
+
+    def __init__(self, tokenizer, prompt: str, tools: list[dict] | None = None):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=False)  # the parser reads the end token
+        self.parser = tokenizer.get_response_parser(prefix=prompt, tools=tools)
+        self.section, self.skipped, self.message = None, "", None
+        self.trailing = ""  # whitespace at the end of the section so far: printed only if more text follows
+        self.show(self.parser.initial_events)
+
+    def on_finalized_text(self, text: str, stream_end: bool = False):
+        self.show(self.parser.feed(text) if text else [])
+        if stream_end:
+            self.message, events = self.parser.finalize()
+            self.show(events)
+            if self.section is None:  # nothing was said: still show the (empty) answer
+                print(self.HEADINGS["content"], end="")
+            print(flush=True)
+
+    def show(self, events: list[dict]) -> None:
+        for event in events:
+            field, kind = event["field"], event["type"]
+            if kind == "region_chunk" and field in self.HEADINGS:
+                self.write(field, event["text"])
+            elif kind == "region_chunk" and field == "skipped_tool_call_line":
+                self.skipped += event["text"]
+            elif kind == "region_close" and field == "tool_calls":
+                function, newline = event["value"]["function"], "\n" if self.section else ""
+                arguments = json.dumps(function["arguments"], ensure_ascii=False)
+                print(f"{newline}tool call: {function['name']} {arguments}", end="", flush=True)
+                self.section = "tool_calls"
+            elif kind == "region_close" and field == "skipped_tool_call_line" and self.skipped.strip():
+                status(f"skipped a malformed tool-call line: {self.skipped.strip()!r}")
+                self.skipped = ""
+
+    def write(self, field: str, text: str) -> None:
+        """Print a chunk of a section, without the newlines around <think> and </think>."""
+        if field != self.section:
+            text = text.lstrip()
+            if not text:
+                return
+            print(("\n" if self.section else "") + self.HEADINGS[field], end="")
+            self.section, self.trailing = field, ""
+        body = text.rstrip()
+        if body:
+            print(self.trailing + body, end="", flush=True)
+            self.trailing = text[len(body) :]
+        else:
+            self.trailing += text
+
+
+def reply_streamer(tokenizer, inputs, tools: list[dict] | None = None) -> TextStreamer:
+    """A parsing printer when the tokenizer has a response template, else the raw text as it comes."""
+    if getattr(tokenizer, "response_template", None) is None:
+        print("assistant: ", end="", flush=True)
+        return TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    prompt = tokenizer.decode(inputs["input_ids"][0])
+    return ParsedReplyPrinter(tokenizer, prompt, tools)
+
+
+def generate(model, reader, inputs, max_new_tokens: int, tools: list[dict] | None = None) -> tuple[int, float]:
     """Stream the answer to stdout; returns (new tokens, seconds)."""
     tokenizer = getattr(reader, "tokenizer", reader)
-    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer = reply_streamer(tokenizer, inputs, tools)
     inputs = inputs.to(model.device)
     start = time.perf_counter()
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, streamer=streamer)  # runs under no_grad
@@ -155,6 +240,7 @@ def main(argv=None):
     parser.add_argument("--prompt", required=True, help="the user message")
     parser.add_argument("--system", help="an optional system message")
     parser.add_argument("--image", action="append", default=[], help="an image file (repeat for several; VL-01 only)")
+    parser.add_argument("--tools", help="a JSON file with a list of tool definitions for the chat template")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="most tokens to generate (default 128)")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="weight dtype (default: the checkpoint's)")
     parser.add_argument("--device-map", help='"auto" or a JSON file from scripts/device_map.py --json')
@@ -175,6 +261,7 @@ def main(argv=None):
                      "run them in a single process.")  # fmt: skip
     try:
         images = read_images(args.image)
+        tools = read_tools(args.tools)
         device_map = read_device_map(args.device_map)
         distributed_config = distributed_layout(world_size, args.pp)
     except ValueError as error:
@@ -196,12 +283,16 @@ def main(argv=None):
     status(f"{args.checkpoint.name}: {type(model).__name__}, {n_params / 1e6:,.1f} M parameters, {dtype} on "
            f"{where}, loaded in {time.perf_counter() - start:.1f} s")
 
-    inputs = build_inputs(reader, chat_messages(args.prompt, len(images), args.system), images)
+    try:
+        inputs = build_inputs(reader, chat_messages(args.prompt, len(images), args.system), images, tools)
+    except TemplateError as error:  # the chat template refused the conversation or the tools
+        parser.error(f"the chat template refused the input: {error}")
     if args.system:
         print(f"system: {args.system}")
+    if tools:
+        print(f"tools: {', '.join(str(tool.get('function', tool).get('name')) for tool in tools)}")
     print(f"user: {''.join(f'<image {Path(p).name}> ' for p in args.image)}{args.prompt}")
-    print("assistant: ", end="", flush=True)
-    n_tokens, seconds = generate(model, reader, inputs, args.max_new_tokens)
+    n_tokens, seconds = generate(model, reader, inputs, args.max_new_tokens, tools)
     status(f"{n_tokens} new tokens in {seconds:.2f} s: {n_tokens / seconds:.1f} tokens/s "
            f"(prompt {inputs['input_ids'].shape[-1]} tokens)")
 

@@ -2,6 +2,7 @@
 
     python scripts/make_tiny_checkpoint.py --model text --out tiny-text [--seed 0]
     python scripts/make_tiny_checkpoint.py --model vl --out tiny-vl [--seed 0]
+    python scripts/make_tiny_checkpoint.py --model m1 --out tiny-m1 [--seed 0]
     python scripts/make_tiny_checkpoint.py --model text --out tiny-tp --heads 8 --kv-heads 4   # splits 2 or 4 ways
 
 The folder holds what a real Hub repo holds: `config.json` with the released keys and `auto_map`,
@@ -10,10 +11,13 @@ the MiniMax special tokens and chat template, and `generation_config.json` (eos 
 with `AutoConfig` / `AutoTokenizer` / `AutoModel` / `AutoModelForCausalLM` and `trust_remote_code=True`, offline.
 The VL folder adds the processor and image-processor configs (`AutoProcessor`); its CLIP tower and language model
 are tiny, but the image geometry is the released one (336-px tiles, patch 14, the 28 pinpoints, 576 thumbnail
-tokens), so image token counts equal the released model's.
+tokens), so image token counts equal the released model's. The M1 folder is the text model with MiniMax-M1's
+identifiers (`model_type` "minimax_m1", `architectures` ["MiniMaxM1ForCausalLM"], an integer `rope_theta`, no dtype
+key), M1's chat template and response template, and M1's recommended sampling in `generation_config.json`.
 """
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -57,15 +61,22 @@ def copy_remote_code(out: Path, names=TEXT_CODE_FILES) -> None:
         shutil.copy(REPO_ROOT / name, out / name)
 
 
-def save_tokenizer_and_generation_config(out: Path, tokenizer) -> None:
+# MiniMax-M1's recommended sampling (its README and tech report): temperature 1.0, top-p 0.95, no top-k.
+M1_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_p": 0.95, "top_k": None}
+
+
+def save_tokenizer_and_generation_config(out: Path, tokenizer, **sampling) -> None:
     tokenizer.save_pretrained(out)
     ids = special_token_ids(tokenizer)
-    GenerationConfig(eos_token_id=ids["eos"], pad_token_id=ids["eos"], max_new_tokens=32).save_pretrained(out)
+    GenerationConfig(eos_token_id=ids["eos"], pad_token_id=ids["eos"], max_new_tokens=32, **sampling).save_pretrained(
+        out
+    )
 
 
-def build_text_checkpoint(out: Path, seed: int = 0, **text_overrides) -> Path:
+def build_text_checkpoint(out: Path, seed: int = 0, kind: str = "text", **text_overrides) -> Path:
+    """A tiny text model; `kind` "m1" gives it MiniMax-M1's tokenizer, chat format and sampling."""
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tiny_tokenizer(with_image_token=False)
+    tokenizer = build_tiny_tokenizer(model=kind)
     config = tiny_text_config(
         vocab_size=len(tokenizer), eos_token_id=special_token_ids(tokenizer)["eos"], **text_overrides
     )
@@ -74,8 +85,18 @@ def build_text_checkpoint(out: Path, seed: int = 0, **text_overrides) -> Path:
     torch.manual_seed(seed)
     model = load("modeling_minimax_text_01").MiniMaxText01ForCausalLM(config)
     model.save_pretrained(out)
-    save_tokenizer_and_generation_config(out, tokenizer)
+    save_tokenizer_and_generation_config(out, tokenizer, **(M1_SAMPLING if kind == "m1" else {}))
     copy_remote_code(out)
+    return out
+
+
+def build_m1_checkpoint(out: Path, seed: int = 0, **text_overrides) -> Path:
+    """The tiny text model under MiniMax-M1's identifiers, as its released config.json writes them."""
+    build_text_checkpoint(out, seed, kind="m1", **text_overrides)
+    config = json.loads((out / "config.json").read_text())
+    config.pop("dtype", None)  # M1 names no dtype: dtype="auto" follows the weights
+    config.update(model_type="minimax_m1", architectures=["MiniMaxM1ForCausalLM"], rope_theta=int(config["rope_theta"]))
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out
 
 
@@ -122,7 +143,7 @@ def build_vl_checkpoint(out: Path, seed: int = 0, **text_overrides) -> Path:
     return out
 
 
-BUILDERS = {"text": build_text_checkpoint, "vl": build_vl_checkpoint}
+BUILDERS = {"text": build_text_checkpoint, "vl": build_vl_checkpoint, "m1": build_m1_checkpoint}
 
 
 def main(argv=None):

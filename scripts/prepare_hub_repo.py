@@ -21,6 +21,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData, metadata_load
 
+from chat_format import RESPONSE_TEMPLATES, named_chat_templates
 from device_map import build_meta_model
 from generate import PROCESSOR_FILES
 from make_tiny_checkpoint import TEXT_AUTO_MAP, VL_AUTO_MAP, copy_remote_code
@@ -36,6 +37,7 @@ IMAGE_PROCESSOR_AUTO_MAP = {
     "AutoImageProcessor": "image_processing_minimax_vl_01.MiniMaxVL01ImageProcessor",
     **PROCESSOR_AUTO_MAP,
 }
+CHAT_TEMPLATE_DIR = "additional_chat_templates"  # transformers' folder of named chat templates
 TRANSFORMERS_RANGE = ">=5.17,<6"
 INDEX_FILE = "model.safetensors.index.json"
 # bytes per element of the safetensors dtypes a checkpoint may hold
@@ -153,6 +155,9 @@ def copy_checkpoint_files(checkpoint: Path, out: Path, vl: bool) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     for name in names:
         shutil.copy2(checkpoint / name, out / name)
+    if (checkpoint / CHAT_TEMPLATE_DIR).is_dir():  # named chat templates ("tool_use", ...)
+        shutil.copytree(checkpoint / CHAT_TEMPLATE_DIR, out / CHAT_TEMPLATE_DIR)
+        names.append(CHAT_TEMPLATE_DIR)
     return names
 
 
@@ -177,6 +182,39 @@ def write_processor_auto_maps(out: Path) -> None:
             if isinstance(values.get("image_processor"), dict):  # newer processors embed the image processor config
                 values["image_processor"]["auto_map"] = IMAGE_PROCESSOR_AUTO_MAP
             write_json(out / name, values)
+
+
+def is_m1_checkpoint(checkpoint: Path) -> bool:
+    """config.json names MiniMax-M1 (model_type or architectures), or the folder ships M1's remote code."""
+    values = read_json(checkpoint / "config.json")
+    return (
+        values.get("model_type") in ("minimax_m1", "MiniMaxM1")
+        or "MiniMaxM1ForCausalLM" in (values.get("architectures") or [])
+        or (checkpoint / "configuration_minimax_m1.py").is_file()
+    )
+
+
+def write_chat_format(out: Path, kind: str) -> None:
+    """OUT's chat format becomes this repository's for `kind` ("m1", "text"): its chat template as
+    chat_template.jinja, also named "tool_use" (it renders what the released one renders for valid input, and what
+    that one drops, such as OpenAI tool calls or plain strings, correctly); the released template stays available as
+    `chat_template="released"`; and the `response_template` in tokenizer_config.json, for `tokenizer.parse_response`
+    and `transformers serve` (one the checkpoint already carries is kept)."""
+    config_path, default_path = out / "tokenizer_config.json", out / "chat_template.jinja"
+    values = read_json(config_path) if config_path.is_file() else {}
+    released = values.pop("chat_template", None)  # inline in the released tokenizer_config.json
+    if default_path.is_file():  # a template file takes precedence over the inline one
+        released = default_path.read_text()
+    templates = named_chat_templates(kind)
+    if isinstance(released, str) and released not in templates.values():
+        templates["released"] = released
+    default_path.write_text(templates.pop("default"))
+    (out / CHAT_TEMPLATE_DIR).mkdir(exist_ok=True)
+    for name, template in templates.items():
+        (out / CHAT_TEMPLATE_DIR / f"{name}.jinja").write_text(template)
+    if values.get("response_template") is None:
+        values["response_template"] = RESPONSE_TEMPLATES[kind]
+    write_json(config_path, values)
 
 
 def defined_classes(path: Path) -> set[str]:
@@ -212,6 +250,8 @@ def prepare_repo(checkpoint, out) -> Path:
     write_config(checkpoint, out, config, vl)
     if vl:
         write_processor_auto_maps(out)
+    if is_m1_checkpoint(checkpoint):
+        write_chat_format(out, "m1")
     validate_auto_maps(out)
     card = model_card(config, files, source_card_metadata(checkpoint))
     check_card_metadata(card)

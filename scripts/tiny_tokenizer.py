@@ -8,19 +8,21 @@ tiny random checkpoints we only need something with the same *shape of behaviour
   single id that is never split;
 * no BOS prepended by ``tokenizer(text)`` (``add_bos_token`` is false): the chat template writes every
   ``<beginning_of_sentence>`` itself;
-* the MiniMax-01 chat format (reference spec section 5) as ``chat_template``.
+* the model's chat format (scripts/chat_format.py) as ``chat_template``, named "default" and "tool_use", and its
+  ``response_template`` for ``tokenizer.parse_response``. MiniMax-M1's tokenizer adds ``<begin_of_document>`` (which
+  its template writes first) and ``<end_of_document>`` (unk), as released.
 
 Padding: the released tokenizer has no dedicated pad token. For left-padded batching this tokenizer sets
 ``pad_token = <end_of_sentence>`` (so ``pad_token_id == eos_token_id``) and ``padding_side = "left"``. Padded
 positions are masked out by ``attention_mask``; the model must rely on the mask, not on the pad id.
 
 Special-token ids of the tiny tokenizer: the specials are trained in first, so ``<beginning_of_sentence>`` = 0,
-``<end_of_sentence>`` = 1 and ``<image>`` = 2 (when present); byte tokens and merges follow. Use
-:func:`special_token_ids` rather than hard-coding them.
+``<end_of_sentence>`` = 1 and ``<image>`` = 2 (VL-01) or ``<begin_of_document>`` = 2, ``<end_of_document>`` = 3
+(M1); byte tokens and merges follow. Use :func:`special_token_ids` rather than hard-coding them.
 
 Usage::
 
-    python scripts/tiny_tokenizer.py OUT_DIR [--vocab-size 512] [--no-image-token]
+    python scripts/tiny_tokenizer.py OUT_DIR [--vocab-size 512] [--model vl|text|m1]
 """
 
 from __future__ import annotations
@@ -30,94 +32,17 @@ import argparse
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from chat_format import RESPONSE_TEMPLATES, named_chat_templates
+
 BOS_TOKEN = "<beginning_of_sentence>"
 EOS_TOKEN = "<end_of_sentence>"
 IMAGE_TOKEN = "<image>"
+# MiniMax-M1's template starts every conversation with <begin_of_document>; <end_of_document> is its unk token.
+DOCUMENT_TOKENS = ["<begin_of_document>", "<end_of_document>"]
 
 # Large enough for any sequence the model family handles (10,240,000 is the largest context length quoted
 # for the family); the model's own config bounds the real limit.
 MODEL_MAX_LENGTH = 10_240_000
-
-# MiniMax-01 chat format (reference spec section 5).
-#
-# * Every turn is ``<beginning_of_sentence>{header}\n{text}<end_of_sentence>\n``; headers:
-#     system    -> "system ai_setting=assistant"
-#     user      -> "user name=user"
-#     assistant -> "ai name=assistant"
-#     tool      -> "system function_response=functions", text = {"name": <message name>, "response": <content>}
-# * ``add_generation_prompt`` appends ``<beginning_of_sentence>ai name=assistant\n``. No BOS is prepended.
-# * Content is either a plain string or a list of items: ``{"type": "text", "text": ...}`` renders its text;
-#   ``{"type": "image"}``, ``{"type": "image_url", ...}`` or any item carrying an ``image``/``image_url`` key
-#   renders as ``<image>``; other item types render nothing. (The released template rendered plain-string
-#   content as nothing, a known defect; both forms are accepted here.)
-# * Tools: when ``tools`` is given, one ``<beginning_of_sentence>system function_setting=functions\n{json of
-#   the tool}<end_of_sentence>\n`` turn per tool, in order. CHOICE: they are placed right after the system turn
-#   when the conversation starts with one, otherwise before the first message. The tool is dumped as given
-#   (``tojson``, i.e. ``json.dumps`` with ``", "``/``": "`` separators and insertion order kept).
-# * Any other role raises an error.
-# * ``{% generation %}`` ... ``{% endgeneration %}`` mark what the model writes in an assistant turn: its text and
-#   the closing ``<end_of_sentence>`` (not the header, which is the generation prompt, nor the newline after it).
-#   ``apply_chat_template(..., return_assistant_tokens_mask=True, return_dict=True)`` turns them into the
-#   ``assistant_masks`` that TRL's assistant-only loss reads.
-CHAT_TEMPLATE = r"""{#- MiniMax-01 chat format; see scripts/tiny_tokenizer.py for the rules. -#}
-{%- macro render_content(content) -%}
-{%- if content is string -%}
-{{- content -}}
-{%- elif content is iterable and content is not mapping -%}
-{%- for item in content -%}
-{%- if item is string -%}
-{{- item -}}
-{%- elif item is mapping and item['type'] == 'text' -%}
-{{- item['text'] if item['text'] is defined else '' -}}
-{%- elif item is mapping and (item['type'] in ['image', 'image_url'] or 'image' in item or 'image_url' in item) -%}
-{{- '<image>' -}}
-{%- endif -%}
-{%- endfor -%}
-{%- endif -%}
-{%- endmacro -%}
-{%- macro render_tools() -%}
-{%- if tools is defined and tools -%}
-{%- for tool in tools -%}
-{{- '<beginning_of_sentence>system function_setting=functions\n' + (tool | tojson) + '<end_of_sentence>\n' -}}
-{%- endfor -%}
-{%- endif -%}
-{%- endmacro -%}
-{%- if messages | length == 0 -%}
-{{- render_tools() -}}
-{%- endif -%}
-{%- for message in messages -%}
-{%- if loop.first and message['role'] != 'system' -%}
-{{- render_tools() -}}
-{%- endif -%}
-{%- if message['role'] == 'system' -%}
-{{- '<beginning_of_sentence>system ai_setting=assistant\n' + render_content(message['content']) + '<end_of_sentence>\n' -}}
-{%- elif message['role'] == 'user' -%}
-{{- '<beginning_of_sentence>user name=user\n' + render_content(message['content']) + '<end_of_sentence>\n' -}}
-{%- elif message['role'] == 'assistant' -%}
-{{- '<beginning_of_sentence>ai name=assistant\n' -}}
-{%- generation -%}
-{{- render_content(message['content']) + '<end_of_sentence>' -}}
-{%- endgeneration -%}
-{{- '\n' -}}
-{%- elif message['role'] == 'tool' -%}
-{%- if message['content'] is mapping -%}
-{%- set response = message['content'] -%}
-{%- else -%}
-{%- set response = render_content(message['content']) -%}
-{%- endif -%}
-{%- set name = message['name'] if message['name'] is defined else none -%}
-{{- '<beginning_of_sentence>system function_response=functions\n' + ({'name': name, 'response': response} | tojson) + '<end_of_sentence>\n' -}}
-{%- else -%}
-{{- raise_exception('Unsupported role: ' + message['role'] | string) -}}
-{%- endif -%}
-{%- if loop.first and message['role'] == 'system' -%}
-{{- render_tools() -}}
-{%- endif -%}
-{%- endfor -%}
-{%- if add_generation_prompt -%}
-{{- '<beginning_of_sentence>ai name=assistant\n' -}}
-{%- endif -%}
-"""
 
 # Built-in training text (original prose written for this file). Byte-level BPE merges are learned from it.
 _TRAINING_TEXT = """\
@@ -156,15 +81,21 @@ def _training_corpus() -> list[str]:
     return [line for line in _TRAINING_TEXT.splitlines() if line.strip()]
 
 
-def build_tiny_tokenizer(vocab_size: int = 512, with_image_token: bool = True) -> PreTrainedTokenizerFast:
-    """Build the tiny MiniMax-01-style tokenizer (offline, deterministic).
+def build_tiny_tokenizer(
+    vocab_size: int = 512, with_image_token: bool = True, model: str | None = None
+) -> PreTrainedTokenizerFast:
+    """Build the tiny MiniMax-style tokenizer (offline, deterministic) of `model`: "vl" (the default with
+    `with_image_token`), "text" (the default without) or "m1".
 
     A byte-level BPE is trained in-process on the built-in text so that the total number of ids, special
     tokens included, is ``vocab_size`` (the training text is large enough for a few thousand ids; with a larger
-    request the trainer stops when no pair is left to merge). Special tokens come first: bos = 0, eos = 1,
-    ``<image>`` = 2 when ``with_image_token``.
+    request the trainer stops when no pair is left to merge). Special tokens come first: bos = 0, eos = 1, then
+    ``<image>`` (VL-01) or the document tokens (M1).
     """
+    model = model or ("vl" if with_image_token else "text")
+    with_image_token = model == "vl"
     specials = [BOS_TOKEN, EOS_TOKEN] + ([IMAGE_TOKEN] if with_image_token else [])
+    specials += DOCUMENT_TOKENS if model == "m1" else []
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     if vocab_size < len(specials) + len(alphabet):
         raise ValueError(
@@ -185,6 +116,7 @@ def build_tiny_tokenizer(vocab_size: int = 512, with_image_token: bool = True) -
     backend.train_from_iterator(_training_corpus(), trainer=trainer)
 
     extra = {"image_token": IMAGE_TOKEN} if with_image_token else None
+    unk = {"unk_token": DOCUMENT_TOKENS[1]} if model == "m1" else {}
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=BOS_TOKEN,
@@ -197,7 +129,9 @@ def build_tiny_tokenizer(vocab_size: int = 512, with_image_token: bool = True) -
         padding_side="left",
         model_max_length=MODEL_MAX_LENGTH,
         clean_up_tokenization_spaces=False,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=named_chat_templates(model),
+        response_template=RESPONSE_TEMPLATES[model],
+        **unk,
     )
     return tokenizer
 
@@ -217,9 +151,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir")
     parser.add_argument("--vocab-size", type=int, default=512)
-    parser.add_argument("--no-image-token", action="store_true")
+    parser.add_argument("--model", choices=["vl", "text", "m1"], default="vl", help="whose tokens and chat format")
     args = parser.parse_args(argv)
-    tokenizer = build_tiny_tokenizer(args.vocab_size, with_image_token=not args.no_image_token)
+    tokenizer = build_tiny_tokenizer(args.vocab_size, model=args.model)
     tokenizer.save_pretrained(args.out_dir)
     print(f"saved {len(tokenizer)} ids to {args.out_dir}: {special_token_ids(tokenizer)}")
 

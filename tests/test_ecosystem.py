@@ -10,6 +10,7 @@ weights, hidden states), from forward hooks on module inputs (router logits), or
 import logging
 import math
 import re
+import shutil
 
 import pytest
 import torch
@@ -368,9 +369,7 @@ def test_card_metadata_parses_with_huggingface_hub(repos, kind):
 
 def test_card_keeps_the_source_checkpoints_license_and_base_model(checkpoints, tmp_path):
     source = tmp_path / "source"
-    source.mkdir()
-    for f in checkpoints["text"].iterdir():
-        (source / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(checkpoints["text"], source)  # with its named chat templates (additional_chat_templates/)
     (source / "README.md").write_text("---\nlicense: apache-2.0\nbase_model: someone/fine-tune\n---\n# a card\n")
     data = card_of(hub.prepare_repo(source, tmp_path / "repo")).data.to_dict()
     assert (data["license"], data["base_model"]) == ("apache-2.0", "someone/fine-tune")

@@ -60,7 +60,11 @@ def test_committed_checkpoint_is_small_and_links_the_project_code():
     assert size <= 10 * 2**20
     for name in TEXT_CODE_FILES:  # symlinks to the top-level modules: never stale, no second copy
         link = CHECKPOINT / name
-        assert link.is_symlink() and link.resolve() == (REPO_ROOT / name).resolve()
+        assert link.is_symlink() and link.resolve() == (REPO_ROOT / name).resolve(), (
+            f"checkpoints/tiny-passkey/{name} should link to the top-level module; after adding a remote-code module "
+            "run: python -c 'import sys; sys.path.insert(0, \"scripts\"); from train_passkey import link_remote_code; "
+            "from pathlib import Path; link_remote_code(Path(\"checkpoints/tiny-passkey\"), copy=False)'"
+        )
 
 
 @pytest.mark.smoke  # also on transformers 5.17: the word-level tokenizer and the remote code load there too
