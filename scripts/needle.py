@@ -35,7 +35,7 @@ from tqdm import tqdm
 from transformers.generation.streamers import BaseStreamer
 from transformers.utils import logging as hf_logging
 
-from generate import chat_messages, distributed_layout, load_model, read_device_map, status
+from generate import DTYPES, chat_messages, distributed_layout, load_model, read_device_map, status
 from passkey import answer_digits, filler_repetitions, passkey_text, random_key
 
 DEFAULT_DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -272,7 +272,7 @@ def main(argv=None):
     parser.add_argument("--chat", action="store_true", help="wrap each prompt in the chat template")
     parser.add_argument("--prefill-chunk", type=int, default=4096, help="prefill chunk in tokens (0 = whole prompt)")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated per answer")
-    parser.add_argument("--dtype", default="auto", help="weight dtype (default: the checkpoint's)")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="weight dtype (default: the checkpoint's)")
     parser.add_argument("--device-map", help='"auto" or a JSON file from scripts/device_map.py --json')
     parser.add_argument("--pp", type=int, default=1, help="pipeline stages under torchrun")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")

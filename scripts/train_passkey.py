@@ -197,7 +197,8 @@ decays to zero over {args['final_steps']} steps. {decay_line}
 |---|---|---|
 {stages}
 
-{log['total_steps']} steps, {log['total_seconds'] / 60:.1f} minutes in all ({log.get('machine', 'load not recorded')}). \
+{log['total_steps']} steps, {log['total_seconds'] / 60:.1f} minutes in all \
+({log.get('machine', 'load not recorded')}). \
 The run is deterministic for the seed on one machine and thread count.
 
 ## Needle in a haystack (`scripts/needle.py`, greedy, CPU)

@@ -135,10 +135,26 @@ def test_training_is_deterministic_for_a_seed(tmp_path):
     weights = []
     for run in ("a", "b"):
         out = tmp_path / run
-        train_passkey.main(["--out", str(out), "--seed", "3", "--max-steps", "4", "--final-steps", "2",
-                            "--warmup", "2", "--tokens-per-step", "512", "--hidden-size", "32", "--threads", "1"])  # fmt: skip
+        train_passkey.main([
+            "--out", str(out), "--seed", "3", "--max-steps", "4", "--final-steps", "2", "--warmup", "2",
+            "--tokens-per-step", "512", "--hidden-size", "32", "--threads", "1",
+        ])  # fmt: skip
         weights.append(load_file(out / "model.safetensors"))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "a", trust_remote_code=True)
     assert model.config.attn_type_list == [0, 0, 0, 1] and model.config.rope_theta == 1e7
+
+
+def test_needle_chat_prompt_is_the_user_turn_of_the_template():
+    """--chat: the same haystack, rendered as the user message of the checkpoint's chat template."""
+    from needle import plan_prompts
+    from tiny_tokenizer import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    plain, chat = (plan_prompts(tokenizer, [300], [0.5], [1], seed=5, chat=c)[0] for c in (False, True))
+    assert plain["key"] == chat["key"]  # same seed, same key
+    text = tokenizer.decode(plain["ids"][0])
+    user_turn = f"<beginning_of_sentence>user name=user\n{text}<end_of_sentence>\n"
+    expected = user_turn + "<beginning_of_sentence>ai name=assistant\n"
+    assert tokenizer.decode(chat["ids"][0]) == expected
