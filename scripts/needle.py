@@ -1,8 +1,8 @@
 """Needle in a haystack: the pass-key test over context lengths x needle depths, with a heatmap.
 
     python scripts/needle.py CHECKPOINT --lengths 1K 2K 4K --depths 0 0.25 0.5 0.75 1 --samples 20 --out DIR
-    python scripts/needle.py CHECKPOINT --lengths 4K 16K 64K --samples 20 4 1 --out DIR   # fewer at long lengths
                              [--seed 0] [--chat] [--prefill-chunk 4096] [--dtype ...] [--device-map auto|MAP.json]
+    python scripts/needle.py CHECKPOINT --lengths 4K 16K 64K --samples 20 4 1 --out DIR   # fewer at long lengths
     torchrun --nproc-per-node 8 scripts/needle.py CHECKPOINT ... --out DIR      # tensor parallel, 8 GPUs
     python scripts/needle.py --merge DIR1 DIR2 --out DIR        # one table and heatmap from several sweeps
 
