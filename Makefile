@@ -1,7 +1,10 @@
 # Two entry points, each setting itself up on a fresh machine:
-#   make demo   build a tiny offline checkpoint and chat with it exactly as with a real one
-#   make test   run the test suite
+#   make demo   build a tiny offline checkpoint and chat with it exactly as with a real one; then ask the trained
+#               tiny-passkey checkpoint for a key hidden in ~2,000 tokens
+#   make test   run the test suite, less the slow end-to-end tests (about a minute on 2 cores)
+#   make test-slow   the slow end-to-end tests: CLIs in subprocesses, torchrun, torch.compile, fresh-process loads
 #   make test-triton   run the GPU-path tests (fla's Triton kernels) on CPU through Triton's interpreter
+#   make train-passkey   retrain checkpoints/tiny-passkey on CPU, sweep it with scripts/needle.py, rewrite its card
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
@@ -9,7 +12,7 @@ PY := $(VENV)/bin/python
 OLDEST_VENV ?= .venv-transformers-5.17
 TRITON_VENV ?= .venv-triton
 
-.PHONY: demo test test-oldest test-triton train-passkey clean
+.PHONY: demo test test-slow test-oldest test-triton train-passkey clean
 
 $(PY): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +29,10 @@ demo: $(PY)
 	HF_HUB_OFFLINE=1 $(PY) scripts/passkey_demo.py checkpoints/tiny-passkey --out build/needle-demo
 
 test: $(PY)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow" tests
+
+test-slow: $(PY)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow tests
 
 # A smoke subset on the oldest supported transformers (5.17).
 $(OLDEST_VENV)/bin/python: requirements.txt requirements-dev.txt

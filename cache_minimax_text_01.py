@@ -320,8 +320,8 @@ def static_cache_attention_mask(padding_mask, cache_position, max_cache_len):
 
     `cache_position` [T] (device tensor) holds the slots of the T new tokens; slot j is visible to query i when
     j <= cache_position[i] (causal, and every unfilled slot lies beyond), and, with `padding_mask` bool
-    [B, max_cache_len], when slot j is not a pad. As in `softmax_attention_mask`, a padded query always sees itself.
-    Fixed shapes, no host sync: the same graph serves every decode step.
+    [B, max_cache_len], when slot j is not a pad. As in the modeling file's `causal_attention_mask`, a padded query
+    always sees itself. Fixed shapes, no host sync: the same graph serves every decode step.
     """
     slots = torch.arange(max_cache_len, device=cache_position.device)
     allowed = (slots[None, :] <= cache_position[:, None])[None, None]  # [1, 1, T, L]

@@ -13,6 +13,9 @@ from transformers.activations import ACT2FN
 from transformers.configuration_utils import PreTrainedConfig
 
 LIGHTNING, SOFTMAX = 0, 1
+# the values of `lightning_impl` (lightning_attention.py's LIGHTNING_KERNELS, plus "auto"); kept here so that the
+# configuration file stands alone, and checked against the kernel table by the tests
+LIGHTNING_IMPLS = ("auto", "chunked", "recurrent", "fla")
 _LAYER_TYPE_NAMES = {LIGHTNING: "linear_attention", SOFTMAX: "full_attention"}
 LEGACY_MODEL_TYPE = "MiniMaxText01"
 # Model types read as this class: the legacy spelling, and MiniMax-M1's (the same architecture and keys)
@@ -35,6 +38,9 @@ class MiniMaxText01Config(PreTrainedConfig):
     shared_moe_mode (`str`): how the shared expert is mixed in; only "sigmoid" exists in the released code.
     block_size (`int`): lightning-attention block length (not in the released file; 256 there). Any length gives the
         same result; the plain PyTorch prefill caps it at 2 * head_dim, the fastest length on CPU.
+    lightning_impl (`str`): the lightning-attention prefill kernel: "auto" (flash-linear-attention's Triton kernel
+        on CUDA when installed, else "chunked"), "chunked" (plain PyTorch, block-parallel), "recurrent" (token by
+        token, the slow reference) or "fla". Decoding one token after cached ones is always one recurrence step.
     moe_grouped_mm (`bool`): on CUDA in inference, run the experts as two grouped matmuls over stacked weights (a
         second copy of the expert weights: only where GPU memory allows it; not with cpu/disk offload).
     prefill_chunk_size (`int` or None): feed prompts longer than this through the cache in pieces of this many
@@ -98,6 +104,7 @@ class MiniMaxText01Config(PreTrainedConfig):
     lightning_norm_eps: float = 1e-6
     block_size: int = 256
     prefill_chunk_size: int | None = None
+    lightning_impl: str = "auto"
     moe_grouped_mm: bool = False
     hidden_act: str = "silu"
     max_position_embeddings: int = 10_240_000
@@ -208,6 +215,9 @@ class MiniMaxText01Config(PreTrainedConfig):
             fail("shared_moe_mode", f"is {self.shared_moe_mode!r}", 'Only "sigmoid" exists in the released model.')
         if self.prefill_chunk_size is not None and self.prefill_chunk_size <= 0:
             fail("prefill_chunk_size", f"is {self.prefill_chunk_size}", "Use a positive token count, or None.")
+        if self.lightning_impl not in LIGHTNING_IMPLS:
+            fail("lightning_impl", f"is {self.lightning_impl!r}",
+                 f"Use one of {', '.join(map(repr, LIGHTNING_IMPLS))} ('auto' picks the fastest available).")
         if self.block_size <= 0:
             fail("block_size", f"is {self.block_size}", "Use a positive block length (256 in the release).")
 

@@ -27,9 +27,7 @@ from .image_processing_minimax_vl_01 import (
     unpadded_feature_grid,
 )
 from .cache_minimax_text_01 import MiniMaxGenerationMixin, MiniMaxText01Cache
-from .loading_checks import check_loading_info
-from .modeling_minimax_text_01 import MiniMaxText01ForCausalLM, MiniMaxText01Model
-from .tensor_parallel_minimax_text_01 import prepare_distributed_model
+from .modeling_minimax_text_01 import MiniMaxPreTrainedMixin, MiniMaxText01ForCausalLM, MiniMaxText01Model
 
 
 # The two ways the processor's output can disagree with the model's image geometry.
@@ -67,7 +65,7 @@ class MiniMaxVL01VisionModel(CLIPVisionModel):
         self.post_layernorm = nn.Identity()
 
 
-class MiniMaxVL01PreTrainedModel(PreTrainedModel):
+class MiniMaxVL01PreTrainedModel(MiniMaxPreTrainedMixin, PreTrainedModel):
     config_class = MiniMaxVL01Config
     config: MiniMaxVL01Config
     supports_gradient_checkpointing = True
@@ -77,21 +75,6 @@ class MiniMaxVL01PreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _can_compile_fullgraph = True  # with MiniMaxText01StaticCache (generate(cache_implementation="static"))
     _is_stateful = True  # the language model's lightning states cannot be rolled back
-
-    @classmethod
-    def from_pretrained(cls, *args, ignore_mismatched_sizes: bool = False, output_loading_info: bool = False, **kwargs):
-        """As transformers', but a checkpoint that does not fit the config raises an error naming the keys, as for
-        MiniMax-Text-01 (`check_loading_info`)."""
-        model, info = super().from_pretrained(*args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
-        check_loading_info(model, info, ignore_mismatched_sizes)
-        return (model, info) if output_loading_info else model
-
-    @classmethod
-    def maybe_distribute_model(cls, model, distributed_config, *args, **kwargs):
-        """Under tensor parallel the language model is split as MiniMax-Text-01 is (its plan comes with it); the
-        vision tower, projector and `image_newline` stay replicated. Unsupported layouts are refused before loading."""
-        prepare_distributed_model(model, distributed_config, *args)
-        return super().maybe_distribute_model(model, distributed_config, *args, **kwargs)
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -212,28 +195,26 @@ class MiniMaxVL01Model(MiniMaxVL01PreTrainedModel):
 
     # -- forward ------------------------------------------------------------------------------------------------
 
-    def _embed_inputs(self, input_ids, pixel_values, image_sizes, inputs_embeds, text_inputs: dict):
-        """-> (input_ids, inputs_embeds) for the decoder: with images, the text embeddings with the image features
-        written at the image tokens (and input_ids None); without, the inputs unchanged. `text_inputs` (mask,
-        positions, cache) go to the language model's input checks, which would only see embeddings otherwise."""
-        if pixel_values is None:
-            return input_ids, inputs_embeds
-        if input_ids is None or inputs_embeds is not None:
-            raise ValueError(
-                "pixel_values need input_ids (the image tokens mark where the features go); pass input_ids "
-                "instead of inputs_embeds."
-            )
-        self.language_model.model.check_inputs(input_ids, None, **text_inputs)
-        image_features = self.get_image_features(pixel_values, image_sizes)
-        text_embeds = self.get_input_embeddings()(input_ids)
-        return None, self._merge_image_features(input_ids, text_embeds, image_features)
-
-    def _output_flags(self, **flags: bool | None) -> tuple[bool, ...]:
-        """Each output flag as passed, or on by default when this config or its text config sets it."""
-        configs = (self.config, self.config.text_config)
-        return tuple(
-            any(getattr(c, name, False) for c in configs) if flag is None else flag for name, flag in flags.items()
-        )
+    def _language_model_inputs(self, input_ids, pixel_values, image_sizes, inputs_embeds, **text_inputs) -> dict:
+        """The opening of both VL forwards -> the language model's keyword arguments: the output flags defaulted
+        from this config or its text config (`output_flags`), and with images, the text embeddings with the image
+        features written at the image tokens (input_ids None); without, the inputs unchanged. `text_inputs`: the
+        language model's other arguments (mask, positions, cache, the flags, ...), passed on."""
+        flags = ("output_attentions", "output_hidden_states", "output_router_logits")
+        text_inputs.update(zip(flags, self.output_flags(**{name: text_inputs.get(name) for name in flags})))
+        if pixel_values is not None:
+            if input_ids is None or inputs_embeds is not None:
+                raise ValueError(
+                    "pixel_values need input_ids (the image tokens mark where the features go); pass input_ids "
+                    "instead of inputs_embeds."
+                )
+            # the language model's input checks would only see embeddings: they run here on the ids
+            checked = ("attention_mask", "position_ids", "past_key_values", "cache")
+            self.language_model.model.check_inputs(input_ids, None, **{name: text_inputs[name] for name in checked})
+            image_features = self.get_image_features(pixel_values, image_sizes)
+            text_embeds = self.get_input_embeddings()(input_ids)
+            input_ids, inputs_embeds = None, self._merge_image_features(input_ids, text_embeds, image_features)
+        return dict(input_ids=input_ids, inputs_embeds=inputs_embeds, return_dict=True, **text_inputs)
 
     @can_return_tuple
     def forward(
@@ -253,28 +234,12 @@ class MiniMaxVL01Model(MiniMaxVL01PreTrainedModel):
         **kwargs,
     ) -> MoeModelOutputWithPast:
         """The text decoder's output (MiniMaxText01Model: last_hidden_state and the optional outputs it documents)."""
-        output_attentions, output_hidden_states, output_router_logits = self._output_flags(
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            output_router_logits=output_router_logits,
-        )
-        text_inputs = dict(attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
-                           cache=cache)
-        input_ids, inputs_embeds = self._embed_inputs(input_ids, pixel_values, image_sizes, inputs_embeds, text_inputs)
-        return self.language_model.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            output_router_logits=output_router_logits,
-            cache=cache,
-            return_dict=True,
-            **kwargs,
-        )
+        return self.language_model.model(**self._language_model_inputs(
+            input_ids, pixel_values, image_sizes, inputs_embeds, attention_mask=attention_mask,
+            position_ids=position_ids, past_key_values=past_key_values, use_cache=use_cache,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            output_router_logits=output_router_logits, cache=cache, **kwargs,
+        ))  # fmt: skip
 
 
 class MiniMaxVL01ForConditionalGeneration(MiniMaxGenerationMixin, MiniMaxVL01Model, GenerationMixin):
@@ -360,30 +325,12 @@ class MiniMaxVL01ForConditionalGeneration(MiniMaxGenerationMixin, MiniMaxVL01Mod
         """The language model's output (MiniMaxText01ForCausalLM) on the text embeddings with the image features
         written at the image tokens. Each optional output is on when requested, or by default when this config or its
         text config sets the flag; `return_dict=False` (or `config.return_dict = False`) gives a tuple."""
-        output_attentions, output_hidden_states, output_router_logits = self._output_flags(
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            output_router_logits=output_router_logits,
-        )
-        text_inputs = dict(attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
-                           cache=cache)
-        input_ids, inputs_embeds = self._embed_inputs(input_ids, pixel_values, image_sizes, inputs_embeds, text_inputs)
-        return self.language_model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            labels=labels,
-            use_cache=use_cache,
-            output_router_logits=output_router_logits,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-            logits_to_keep=logits_to_keep,
-            cache=cache,
-            return_dict=True,
-            **kwargs,
-        )
+        return self.language_model(**self._language_model_inputs(
+            input_ids, pixel_values, image_sizes, inputs_embeds, attention_mask=attention_mask,
+            position_ids=position_ids, past_key_values=past_key_values, labels=labels, use_cache=use_cache,
+            output_router_logits=output_router_logits, output_hidden_states=output_hidden_states,
+            logits_to_keep=logits_to_keep, cache=cache, output_attentions=output_attentions, **kwargs,
+        ))  # fmt: skip
 
 
 __all__ = ["MiniMaxVL01ForConditionalGeneration", "MiniMaxVL01Model", "MiniMaxVL01PreTrainedModel"]

@@ -5,15 +5,14 @@ import math
 
 import pytest
 import torch
+from helpers import SLOPES, rel_err
 from minimax_code import load
 from reference import alibi_slopes, lightning_layer_slopes, lightning_recurrence
 
 mm = load("modeling_minimax_text_01")
 la = load("lightning_attention")
 
-B, H, D = 2, 3, 8
-# one fast-decaying head, one medium, one nearly 1 (the last layer of the release has slopes ~1e-5 s_h)
-SLOPES = torch.tensor([0.5, 0.01, 2e-6])
+B, H, D = 2, 3, 8  # H matches the 3 heads of SLOPES
 
 
 def random_qkv(T, seed=0, requires_grad=False):
@@ -25,11 +24,6 @@ def random_qkv(T, seed=0, requires_grad=False):
 
 def random_state(seed=1):
     return torch.randn(B, H, D, D, generator=torch.Generator().manual_seed(seed))
-
-
-def rel_err(actual, expected):
-    """max |actual - expected| relative to max |expected| (the outputs grow with T near decay 1)."""
-    return ((actual.double() - expected).abs().max() / expected.abs().max()).item()
 
 
 # ------------------------------------------------------------------------------------------------ kernels
@@ -131,7 +125,7 @@ def test_chunked_per_token_decay_and_resets_match_float64_recurrence(T, block_si
     mask, log_decay, resets = padded_and_packed(T)
     v = v * mask[:, None, :, None]
     state = random_state()
-    out, final = la.lightning_attention_chunked(q, k, v, log_decay, state, resets, block_size=block_size, blocks_per_step=4)
+    out, final = la.lightning_attention_chunked(q, k, v, log_decay, state, resets, block_size=block_size, blocks_per_group=4)
     ref_out, ref_final = lightning_recurrence(q, k, v, log_decay, state, resets)
     assert rel_err(out, ref_out) < 2e-6
     assert rel_err(final, ref_final) < 2e-6
@@ -177,7 +171,7 @@ def test_chunked_per_token_gradients_match_float64_autograd_recurrence():
     g = torch.Generator().manual_seed(7)
     w_out, w_state = torch.randn(B, H, 120, D, generator=g), torch.randn(B, H, D, D, generator=g)
 
-    out, final = la.lightning_attention_chunked(q, k, v, log_decay, state, resets, block_size=16, blocks_per_step=3)
+    out, final = la.lightning_attention_chunked(q, k, v, log_decay, state, resets, block_size=16, blocks_per_group=3)
     ((out * w_out).sum() + (final * w_state).sum()).backward()
     grads = [x.grad for x in (q, k, v, state)]
 
