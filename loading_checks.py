@@ -22,6 +22,13 @@ def check_loading_info(model: PreTrainedModel, info: dict, ignore_mismatched_siz
         "shared_intermediate_size (text_config.* for VL-01) decide which tensors exist; or re-download an incomplete "
         "checkpoint."
     )
+    fused_suffixes = (".mlp.experts.gate_up_proj", ".mlp.experts.down_proj")
+    if fused := sorted(key for key in info["unexpected_keys"] if key.endswith(fused_suffixes)):
+        raise ValueError(
+            f"The checkpoint holds fused expert tensors ({summarize_keys(fused)}, transformers' native layout), "
+            "which are split while loading except with a quantization_config: load once without it, "
+            "save_pretrained (the released layout), then quantize that."
+        )
     if info["mismatched_keys"] and not ignore_mismatched_sizes:
         details = "; ".join(
             f"{key}: checkpoint {tuple(ckpt_shape)} vs model {tuple(model_shape)}"

@@ -35,6 +35,7 @@ from .cache_minimax_text_01 import (
     static_cache_attention_mask,
     static_cache_padding_mask,
 )
+from .checkpoint_layouts import NATIVE_DERIVED_BUFFERS, forget_native_conversions, native_layout_conversions
 from .configuration_minimax_text_01 import SOFTMAX, MiniMaxText01Config
 from .lightning_attention import lightning_attention_step, lightning_kernel, lightning_slopes
 from .loading_checks import check_loading_info
@@ -595,9 +596,15 @@ class MiniMaxPreTrainedMixin:
     @classmethod
     def from_pretrained(cls, *args, ignore_mismatched_sizes: bool = False, output_loading_info: bool = False, **kwargs):
         """As transformers', but a checkpoint that does not fit the config raises an error naming the keys (see
-        `check_loading_info`) instead of leaving weights at random behind a logged report."""
+        `check_loading_info`) instead of leaving weights at random behind a logged report. Checkpoints in
+        transformers' native `minimax` layout load too (converted per tensor, see checkpoint_layouts.py), except
+        fused experts with a `quantization_config`: quanto quantizes each tensor as it is read, before any split."""
         check_checkpoint_for_tensor_parallel(cls.config_class, args, kwargs)
-        model, info = super().from_pretrained(*args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
+        converted = [] if "quantization_config" in kwargs else [cls.__name__, MiniMaxText01Model.__name__]
+        with native_layout_conversions(converted):
+            model, info = super().from_pretrained(*args, ignore_mismatched_sizes=True, output_loading_info=True,
+                                                  **kwargs)
+        forget_native_conversions(model)
         check_loading_info(model, info, ignore_mismatched_sizes)
         return (model, info) if output_loading_info else model
 
@@ -631,6 +638,8 @@ class MiniMaxText01PreTrainedModel(MiniMaxPreTrainedMixin, PreTrainedModel):
     # a lightning state cannot be rolled back to an earlier token: transformers refuses assisted generation and
     # prompt lookup (which verify drafts and undo the rejected ones) with its own message
     _is_stateful = True
+    # checkpoints saved by transformers' native `minimax` also hold its derived decay tables; ours are computed
+    _keys_to_ignore_on_load_unexpected = [NATIVE_DERIVED_BUFFERS.pattern]
 
 
 # ---------------------------------------------------------------------------------------------------------------

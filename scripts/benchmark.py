@@ -45,6 +45,7 @@ from minimax_code import load  # noqa: E402
 
 modeling = load("modeling_minimax_text_01")
 cache_module = load("cache_minimax_text_01")
+layouts = load("checkpoint_layouts")
 
 # the cache's name in outputs and forward kwargs for the installed transformers (both models accept it)
 CACHE_ARG = modeling.CACHE_FIELD
@@ -79,51 +80,7 @@ def native_config(config) -> MiniMaxConfig:
     """This project's config -> transformers' MiniMaxConfig (same math when rotary_dim == head_dim)."""
     if config.rotary_dim != config.head_dim:
         raise ValueError("native minimax rotates every channel: use rotary_dim == head_dim to compare.")
-    return MiniMaxConfig(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        num_key_value_heads=config.num_key_value_heads,
-        head_dim=config.head_dim,
-        hidden_act=config.hidden_act,
-        max_position_embeddings=config.max_position_embeddings,
-        rms_norm_eps=config.rms_norm_eps,
-        num_local_experts=config.num_local_experts,
-        num_experts_per_tok=config.num_experts_per_tok,
-        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
-        layer_types=config.layer_types,
-        block_size=config.block_size,
-        full_attn_alpha_factor=config.layernorm_full_attention_alpha,
-        full_attn_beta_factor=config.layernorm_full_attention_beta,
-        linear_attn_alpha_factor=config.layernorm_linear_attention_alpha,
-        linear_attn_beta_factor=config.layernorm_linear_attention_beta,
-        mlp_alpha_factor=config.layernorm_mlp_alpha,
-        mlp_beta_factor=config.layernorm_mlp_beta,
-        pad_token_id=None,
-        bos_token_id=None,
-        eos_token_id=None,
-    )
-
-
-def native_state_dict(state: dict, config) -> dict:
-    """Released key names -> native names: experts fused into 3-D `gate_up_proj` [E, 2I, D] (w1 rows, then w3)
-    and `down_proj` [E, D, I]; the router is `mlp.gate.weight`; everything else keeps its name."""
-    out, E = {}, config.num_local_experts
-    for key, value in state.items():
-        if ".block_sparse_moe." not in key:
-            out[key] = value
-        elif key.endswith("block_sparse_moe.gate.weight"):
-            out[key.replace("block_sparse_moe.gate", "mlp.gate")] = value
-    for i in range(config.num_hidden_layers):
-        prefix = f"model.layers.{i}.block_sparse_moe.experts"
-        w = {name: [state[f"{prefix}.{e}.{name}.weight"] for e in range(E)] for name in ("w1", "w3", "w2")}
-        out[f"model.layers.{i}.mlp.experts.gate_up_proj"] = torch.stack(
-            [torch.cat((w1, w3)) for w1, w3 in zip(w["w1"], w["w3"])]
-        )
-        out[f"model.layers.{i}.mlp.experts.down_proj"] = torch.stack(w["w2"])
-    return out
+    return MiniMaxConfig(**layouts.native_config_from_released(config.to_dict()))
 
 
 def load_models(checkpoint: Path, which: str, dtype, device):
@@ -132,7 +89,7 @@ def load_models(checkpoint: Path, which: str, dtype, device):
     if which == "project":
         return project.to(device=device, dtype=dtype).eval()
     native = MiniMaxForCausalLM(native_config(project.config))
-    missing, unexpected = native.load_state_dict(native_state_dict(project.state_dict(), project.config), strict=False)
+    missing, unexpected = native.load_state_dict(layouts.native_state_dict_from_released(project.state_dict()), strict=False)
     buffers = {name for name, _ in native.named_buffers()}
     if unexpected or set(missing) - buffers:
         raise RuntimeError(f"weight conversion incomplete: missing {missing}, unexpected {unexpected}")

@@ -361,7 +361,7 @@ def test_card_keeps_the_source_checkpoints_license_and_base_model(checkpoints, t
 def test_card_metadata_check_names_what_is_missing(edit, missing):
     from huggingface_hub import ModelCardData
 
-    metadata = hub.card_metadata(vl=False, source={})
+    metadata = hub.card_metadata("text", source={})
     edit(metadata)
     card = f"---\n{ModelCardData(**metadata).to_yaml()}\n---\n# card\n"
     with pytest.raises(ValueError, match=missing):
