@@ -1,14 +1,19 @@
 """MiniMax-Text-01: a hybrid lightning/softmax-attention MoE decoder, faithful to the released checkpoints.
 
-Reading order: RMSNorm -> attention modules -> MoE -> decoder layer -> model -> causal-LM head. The lightning
-attention kernels live in `lightning_attention.py`, the hybrid cache in `cache_minimax_text_01.py`.
+Reading order: RMSNorm -> attention modules -> MoE -> decoder layer -> pretrained base (shared with VL) -> token
+layout and masks -> model -> causal-LM head. The lightning attention kernels live in `lightning_attention.py`, the
+hybrid cache in `cache_minimax_text_01.py`.
 
-Conventions: B batch, T new tokens, P tokens already in the cache, H heads, d head_dim, D hidden_size.
+Conventions: B batch, T new tokens, P tokens already in the cache, H heads, d head_dim, D hidden_size. Words: a
+*chunk* is a piece of a long prompt run through the cache (`prefill_chunk_size`); a *block* the lightning kernel's
+unit of tokens (`block_size`); `cache_position` the new tokens' cache slots; `sequence_starts` the first tokens of
+packed sequences.
 Every derived table (RoPE frequencies, lightning slopes) is computed in fp32 from the config, never stored in
 the checkpoint and never cast with the model, so `.to(bfloat16)` and `from_pretrained` cannot corrupt it.
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,20 +32,19 @@ from .cache_minimax_text_01 import (
     MiniMaxGenerationMixin,
     MiniMaxText01Cache,
     MiniMaxText01StaticCache,
+    check_prefill_chunk_size,
     static_cache_attention_mask,
     static_cache_padding_mask,
 )
+from .checkpoint_layouts import NATIVE_DERIVED_BUFFERS, forget_native_conversions, native_layout_conversions
 from .configuration_minimax_text_01 import SOFTMAX, MiniMaxText01Config
-from .lightning_attention import (
-    lightning_attention_chunked,
-    lightning_attention_fla,
-    lightning_attention_step,
-    lightning_block_length,
-    lightning_slopes,
-    use_fla_prefill,
+from .lightning_attention import lightning_attention_step, lightning_kernel, lightning_slopes
+from .loading_checks import check_checkpoint_folder, check_loading_info
+from .tensor_parallel_minimax_text_01 import (
+    check_checkpoint_for_tensor_parallel,
+    is_sharded,
+    prepare_distributed_model,
 )
-from .loading_checks import check_loading_info
-from .tensor_parallel_minimax_text_01 import check_checkpoint_for_tensor_parallel, is_sharded, prepare_distributed_model
 
 logger = logging.get_logger(__name__)
 
@@ -72,22 +76,24 @@ class MiniMaxText01RMSNorm(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-# CPU: longer inputs run through a lightning layer in spans of this many tokens, so no temporary (qkv is
-# [span, 3 H d]) outgrows glibc's 32 MiB mmap ceiling; larger buffers are page-faulted afresh on every allocation,
-# about 20 % of a 16K-token layer on the benchmark machine.
-LIGHTNING_CPU_SPAN = 4096
+# CPU: longer inputs reach the lightning kernels in pieces of at most this many tokens, so no temporary (qkv is
+# [tokens, 3 H d]) outgrows glibc's 32 MiB mmap ceiling; larger buffers are page-faulted afresh on every allocation,
+# about 20 % of a 16K-token layer on the benchmark machine. (Each layer's `cpu_max_tokens`; exact for any value.)
+LIGHTNING_CPU_MAX_TOKENS = 4096
 
 
 class MiniMaxText01LightningAttention(nn.Module):
-    """Linear attention with per-head exponential decay (released names: qkv_proj, output_gate, norm, out_proj)."""
+    """Linear attention with per-head exponential decay (released names: qkv_proj, output_gate, norm, out_proj).
+    The prefill kernel is the one `config.lightning_impl` names (lightning_attention.py's `LIGHTNING_KERNELS`)."""
 
     def __init__(self, config: MiniMaxText01Config, layer_idx: int):
         super().__init__()
+        self.config = config  # read at every forward: `lightning_impl` and `block_size` may be changed after loading
         self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
         self.head_dim = config.head_dim
         self.num_layers = config.num_hidden_layers
-        self.block_size = config.block_size
+        self.cpu_max_tokens = LIGHTNING_CPU_MAX_TOKENS
         # global indices of the heads this module holds: all, or under tensor parallel this rank's share, set from
         # the rank's place when the plan is applied (`record_tensor_parallel_place`)
         self.heads = range(self.num_heads)
@@ -106,25 +112,26 @@ class MiniMaxText01LightningAttention(nn.Module):
             self._slopes = lightning_slopes(self.num_heads, self.layer_idx, self.num_layers)[heads].to(device)
         return self._slopes
 
-    def forward(self, x, token_mask=None, resets=None, cache: MiniMaxText01Cache | None = None, **kwargs):
-        """x [B, T, D]; token_mask bool [B, T] (False = pad) or None; resets bool [B, T] (first tokens of packed
-        sequences) or None."""
+    def forward(self, x, token_mask=None, sequence_starts=None, cache: MiniMaxText01Cache | None = None, **kwargs):
+        """x [B, T, D]; token_mask bool [B, T] (False = pad) or None; sequence_starts bool [B, T] (first tokens of
+        packed sequences) or None."""
         state = cache.get_lightning_state(self.layer_idx) if cache is not None else None
-        T, span = x.shape[1], x.shape[1] if x.is_cuda else LIGHTNING_CPU_SPAN
-        if T <= span:
-            out, state = self._forward_tokens(x, token_mask, resets, state)
-        else:  # exact: the state carries over from span to span
+        T = x.shape[1]
+        piece = T if x.is_cuda else self.cpu_max_tokens
+        if T <= piece:
+            out, state = self._forward_tokens(x, token_mask, sequence_starts, state)
+        else:  # exact: the state carries over from piece to piece
             out = x.new_empty(*x.shape[:2], self.out_proj.out_features)
-            for start in range(0, T, span):
-                sl = slice(start, start + span)
+            for start in range(0, T, piece):
+                sl = slice(start, start + piece)
                 out[:, sl], state = self._forward_tokens(
-                    x[:, sl], *(m[:, sl] if m is not None else None for m in (token_mask, resets)), state
+                    x[:, sl], *(m[:, sl] if m is not None else None for m in (token_mask, sequence_starts)), state
                 )
         if cache is not None:
             cache.set_lightning_state(self.layer_idx, state)
         return out, None  # no attention matrix: (output, weights) like the softmax layers, with weights None
 
-    def _forward_tokens(self, x, token_mask, resets, state):
+    def _forward_tokens(self, x, token_mask, sequence_starts, state):
         """The layer on x [B, T, D] from `state` (None = zeros) -> (output [B, T, D], final state)."""
         B, T, _ = x.shape
         d = self.head_dim  # H below: the heads this module holds (a rank's share under tensor parallel)
@@ -136,13 +143,11 @@ class MiniMaxText01LightningAttention(nn.Module):
             v = v.masked_fill(~token_mask[:, None, :, None], 0.0)
             log_decay = log_decay * token_mask[..., None]  # [B, T, H]
 
-        if T == 1 and state is not None:
-            out, state = lightning_attention_step(q, k, v, log_decay, state, resets)
-        elif use_fla_prefill(q):
-            out, state = lightning_attention_fla(q, k, v, log_decay, state, resets)
+        if T == 1 and state is not None:  # decode: one step of the recurrence, O(1)
+            out, state = lightning_attention_step(q, k, v, log_decay, state, sequence_starts)
         else:
-            block = lightning_block_length(self.block_size, self.head_dim)
-            out, state = lightning_attention_chunked(q, k, v, log_decay, state, resets, block)
+            kernel = lightning_kernel(self.config.lightning_impl, q.device)
+            out, state = kernel(q, k, v, log_decay, state, sequence_starts, self.config.block_size)
         out = out.transpose(1, 2).reshape(B, T, -1)  # [B, T, H d] heads concatenated, fp32
         gate = self.output_gate(x)
         gate = gate.sigmoid_() if inplace else gate.sigmoid()
@@ -325,12 +330,76 @@ def stackable_experts(moe: nn.Module) -> bool:
 
 
 def use_grouped_mm(moe: nn.Module, x: torch.Tensor) -> bool:
-    """Grouped matmul for the experts: opted into (`config.moe_grouped_mm`, since the stacked weights are a second
-    copy of the experts), on CUDA, in inference, when torch has it and the experts can be stacked."""
+    """Grouped matmul for the experts: opted into (`config.moe_grouped_mm`, since it needs the extra copy of
+    `ExpertWeights.grouped_mm_copy`), on CUDA, in inference, when torch has it and the experts can be stacked."""
     return (
         moe.grouped_mm and _grouped_mm is not None and x.is_cuda and not torch.is_grad_enabled()
         and stackable_experts(moe)
     )
+
+
+class ExpertWeights:
+    """The one owner of the expert weights' layouts beyond the checkpoint's (one nn.Linear per expert and matrix,
+    which keeps the released names, quantizers and tensor-parallel plans working):
+
+    - `stacked_views`: (w1 [E, I, D], w3 [E, I, D], w2 [E, D, I]), no copy: each expert's `weight` becomes a view
+      into these. The compiled decode gathers the chosen experts' rows from them.
+    - `grouped_mm_copy`: (w13 [E, D, 2I] (w1 | w3), w2 [E, I, D]), the only extra copy of the experts, made only
+      for `config.moe_grouped_mm`: grouped matmul wants each expert's matrix input-major with w1 and w3 fused, a
+      layout no view of the per-expert [I, D] weights gives.
+
+    Both are inference-only (later weight updates are not seen) and dropped by `forget` when the block is moved or
+    cast (`.to()` gives every parameter new storage).
+    """
+
+    def __init__(self):
+        self._views: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._viewed_by: list[tuple[nn.Parameter, int]] = []  # (expert weight, data_ptr) when the views were made
+        self._copy: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forget(self) -> None:
+        self._views, self._viewed_by, self._copy = None, [], None
+
+    def stacked_views(self, moe: nn.Module):
+        """The stacks the expert weights view, or None when the experts cannot be stacked. Built in eager mode: every
+        eager inference forward of more than one token (e.g. the prefill before a compiled decode) checks that each
+        expert weight is still the stacked Parameter viewing its slot, and restacks otherwise. A compiled graph uses
+        them as they were at the last eager prompt (reading the per-expert weights would add a dynamo guard each)."""
+        if torch.compiler.is_compiling():
+            return self._views
+        if self._views is None or not self._views_in_use(moe):
+            self._views = self._stack(moe) if stackable_experts(moe) else None
+        return self._views
+
+    def grouped_mm_copy(self, moe: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """(w13 [E, D, 2I], w2 [E, I, D]) for `grouped_experts_forward`, copied once per device and dtype. Not for
+        models offloaded by accelerate (the copy would stay on the GPU)."""
+        w1 = moe.experts[0].w1.weight
+        if self._copy is None or (self._copy[0].device, self._copy[0].dtype) != (w1.device, w1.dtype):
+            w13 = torch.stack([torch.cat((e.w1.weight, e.w3.weight)).T for e in moe.experts])
+            w2 = torch.stack([e.w2.weight.T for e in moe.experts])
+            self._copy = (w13.contiguous(), w2.contiguous())
+        return self._copy
+
+    @staticmethod
+    def _expert_params(moe) -> list[nn.Parameter]:
+        return [getattr(expert, name).weight for name in ("w1", "w3", "w2") for expert in moe.experts]
+
+    def _views_in_use(self, moe) -> bool:
+        """Every expert weight is still the Parameter that was stacked, still viewing its slot of the stack."""
+        return all(p is q and p.data_ptr() == ptr for p, (q, ptr) in zip(self._expert_params(moe), self._viewed_by))
+
+    @torch.no_grad()
+    def _stack(self, moe):
+        stacks = tuple(
+            torch.stack([getattr(expert, name).weight for expert in moe.experts]) for name in ("w1", "w3", "w2")
+        )
+        for name, stack in zip(("w1", "w3", "w2"), stacks):
+            for expert, view in zip(moe.experts, stack):
+                getattr(expert, name).weight.data = view  # the separate per-expert storage is freed
+            torch._dynamo.mark_static_address(stack)  # a fixed input of CUDA graphs, never copied per replay
+        self._viewed_by = [(p, p.data_ptr()) for p in self._expert_params(moe)]
+        return stacks
 
 
 def grouped_experts_forward(x_sorted, counts, w13, w2, act):
@@ -356,11 +425,8 @@ def gathered_experts_forward(x, weights, experts, w1, w3, w2, act):
 class MiniMaxText01SparseMoeBlock(nn.Module):
     """Top-k routing with an fp32 softmax and renormalised weights; no capacity limit, no router bias.
 
-    Routing paths: eager decode of one token runs its k experts directly; eager otherwise groups tokens by expert;
-    under torch.compile in inference (the static-cache decode) no path may sync with the host, so up to
-    `num_experts` (token, expert) pairs go through `gathered_experts_forward` over the stacked weights
-    (`expert_stacks`), and larger inputs (or experts that cannot be stacked: quanto, tensor-parallel shards) run
-    every expert on every token, weighted by the routing weight (0 where not chosen).
+    forward = `route` (which experts, with which weights) + `run_experts` (the dispatch path `dispatch_path` names).
+    The expert weights' extra layouts belong to `expert_weights` (ExpertWeights).
     """
 
     def __init__(self, config: MiniMaxText01Config):
@@ -374,109 +440,94 @@ class MiniMaxText01SparseMoeBlock(nn.Module):
             MiniMaxText01Expert(config.hidden_size, config.intermediate_size, config.hidden_act)
             for _ in range(self.num_experts)
         )
-        self._expert_stacks: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        self._stacked_from: list[nn.Parameter] = []  # the expert weights the stacks were built from
-        self._stacked_ptrs: list[int] = []
-
-    def stacked_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """[E, D, 2I] (w1 | w3) and [E, I, D] (w2) for grouped matmul, stacked once per device and dtype.
-        Costs one extra copy of the expert weights (inference only: later weight updates are not seen), hence
-        opt-in; only the CUDA grouped path uses it. Not for models offloaded by accelerate (the copy would stay on
-        the GPU)."""
-        w1 = self.experts[0].w1.weight
-        stacked = getattr(self, "_stacked", None)
-        if stacked is None or (stacked[0].device, stacked[0].dtype) != (w1.device, w1.dtype):
-            w13 = torch.stack([torch.cat((e.w1.weight, e.w3.weight)).T for e in self.experts])
-            w2 = torch.stack([e.w2.weight.T for e in self.experts])
-            self._stacked = (w13.contiguous(), w2.contiguous())
-        return self._stacked
-
-    def expert_stacks(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """(w1 [E, I, D], w3 [E, I, D], w2 [E, D, I]) for the compiled decode, or None when the experts cannot be
-        stacked. Each expert's `weight` becomes a view into these, so the model keeps one copy of the weights and
-        the checkpoint names and per-expert nn.Linear layout stay. Built in eager mode: every eager inference
-        forward of more than one token (e.g. the prefill before a compiled decode) checks that each expert weight
-        is still the stacked Parameter viewing its slot, and restacks otherwise; `.to()` and friends drop them.
-        A compiled graph uses them as they were at the last eager prompt."""
-        if torch.compiler.is_compiling():  # the per-expert weights are not read (each would add a dynamo guard)
-            return self._expert_stacks
-        if self._expert_stacks is None or not self._stacks_in_use():
-            self._expert_stacks = self._stack_experts() if stackable_experts(self) else None
-        return self._expert_stacks
-
-    def _expert_params(self) -> list[nn.Parameter]:
-        return [getattr(expert, name).weight for name in ("w1", "w3", "w2") for expert in self.experts]
-
-    def _stacks_in_use(self) -> bool:
-        """Every expert weight is still the Parameter that was stacked, still viewing its slot of the stack."""
-        return all(
-            p is q and p.data_ptr() == ptr
-            for p, (q, ptr) in zip(self._expert_params(), zip(self._stacked_from, self._stacked_ptrs))
-        )
-
-    @torch.no_grad()
-    def _stack_experts(self):
-        stacks = tuple(
-            torch.stack([getattr(expert, name).weight for expert in self.experts]) for name in ("w1", "w3", "w2")
-        )
-        for name, stack in zip(("w1", "w3", "w2"), stacks):
-            for expert, view in zip(self.experts, stack):
-                getattr(expert, name).weight.data = view  # the separate per-expert storage is freed
-            torch._dynamo.mark_static_address(stack)  # a fixed input of CUDA graphs, never copied per replay
-        self._stacked_from = self._expert_params()
-        self._stacked_ptrs = [p.data_ptr() for p in self._stacked_from]
-        return stacks
+        self.expert_weights = ExpertWeights()
 
     def _apply(self, fn, recurse=True):
-        self._expert_stacks = None  # .to() / .half() / ... give every parameter new storage: rebuild when needed
+        self.expert_weights.forget()  # .to() / .half() / ... give every parameter new storage: rebuild when needed
         return super()._apply(fn, recurse)
 
     def forward(self, x):
+        """x [B, T, D] -> (output [B, T, D], router logits [B * T, E])."""
         B, T, D = x.shape
         x = x.reshape(-1, D)
-        if self.training and self.jitter_noise > 0:
+        if self.training and self.jitter_noise > 0:  # the router and the experts see the same jittered input
             x = x * torch.empty_like(x).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)
+        router_logits, weights, experts = self.route(x)
+        if T > 1 and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            self.expert_weights.stacked_views(self)  # built or refreshed in an eager prompt, for a compiled decode
+        return self.run_experts(x, weights, experts).view(B, T, D), router_logits
+
+    def route(self, x):
+        """x [N, D] -> (router logits [N, E], routing weights [N, k] in x's dtype, expert indices [N, k])."""
         router_logits = self.gate(x)  # [N, E]
         probs = torch.softmax(router_logits.float(), dim=-1)
         weights, experts = probs.topk(self.top_k, dim=-1)  # [N, k]
-        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
+        return router_logits, (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype), experts
 
+    def dispatch_path(self, x) -> str:
+        """How the experts run on x [N, D]:
+
+        - "gathered" / "dense": under torch.compile in inference (the static-cache decode) no path may sync with
+          the host: up to `num_experts` (token, expert) pairs gather the chosen rows of the stacked weights; larger
+          inputs, or experts that cannot be stacked (quanto, tensor-parallel shards), run every expert on every
+          token, weighted by the routing weight (0 where not chosen);
+        - "one token": an eager decode of one token runs its k experts directly;
+        - "grouped mm": CUDA inference with `config.moe_grouped_mm`, two grouped matmuls over all experts;
+        - "per expert": otherwise, tokens grouped by expert, each expert once on its tokens.
+        """
         if not torch.is_grad_enabled():
             if torch.compiler.is_compiling():
-                return self._traceable_experts(x, weights, experts).view(B, T, D), router_logits
-            if T > 1:
-                self.expert_stacks()  # built or refreshed in an eager prefill, for a later compiled decode
-        if x.shape[0] == 1 and not torch.is_grad_enabled():  # one-sequence decode: run its k experts directly
-            out = None
-            for w, e in zip(weights[0].tolist(), experts[0].tolist()):  # Python scalars: no 0-dim tensor ops
-                y = self.experts[e](x)
-                out = y * w if out is None else torch.add(out, y, alpha=w)
-            return out.view(B, T, D), router_logits
+                stackable = x.shape[0] * self.top_k <= self.num_experts
+                return "gathered" if stackable and self.expert_weights.stacked_views(self) is not None else "dense"
+            if x.shape[0] == 1:
+                return "one token"
+        return "grouped mm" if use_grouped_mm(self, x) else "per expert"
 
-        # Group the (token, slot) pairs by expert, run each expert once on its tokens, scatter back weighted.
+    def run_experts(self, x, weights, experts):
+        """x [N, D], routing weights / expert indices [N, k] -> the weighted sum of the chosen experts [N, D]."""
+        path = self.dispatch_path(x)
+        if path == "gathered":
+            stacks = self.expert_weights.stacked_views(self)
+            return gathered_experts_forward(x, weights, experts, *stacks, self.experts[0].act)
+        if path == "dense":
+            return self._dense_experts(x, weights, experts)
+        if path == "one token":
+            return self._one_token_experts(x, weights, experts)
+        return self._experts_by_group(x, weights, experts, grouped_mm=path == "grouped mm")
+
+    def _one_token_experts(self, x, weights, experts):
+        """x [1, D]: its k experts one after the other, weighted by Python scalars (no 0-dim tensor ops)."""
+        out = None
+        for w, e in zip(weights[0].tolist(), experts[0].tolist()):
+            y = self.experts[e](x)
+            out = y * w if out is None else torch.add(out, y, alpha=w)
+        return out
+
+    def _experts_by_group(self, x, weights, experts, grouped_mm: bool):
+        """The (token, slot) pairs grouped by expert, each expert run once on its tokens (or all of them in two
+        grouped matmuls), the results scattered back weighted. x [N, D] -> [N, D]."""
         order = experts.flatten().argsort(stable=True)
         tokens = order // self.top_k
         sorted_weights = weights.flatten().index_select(0, order)[:, None]  # [N * k, 1]
         counts = torch.bincount(experts.flatten(), minlength=self.num_experts)
         out = torch.zeros_like(x)
-        if use_grouped_mm(self, x):
-            expert_out = grouped_experts_forward(x[tokens], counts, *self.stacked_weights(), self.experts[0].act)
-            return out.index_add_(0, tokens, expert_out * sorted_weights).view(B, T, D), router_logits
-        # CPU: expert by expert, scattering each result at once (no [N * k, D] gather / concatenation / product
-        # buffers: large fresh buffers cost page faults); weighted in place when autograd is off
+        if grouped_mm:
+            w13, w2 = self.expert_weights.grouped_mm_copy(self)
+            expert_out = grouped_experts_forward(x[tokens], counts, w13, w2, self.experts[0].act)
+            return out.index_add_(0, tokens, expert_out * sorted_weights)
+        # expert by expert, scattering each result at once (no [N * k, D] gather / concatenation / product
+        # buffers: large fresh buffers cost page faults on CPU); weighted in place when autograd is off
         counts = counts.tolist()
-        for e, (expert_tokens, expert_weights) in enumerate(zip(tokens.split(counts), sorted_weights.split(counts))):
+        for e, (expert_tokens, pair_weights) in enumerate(zip(tokens.split(counts), sorted_weights.split(counts))):
             if counts[e] > 0:
                 y = self.experts[e](x.index_select(0, expert_tokens))  # index_select: 4x faster than x[idx]
-                y = y * expert_weights if torch.is_grad_enabled() else y.mul_(expert_weights)
+                y = y * pair_weights if torch.is_grad_enabled() else y.mul_(pair_weights)
                 out.index_add_(0, expert_tokens, y)
-        return out.view(B, T, D), router_logits
+        return out
 
-    def _traceable_experts(self, x, weights, experts):
-        """The experts without host syncs or data-dependent shapes (torch.compile, inference). x [N, D] -> [N, D]."""
-        stacks = self.expert_stacks() if experts.numel() <= self.num_experts else None
-        if stacks is not None:
-            return gathered_experts_forward(x, weights, experts, *stacks, self.experts[0].act)
+    def _dense_experts(self, x, weights, experts):
+        """Every expert on every token, weighted by its routing weight (0 where not chosen): no host sync, no
+        data-dependent shape. x [N, D] -> [N, D]."""
         dense = torch.zeros(x.shape[0], self.num_experts, dtype=x.dtype, device=x.device).scatter(1, experts, weights)
         out = torch.zeros_like(x)
         for e, expert in enumerate(self.experts):
@@ -517,7 +568,9 @@ class MiniMaxText01DecoderLayer(GradientCheckpointingLayer):
             self.shared_mlp = MiniMaxText01SharedMLP(config.hidden_size, config.shared_expert_size, config.hidden_act)
             self.coefficient = nn.Linear(config.hidden_size, 1, bias=False)
 
-    def forward(self, hidden_states, rotary, softmax_mask=None, token_mask=None, resets=None, cache=None, **kwargs):
+    def forward(
+        self, hidden_states, rotary, softmax_mask=None, token_mask=None, sequence_starts=None, cache=None, **kwargs
+    ):
         """-> (hidden states, router logits [B * T, E], attention weights [B, H, T, P+T] or None: lightning layers
         and backends other than eager have none)."""
         normed = self.input_layernorm(hidden_states)
@@ -525,7 +578,7 @@ class MiniMaxText01DecoderLayer(GradientCheckpointingLayer):
         if self.is_softmax:
             attn, attn_weights = self.self_attn(normed, rotary, attention_mask=softmax_mask, cache=cache, **kwargs)
         else:
-            attn, attn_weights = self.self_attn(normed, token_mask=token_mask, resets=resets, cache=cache)
+            attn, attn_weights = self.self_attn(normed, token_mask=token_mask, sequence_starts=sequence_starts, cache=cache)
         hidden_states = scaled_residual(residual, self.attn_alpha, attn, self.attn_beta)
 
         normed = self.post_attention_layernorm(hidden_states)
@@ -537,7 +590,45 @@ class MiniMaxText01DecoderLayer(GradientCheckpointingLayer):
         return scaled_residual(residual, self.mlp_alpha, ffn, self.mlp_beta), router_logits, attn_weights
 
 
-class MiniMaxText01PreTrainedModel(PreTrainedModel):
+class MiniMaxPreTrainedMixin:
+    """What MiniMax-Text-01 and MiniMax-VL-01 add to transformers' PreTrainedModel alike (listed before it in the
+    bases): strict loading, tensor-parallel checks before loading, and the output-flag defaults."""
+
+    @classmethod
+    def from_pretrained(cls, *args, ignore_mismatched_sizes: bool = False, output_loading_info: bool = False, **kwargs):
+        """As transformers', but a checkpoint that does not fit the config raises an error naming the keys (see
+        `check_loading_info`) instead of leaving weights at random behind a logged report. The folder is checked
+        first (`check_checkpoint_folder`: model kind, JSON files, dtype name, shards, device map). Checkpoints in
+        transformers' native `minimax` layout load too (converted per tensor, see checkpoint_layouts.py), except
+        fused experts with a `quantization_config`: quanto quantizes each tensor as it is read, before any split."""
+        check_checkpoint_folder(cls, args, kwargs)
+        check_checkpoint_for_tensor_parallel(cls.config_class, args, kwargs)
+        converted = [] if "quantization_config" in kwargs else [cls.__name__, MiniMaxText01Model.__name__]
+        with native_layout_conversions(converted):
+            model, info = super().from_pretrained(*args, ignore_mismatched_sizes=True, output_loading_info=True,
+                                                  **kwargs)
+        forget_native_conversions(model)
+        check_loading_info(model, info, ignore_mismatched_sizes)
+        return (model, info) if output_loading_info else model
+
+    @classmethod
+    def maybe_distribute_model(cls, model, distributed_config, *args, **kwargs):
+        """transformers' step between building the model and reading the weights (tp_plan / distributed_config):
+        a layout this model cannot run is refused here, before any weight is loaded. The text decoder is split by
+        heads and expert widths; a VL model's vision tower, projector and `image_newline` stay replicated."""
+        prepare_distributed_model(model, distributed_config, *args)
+        return super().maybe_distribute_model(model, distributed_config, *args, **kwargs)
+
+    def output_flags(self, **flags: bool | None) -> tuple[bool, ...]:
+        """Each output flag as passed, or, when None, on when the config (or a VL config's text config) sets the
+        flag of the same name."""
+        configs = (self.config, self.config.get_text_config(decoder=True))
+        return tuple(
+            any(getattr(c, name, False) for c in configs) if flag is None else flag for name, flag in flags.items()
+        )
+
+
+class MiniMaxText01PreTrainedModel(MiniMaxPreTrainedMixin, PreTrainedModel):
     config_class = MiniMaxText01Config
     config: MiniMaxText01Config
     base_model_prefix = "model"
@@ -550,22 +641,78 @@ class MiniMaxText01PreTrainedModel(PreTrainedModel):
     # a lightning state cannot be rolled back to an earlier token: transformers refuses assisted generation and
     # prompt lookup (which verify drafts and undo the rejected ones) with its own message
     _is_stateful = True
+    # checkpoints saved by transformers' native `minimax` also hold its derived decay tables; ours are computed
+    _keys_to_ignore_on_load_unexpected = [NATIVE_DERIVED_BUFFERS.pattern]
 
-    @classmethod
-    def from_pretrained(cls, *args, ignore_mismatched_sizes: bool = False, output_loading_info: bool = False, **kwargs):
-        """As transformers', but a checkpoint that does not fit the config raises an error naming the keys (see
-        `check_loading_info`) instead of leaving weights at random behind a logged report."""
-        check_checkpoint_for_tensor_parallel(cls.config_class, args, kwargs)
-        model, info = super().from_pretrained(*args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
-        check_loading_info(model, info, ignore_mismatched_sizes)
-        return (model, info) if output_loading_info else model
 
-    @classmethod
-    def maybe_distribute_model(cls, model, distributed_config, *args, **kwargs):
-        """transformers' step between building the model and reading the weights (tp_plan / distributed_config):
-        a layout this model cannot run is refused here, before any weight is loaded."""
-        prepare_distributed_model(model, distributed_config, *args)
-        return super().maybe_distribute_model(model, distributed_config, *args, **kwargs)
+# ---------------------------------------------------------------------------------------------------------------
+# Token layout and masks
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TokenLayout:
+    """Where the T new tokens of a forward sit: what the layers need besides the hidden states.
+
+    `padding_mask` bool [B, P+T] (static cache: [B, max_cache_len], its slots) or None when nothing is padded;
+    `token_mask` its entries of the new tokens [B, T]; `position_ids` [B or 1, T]; `cache_position` [T] the new
+    tokens' cache slots P .. P+T-1; `sequence_starts` bool [B, T] (the first tokens of packed sequences) or None;
+    `past_len` the tokens cached before (static cache: a 0-dim device tensor); `static_len` the static cache's
+    max_cache_len, or None."""
+
+    padding_mask: torch.Tensor | None
+    token_mask: torch.Tensor | None
+    position_ids: torch.LongTensor
+    cache_position: torch.LongTensor
+    sequence_starts: torch.Tensor | None
+    past_len: int | torch.Tensor
+    static_len: int | None
+
+    def chunk(self, start: int, end: int) -> "TokenLayout":
+        """The layout of new tokens start .. end-1 (a prefill chunk): the keys it sees end with it."""
+        sl = slice(start, end)
+        padding_mask = self.padding_mask
+        if padding_mask is not None and self.static_len is None:
+            padding_mask = padding_mask[:, : self.past_len + end]
+        token_mask, starts = (m[:, sl] if m is not None else None for m in (self.token_mask, self.sequence_starts))
+        return TokenLayout(padding_mask, token_mask, self.position_ids[:, sl], self.cache_position[sl], starts,
+                           self.past_len + start, self.static_len)
+
+
+def token_layout(attention_mask, position_ids, cache, batch_size: int, new_tokens: int, device, chunked: bool):
+    """The layout of the new tokens from the 2-D attention mask (any padding: left, right, holes), the position ids
+    (None: derived) and the cache. Packed sequences are refused where their starts cannot hold: after cached
+    tokens, in a static cache, or run in chunks (`chunked`)."""
+    past_len = cache.get_seq_length() if cache is not None else 0  # static: a device tensor
+    static_len = cache.max_cache_len if isinstance(cache, MiniMaxText01StaticCache) else None
+    if static_len is not None:  # bool [B, max_cache_len]: fixed shape for every step
+        padding_mask = static_cache_padding_mask(attention_mask, batch_size, static_len)
+    else:
+        padding_mask = padding_mask_of(attention_mask, batch_size, past_len + new_tokens)
+    cache_position = torch.arange(new_tokens, device=device) + past_len
+    if position_ids is None:
+        position_ids = default_position_ids(padding_mask, cache_position, batch_size)
+    token_mask = padding_mask.index_select(1, cache_position) if padding_mask is not None else None
+    sequence_starts = packed_sequence_starts(position_ids, token_mask)
+    if sequence_starts is not None and (static_len is not None or past_len > 0 or chunked):
+        raise ValueError(
+            "Packed sequences (position_ids restarting at 0 inside a row) cannot follow cached tokens, run in "
+            "prefill chunks or fill a static cache. Run a packed batch without a cache, or unpack it into rows."
+        )
+    return TokenLayout(padding_mask, token_mask, position_ids, cache_position, sequence_starts, past_len, static_len)
+
+
+def padding_mask_of(attention_mask, batch_size, total_len):
+    """2-D attention mask (any padding: left, right, holes) -> bool [B, P+T], or None when nothing is padded."""
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() != 2 or attention_mask.shape != (batch_size, total_len):
+        raise ValueError(
+            f"attention_mask must have shape (batch, cached + new tokens) = ({batch_size}, {total_len}), got "
+            f"{tuple(attention_mask.shape)}. Pass the 2-D padding mask covering the cached tokens too."
+        )
+    mask = attention_mask.bool()
+    return None if bool(mask.all()) else mask
 
 
 def packed_sequence_starts(position_ids: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -581,46 +728,139 @@ def packed_sequence_starts(position_ids: torch.Tensor, token_mask: torch.Tensor 
     return starts if bool(starts.any()) else None
 
 
-def default_position_ids(padding_mask, slots, batch_size) -> torch.LongTensor:
-    """[B, T] for the new tokens at cache `slots` [T]: without padding they count on from the cache; with padding
+def default_position_ids(padding_mask, cache_position, batch_size) -> torch.LongTensor:
+    """[B, T] for the new tokens at `cache_position` [T]: without padding they count on from the cache; with padding
     each real token's position counts the real tokens before it (as generate() does), so a right-padded or holed
     row continues exactly. RoPE is relative, so for left padding this is the released math (which counts pads) to
     rounding."""
     if padding_mask is None:
-        return slots.expand(batch_size, -1)
-    return (padding_mask.long().cumsum(-1) - 1).clamp(min=0).index_select(1, slots)
+        return cache_position.expand(batch_size, -1)
+    return (padding_mask.long().cumsum(-1) - 1).clamp(min=0).index_select(1, cache_position)
 
 
-def softmax_attention_mask(padding_mask, resets, batch_size, query_len, past_len, device):
-    """bool [B, 1, T, P+T] (True = attend) for the softmax layers, or None when plain causal attention (the last
-    query sees every key, so a chunk after cached tokens needs no mask) is exact. Causal, padded keys masked, and
-    block-diagonal over packed sequences (`resets`, only without cached tokens).
+def softmax_attention_mask(layout: TokenLayout, batch_size: int, attn_implementation: str | None):
+    """The softmax layers' mask for the new tokens of `layout`, in the form the backend takes -> (mask, extra
+    keyword arguments for the attention functions):
+
+    - static cache: bool [B or 1, 1, T, max_cache_len] over its slots (`static_cache_attention_mask`);
+    - flash backends: the 2-D padding mask, since they apply causality themselves; packed sequences they find from
+      the position ids, which then go along;
+    - otherwise bool [B, 1, T, P+T] (`causal_attention_mask`), or None when plain causal attention is exact.
+    """
+    if layout.static_len is not None:  # K/V slots [max_cache_len]; the new tokens at `cache_position`
+        return static_cache_attention_mask(layout.padding_mask, layout.cache_position, layout.static_len), {}
+    if (attn_implementation or "").startswith("flash"):
+        packed = {"position_ids": layout.position_ids} if layout.sequence_starts is not None else {}
+        return layout.padding_mask, packed
+    query_len = layout.cache_position.shape[0]
+    mask = causal_attention_mask(layout.padding_mask, layout.sequence_starts, batch_size, query_len, layout.past_len,
+                                 layout.cache_position.device)
+    return mask, {}
+
+
+def causal_attention_mask(padding_mask, sequence_starts, batch_size, query_len, past_len, device):
+    """bool [B, 1, T, P+T] (True = attend), or None when plain causal attention (the last query sees every key, so a
+    chunk after cached tokens needs no mask) is exact. Causal, padded keys masked, and block-diagonal over packed
+    sequences (`sequence_starts`, only without cached tokens).
 
     A padded query always sees itself, so no row is fully masked (that would give NaN, and NaN times the zeroed
     lightning value is still NaN).
     """
-    if padding_mask is None and resets is None:  # causal, aligned to the last key: the backends apply it themselves
+    if padding_mask is None and sequence_starts is None:  # causal, aligned to the last key: backends apply it
         return None
     q_pos = torch.arange(past_len, past_len + query_len, device=device)[:, None]
     k_pos = torch.arange(past_len + query_len, device=device)[None, :]
     allowed = (k_pos <= q_pos)[None, None].expand(batch_size, 1, -1, -1)
-    if resets is not None:
-        sequence = resets.cumsum(-1)  # [B, T]: index of each token's packed sequence
+    if sequence_starts is not None:
+        sequence = sequence_starts.cumsum(-1)  # [B, T]: index of each token's packed sequence
         allowed = allowed & (sequence[:, None, :, None] == sequence[:, None, None, :])
     if padding_mask is not None:
         allowed = allowed & padding_mask[:, None, None, :]
     return allowed | (k_pos == q_pos)
 
 
-def join_span_attentions(span_attentions: list[list[torch.Tensor]]) -> list[torch.Tensor]:
-    """Per-span attention weights (span s: one [B, H, T_s, P + end_s] tensor per softmax layer) -> one
-    [B, H, T, P + T] tensor per layer, as an unchunked forward gives: the keys a span has not reached yet get weight
-    0 (causal), then the spans' rows are stacked."""
-    total_keys = span_attentions[-1][0].shape[-1] if span_attentions[-1] else 0
+def join_chunk_attentions(chunk_attentions: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """Per-chunk attention weights (chunk c: one [B, H, T_c, P + end_c] tensor per softmax layer) -> one
+    [B, H, T, P + T] tensor per layer, as an unchunked forward gives: the keys a chunk has not reached yet get
+    weight 0 (causal), then the chunks' rows are stacked."""
+    total_keys = chunk_attentions[-1][0].shape[-1] if chunk_attentions[-1] else 0
     return [
-        torch.cat([F.pad(weights, (0, total_keys - weights.shape[-1])) for weights in per_span], dim=2)
-        for per_span in zip(*span_attentions)
+        torch.cat([F.pad(weights, (0, total_keys - weights.shape[-1])) for weights in per_chunk], dim=2)
+        for per_chunk in zip(*chunk_attentions)
     ]
+
+
+IMAGE_INPUTS = ("pixel_values", "image_sizes", "images")
+
+
+def refuse_image_inputs(extra_inputs: dict) -> None:
+    """Image inputs reaching the text-only model would be swallowed by `**kwargs` and ignored."""
+    given = [name for name in IMAGE_INPUTS if extra_inputs.get(name) is not None]
+    if given:
+        raise ValueError(
+            f"MiniMax-Text-01 is text-only and would ignore {', '.join(given)}. Use a MiniMax-VL-01 checkpoint with "
+            "MiniMaxVL01ForConditionalGeneration for images, or drop the image inputs."
+        )
+
+
+def check_logits_to_keep(logits_to_keep, labels, num_tokens: int) -> None:
+    """0 (every token), a positive count of last tokens, or a 1-D tensor of positions; with labels, every token."""
+    if isinstance(logits_to_keep, torch.Tensor):
+        if logits_to_keep.is_floating_point() or logits_to_keep.dim() != 1:
+            raise TypeError("logits_to_keep as a tensor must be a 1-D integer tensor of token positions.")
+    elif isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int):
+        raise TypeError(f"logits_to_keep must be an int (0 = all tokens, N = the last N) or a 1-D tensor of "
+                        f"positions, got {logits_to_keep!r}.")
+    elif logits_to_keep < 0:
+        raise ValueError(f"logits_to_keep must be 0 (all tokens) or a positive count of last tokens, got "
+                         f"{logits_to_keep}.")
+    keeps_all = isinstance(logits_to_keep, int) and (logits_to_keep == 0 or logits_to_keep >= num_tokens)
+    if labels is not None and not keeps_all:
+        raise ValueError("labels need the logits of every token; leave logits_to_keep at 0 when passing labels.")
+
+
+def check_labels(labels, batch_size: int, num_tokens: int, vocab_size: int, ignore_index: int = -100) -> None:
+    """labels: integer [batch, tokens] like input_ids, holding token ids or `ignore_index` (-100)."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch tensor [batch, tokens], got {type(labels).__name__}.")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must hold token ids (torch.long), got {labels.dtype}. Convert with labels.long().")
+    if tuple(labels.shape) != (batch_size, num_tokens):
+        raise ValueError(f"labels must have the shape of input_ids ({batch_size}, {num_tokens}), got "
+                         f"{tuple(labels.shape)}. Give one label per input token (the model shifts them itself), "
+                         f"{ignore_index} where no loss is wanted.")
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab_size))
+    if bool(bad.any()):
+        raise ValueError(f"labels hold {labels[bad][:4].tolist()}, outside the vocabulary 0..{vocab_size - 1}. Use "
+                         f"token ids, and {ignore_index} for tokens without a loss.")
+
+
+def causal_lm_loss(loss_function, logits, labels, vocab_size: int, **kwargs) -> torch.Tensor:
+    """transformers' causal-LM loss, except that a batch with no token to predict (every shifted label ignored)
+    gives a loss of 0 with zero gradients instead of NaN (0 / 0), so one fully masked batch cannot poison training."""
+    ignore_index = kwargs.get("ignore_index", -100)
+    targets = kwargs.get("shift_labels")
+    targets = targets if targets is not None else labels[..., 1:]
+    if not bool((targets != ignore_index).any()):  # (also when num_items_in_batch is 0: 0 / 0 again)
+        return logits.sum() * 0.0
+    return loss_function(logits, labels, vocab_size, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ChunkOutputs:
+    """What one pass of the decoder stack returns: the final-normed hidden states [B, T_c, D] and, when requested,
+    every layer's input plus the final output, the router logits [B * T_c, E] per layer, and the softmax layers'
+    attention weights (when the backend computes them)."""
+
+    hidden_states: torch.Tensor | None  # None: none of this chunk's tokens is kept
+    all_hidden_states: list[torch.Tensor]
+    router_logits: list[torch.Tensor]
+    attentions: list[torch.Tensor]
 
 
 class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
@@ -637,7 +877,7 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
     - `router_logits`: num_hidden_layers tensors [B * T, num_local_experts], the router's logits before softmax.
 
     They are collected in the layer loop rather than by transformers' output-capturing hooks (`capture_outputs`),
-    because a chunked prefill runs every layer once per span and the spans' outputs are joined afterwards.
+    because a chunked prefill runs every layer once per chunk and the chunks' outputs are joined afterwards.
     """
 
     def __init__(self, config: MiniMaxText01Config):
@@ -679,106 +919,40 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         hidden_states_to_keep (`int`, defaults to 0): return the last hidden state of only the last this many
             tokens (0 = all); with chunking, the others are never held at once.
         """
-        output_attentions, output_hidden_states, output_router_logits = self.config_defaults(
+        output_attentions, output_hidden_states, output_router_logits = self.output_flags(
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             output_router_logits=output_router_logits,
         )
-        self.check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cache)
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
-        if cache is not None and past_key_values is not None:
-            raise ValueError("Pass the cache as `past_key_values` or as `cache`, not both.")
-        past_key_values = past_key_values if past_key_values is not None else cache
+        cache = self._validated_cache(input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cache,
+                                      prefill_chunk_size, kwargs)
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
-        if past_key_values is not None and not isinstance(past_key_values, MiniMaxText01Cache):
-            raise TypeError(
-                f"MiniMax-Text-01 needs a MiniMaxText01Cache (lightning states + K/V), got {type(past_key_values).__name__}. "
-                "Pass `past_key_values=None` to let the model create it."
-            )
-        if use_cache and past_key_values is None:
-            past_key_values = MiniMaxText01Cache(self.config)
         B, T = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         device = (input_ids if input_ids is not None else inputs_embeds).device
-        if T == 0:
-            raise ValueError("Empty input: the sequence has no tokens.")
-        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0  # static: device tensor
-        static = isinstance(past_key_values, MiniMaxText01StaticCache)
-        if static:
-            self._check_static_cache(past_key_values, B, T)
-        elif past_len + T > self.config.max_position_embeddings:
-            logger.warning_once(
-                f"Sequence length {past_len + T} exceeds max_position_embeddings ({self.config.max_position_embeddings}); "
-                "the model runs, but quality beyond the trained context is not guaranteed."
-            )
+        # Long prompts run in chunks of `prefill_chunk_size` tokens through the cache: activation memory is bounded
+        # by the chunk (each chunk is embedded on its own), total memory grows only with the K/V cache.
+        chunk_length = self._chunk_length(prefill_chunk_size, T)
 
-        if static:  # bool [B, max_cache_len]: fixed shape for every step
-            padding_mask = static_cache_padding_mask(attention_mask, B, past_key_values.max_cache_len)
-        else:
-            padding_mask = self._padding_mask(attention_mask, B, past_len + T)
-        if past_key_values is not None:
-            past_key_values.check_continuation(has_attention_mask=attention_mask is not None)
-        slots = torch.arange(T, device=device) + past_len  # the new tokens' cache slots
-        if position_ids is None:
-            position_ids = default_position_ids(padding_mask, slots, B)
-        token_mask = padding_mask.index_select(1, slots) if padding_mask is not None else None
-        resets = packed_sequence_starts(position_ids, token_mask)
-        # Long prompts run in spans of `prefill_chunk_size` tokens through the cache: activation memory is bounded
-        # by the span (each span is embedded on its own), total memory grows only with the K/V cache.
-        span = prefill_chunk_size or self.config.prefill_chunk_size or T
-        if span <= 0:
-            raise ValueError(f"prefill_chunk_size must be a positive token count, got {span}.")
-        if resets is not None and (static or past_len > 0 or span < T):
-            raise ValueError(
-                "Packed sequences (position_ids restarting at 0 inside a row) cannot follow cached tokens, run in "
-                "prefill chunks or fill a static cache. Run a packed batch without a cache, or unpack it into rows."
-            )
-        if span < T:
-            past_key_values = past_key_values if past_key_values is not None else MiniMaxText01Cache(self.config)
-            past_key_values.reserve(past_len + T)
-        if past_key_values is not None and T > 1 and not torch.compiler.is_compiling():  # (a host sync: prompts only)
-            filled = padding_mask[:, : int(past_len) + T] if padding_mask is not None else None
-            past_key_values.record_layout(filled, packed=resets is not None)
-        keep_from = T - hidden_states_to_keep if 0 < hidden_states_to_keep < T else 0
-        hidden_parts, hidden_state_parts, router_logit_parts, attention_parts = [], [], [], []
-        for start in range(0, T, span):
-            sl = slice(start, start + span)
-            hidden, states, router_logits, attentions = self._forward_span(
-                self.embed_tokens(input_ids[:, sl]) if inputs_embeds is None else inputs_embeds[:, sl],
-                position_ids[:, sl],
-                slots[sl],
-                padding_mask[:, : past_len + start + span] if padding_mask is not None and not static else padding_mask,
-                token_mask[:, sl] if token_mask is not None else None,
-                resets,
-                past_key_values,
-                output_hidden_states,
-                output_router_logits,
-                output_attentions,
-                **kwargs,
-            )
-            if start + hidden.shape[1] > keep_from:  # only the kept tail of the prompt outlives its span
-                hidden_parts.append(hidden[:, max(keep_from - start, 0) :])
-            hidden_state_parts.append(states)
-            router_logit_parts.append(router_logits)
-            attention_parts.append(attentions)
-        hidden_states = torch.cat(hidden_parts, dim=1) if len(hidden_parts) > 1 else hidden_parts[0]
-        all_hidden_states = [torch.cat(states, dim=1) for states in zip(*hidden_state_parts)]
-        all_router_logits = [  # [B * T, E] per layer, batch-major like an unchunked forward
-            torch.cat([logits.view(B, -1, logits.shape[-1]) for logits in per_span], dim=1).flatten(0, 1)
-            for per_span in zip(*router_logit_parts)
-        ]
-        all_attentions = join_span_attentions(attention_parts) if len(attention_parts) > 1 else attention_parts[0]
+        layout = token_layout(attention_mask, position_ids, cache, B, T, device, chunked=chunk_length < T)
+        if cache is not None or use_cache or chunk_length < T:  # chunks need a cache even when none is returned
+            cache = self._prepared_cache(cache, layout, T, reserve=chunk_length < T)
 
+        chunks = self._forward_chunks(input_ids, inputs_embeds, layout, cache, chunk_length, hidden_states_to_keep,
+                                      output_hidden_states, output_router_logits, output_attentions, **kwargs)
         return MoeModelOutputWithPast(
-            last_hidden_state=hidden_states,
-            **{CACHE_FIELD: past_key_values if use_cache else None},
-            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
-            attentions=tuple(all_attentions) if output_attentions else None,
-            router_logits=tuple(all_router_logits) if output_router_logits else None,
+            last_hidden_state=chunks.hidden_states,
+            **{CACHE_FIELD: cache if use_cache else None},
+            hidden_states=tuple(chunks.all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(chunks.attentions) if output_attentions else None,
+            router_logits=tuple(chunks.router_logits) if output_router_logits else None,
         )
 
-    def check_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cache) -> None:
-        """Refuse inputs that would fail obscurely inside torch or quietly give wrong numbers.
+    def check_inputs(
+        self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cache, prefill_chunk_size=None,
+        extra_inputs=None,
+    ) -> None:
+        """Refuse inputs that would fail obscurely inside torch or quietly give wrong numbers. `extra_inputs`: the
+        forward's other keyword arguments (image inputs there would be ignored by this text-only model).
 
         The value checks (token ids inside the vocabulary, a 0/1 attention mask without empty rows, positions that
         continue the cache) cost one host sync together; they are skipped while compiling or capturing a CUDA graph.
@@ -791,6 +965,8 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
                 raise TypeError(f"`{name}` must hold integers (torch.long), got {value.dtype}. Convert with "
                                 f"`{name}.long()`.")
 
+        check_prefill_chunk_size(prefill_chunk_size)
+        refuse_image_inputs(extra_inputs or {})
         if input_ids is not None:
             check_integer_tensor("input_ids", input_ids, "[batch, tokens]")
             if input_ids.dim() != 2:
@@ -860,33 +1036,108 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
                 "past_key_values=None."
             )
 
-    def config_defaults(self, **flags: bool | None) -> tuple[bool, ...]:
-        """Each output flag as passed, or the config's value of the same name when it is None."""
-        return tuple(bool(getattr(self.config, name)) if flag is None else flag for name, flag in flags.items())
+    # -- the steps of the forward, in order -----------------------------------------------------------------------
 
-    def _forward_span(
-        self, inputs_embeds, position_ids, slots, padding_mask, token_mask, resets, cache, output_hidden_states,
-        output_router_logits, output_attentions, **kwargs,
+    def _validated_cache(
+        self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cache, prefill_chunk_size,
+        extra_inputs,
     ):
-        """The decoder stack on T consecutive new tokens at cache `slots` [T]; padding_mask bool [B, P+T] (static
-        cache: [B, max_cache_len]) or None, token_mask its entries of the new tokens; resets bool [B, T] (starts of
-        packed sequences) or None. Returns (final-normed hidden states, per-layer inputs + final output
-        if requested, router logits if requested, the softmax layers' attention weights if requested and the
-        backend computed them)."""
-        B, T, _ = inputs_embeds.shape
-        past_len = cache.get_seq_length() if cache is not None else 0
-        rotary = self.rotary_emb(position_ids)
-        if isinstance(cache, MiniMaxText01StaticCache):  # K/V slots [max_cache_len]; the new tokens at `slots`
-            softmax_mask = static_cache_attention_mask(padding_mask, slots, cache.max_cache_len)
-        else:
+        """Every check of the inputs that does not need the token layout; -> the cache passed (under either name)
+        or None."""
+        self.check_inputs(
+            input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cache, prefill_chunk_size,
+            extra_inputs,
+        )
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        if cache is not None and past_key_values is not None:
+            raise ValueError("Pass the cache as `past_key_values` or as `cache`, not both.")
+        cache = past_key_values if past_key_values is not None else cache
+        if cache is not None and not isinstance(cache, MiniMaxText01Cache):
+            raise TypeError(
+                f"MiniMax-Text-01 needs a MiniMaxText01Cache (lightning states + K/V), got {type(cache).__name__}. "
+                "Pass `past_key_values=None` to let the model create it."
+            )
+        B, T = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        if T == 0:
+            raise ValueError("Empty input: the sequence has no tokens.")
+        if isinstance(cache, MiniMaxText01StaticCache):
             if (self.config._attn_implementation or "").startswith("flash"):
-                # flash backends take the 2-D padding mask and apply causality themselves; packed sequences they
-                # find from the position ids
-                softmax_mask = padding_mask
-                if resets is not None:
-                    kwargs = {**kwargs, "position_ids": position_ids}
-            else:
-                softmax_mask = softmax_attention_mask(padding_mask, resets, B, T, past_len, inputs_embeds.device)
+                raise ValueError(
+                    "The static cache needs a masked attention backend over its max_cache_len slots: load the model "
+                    "with attn_implementation='sdpa' or 'eager', or use the default dynamic cache with flash attention."
+                )
+            cache.check_inputs(B, T)
+        else:
+            past_len = cache.get_seq_length() if cache is not None else 0
+            if past_len + T > self.config.max_position_embeddings:
+                logger.warning_once(
+                    f"Sequence length {past_len + T} exceeds max_position_embeddings "
+                    f"({self.config.max_position_embeddings}); the model runs, but quality beyond the trained context "
+                    "is not guaranteed."
+                )
+        if cache is not None:
+            cache.check_continuation(has_attention_mask=attention_mask is not None)
+        return cache
+
+    def _chunk_length(self, prefill_chunk_size: int | None, new_tokens: int) -> int:
+        chunk_length = prefill_chunk_size or self.config.prefill_chunk_size or new_tokens
+        if chunk_length <= 0:
+            raise ValueError(f"prefill_chunk_size must be a positive token count, got {chunk_length}.")
+        return chunk_length
+
+    def _prepared_cache(self, cache, layout: TokenLayout, new_tokens: int, reserve: bool) -> MiniMaxText01Cache:
+        """The cache to run through (created when None), with room reserved for a chunked prompt and the layout
+        the new tokens leave behind recorded (padding holes, packed rows: what a later forward must know)."""
+        cache = cache if cache is not None else MiniMaxText01Cache(self.config)
+        if reserve:
+            cache.reserve(layout.past_len + new_tokens)
+        if new_tokens > 1 and not torch.compiler.is_compiling():  # (a host sync: prompts only)
+            mask = layout.padding_mask
+            filled = mask[:, : int(layout.past_len) + new_tokens] if mask is not None else None
+            cache.record_layout(filled, packed=layout.sequence_starts is not None)
+        return cache
+
+    def _forward_chunks(self, input_ids, inputs_embeds, layout, cache, chunk_length, hidden_states_to_keep,
+                        output_hidden_states, output_router_logits, output_attentions, **kwargs) -> ChunkOutputs:
+        """The decoder stack on the new tokens, `chunk_length` at a time, and the chunks' outputs joined as one
+        forward over all of them gives them (hidden states: only the last `hidden_states_to_keep`, if > 0)."""
+        T = layout.cache_position.shape[0]
+        keep_from = T - hidden_states_to_keep if 0 < hidden_states_to_keep < T else 0
+        parts = []
+        for start in range(0, T, chunk_length):
+            end = min(start + chunk_length, T)
+            if inputs_embeds is not None:
+                embeds = inputs_embeds[:, start:end]
+            else:  # each chunk embedded on its own
+                embeds = self.embed_tokens(input_ids[:, start:end])
+            out = self._forward_chunk(embeds, layout.chunk(start, end), cache, output_hidden_states,
+                                      output_router_logits, output_attentions, **kwargs)
+            if end <= keep_from:  # only the kept tail of the prompt outlives its chunk
+                out.hidden_states = None
+            elif start < keep_from:
+                out.hidden_states = out.hidden_states[:, keep_from - start :]
+            parts.append(out)
+        if len(parts) == 1:
+            return parts[0]
+        B = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        return ChunkOutputs(
+            hidden_states=torch.cat([p.hidden_states for p in parts if p.hidden_states is not None], dim=1),
+            all_hidden_states=[torch.cat(states, dim=1) for states in zip(*(p.all_hidden_states for p in parts))],
+            router_logits=[  # [B * T, E] per layer, batch-major like an unchunked forward
+                torch.cat([logits.view(B, -1, logits.shape[-1]) for logits in per_chunk], dim=1).flatten(0, 1)
+                for per_chunk in zip(*(p.router_logits for p in parts))
+            ],
+            attentions=join_chunk_attentions([p.attentions for p in parts]),
+        )
+
+    def _forward_chunk(self, inputs_embeds, layout: TokenLayout, cache, output_hidden_states, output_router_logits,
+                       output_attentions, **kwargs) -> ChunkOutputs:
+        """The decoder stack on T consecutive new tokens [B, T, D] laid out as `layout`."""
+        B, T, _ = inputs_embeds.shape
+        rotary = self.rotary_emb(layout.position_ids)
+        softmax_mask, backend_kwargs = softmax_attention_mask(layout, B, self.config._attn_implementation)
+        kwargs = {**kwargs, **backend_kwargs}
 
         hidden_states = inputs_embeds
         all_hidden_states, all_router_logits, all_attentions = [], [], []
@@ -896,7 +1147,7 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
             hidden_states, router_logits, attn_weights = layer(
-                hidden_states, rotary, softmax_mask, token_mask, resets, cache=cache,
+                hidden_states, rotary, softmax_mask, layout.token_mask, layout.sequence_starts, cache=cache,
                 output_attentions=output_attentions, **kwargs,
             )  # fmt: skip
             if output_router_logits:
@@ -908,28 +1159,7 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
             all_hidden_states.append(hidden_states)
         if cache is not None:
             cache.seen_tokens += T
-        return hidden_states, all_hidden_states, all_router_logits, all_attentions
-
-    def _check_static_cache(self, cache: MiniMaxText01StaticCache, batch_size: int, new_tokens: int) -> None:
-        if (self.config._attn_implementation or "").startswith("flash"):
-            raise ValueError(
-                "The static cache needs a masked attention backend over its max_cache_len slots: load the model with "
-                "attn_implementation='sdpa' or 'eager', or use the default dynamic cache with flash attention."
-            )
-        cache.check_inputs(batch_size, new_tokens)
-
-    @staticmethod
-    def _padding_mask(attention_mask, batch_size, total_len):
-        """2-D attention mask (any padding: left, right, holes) -> bool [B, P+T], or None when nothing is padded."""
-        if attention_mask is None:
-            return None
-        if attention_mask.dim() != 2 or attention_mask.shape != (batch_size, total_len):
-            raise ValueError(
-                f"attention_mask must have shape (batch, cached + new tokens) = ({batch_size}, {total_len}), got "
-                f"{tuple(attention_mask.shape)}. Pass the 2-D padding mask covering the cached tokens too."
-            )
-        mask = attention_mask.bool()
-        return None if bool(mask.all()) else mask
+        return ChunkOutputs(hidden_states, all_hidden_states, all_router_logits, all_attentions)
 
 
 class MiniMaxText01ForCausalLM(MiniMaxGenerationMixin, MiniMaxText01PreTrainedModel, GenerationMixin):
@@ -972,10 +1202,15 @@ class MiniMaxText01ForCausalLM(MiniMaxGenerationMixin, MiniMaxText01PreTrainedMo
 
         prefill_chunk_size (`int`, *optional*): run prompts longer than this through the cache in chunks of this
             many tokens (default `config.prefill_chunk_size`).
+        labels (`torch.LongTensor` [batch, tokens], *optional*): the input ids (shifted inside), -100 where no loss is
+            wanted. A batch with no token left to predict gets a loss of 0 (zero gradients), not NaN.
         """
-        output_router_logits = (
-            output_router_logits if output_router_logits is not None else self.config.output_router_logits
-        )
+        (output_router_logits,) = self.output_flags(output_router_logits=output_router_logits)  # the loss needs it
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        num_tokens = tokens.shape[1] if isinstance(tokens, torch.Tensor) and tokens.dim() >= 2 else 0
+        check_logits_to_keep(logits_to_keep, labels, num_tokens)
+        if labels is not None and num_tokens:
+            check_labels(labels, tokens.shape[0], num_tokens, self.vocab_size, kwargs.get("ignore_index", -100))
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -998,7 +1233,8 @@ class MiniMaxText01ForCausalLM(MiniMaxGenerationMixin, MiniMaxText01PreTrainedMo
 
         loss = aux_loss = None
         if labels is not None:
-            loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)  # resized vocabularies too
+            # the config's vocabulary size, which resize_token_embeddings keeps up to date
+            loss = causal_lm_loss(self.loss_function, logits, labels, self.config.vocab_size, **kwargs)
         if output_router_logits:
             aux_loss = load_balancing_loss_func(
                 outputs.router_logits, self.config.num_local_experts, self.config.num_experts_per_tok, attention_mask

@@ -47,6 +47,7 @@ from transformers.quantizers.quantizers_utils import should_convert_module
 
 from minimax_code import load
 from quanto_config import VISION_MODULES, is_vl, load_config, modules_to_not_convert, text_part
+from cli_args import positive_int
 
 GIB = 2**30
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "int8": torch.bfloat16}
@@ -513,7 +514,7 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=1, help="sequences decoded at once (default 1)")
     parser.add_argument("--headroom", default=DEFAULT_HEADROOM,
                         help=f"per-GPU reserve for activations and the CUDA context (default {DEFAULT_HEADROOM})")
-    parser.add_argument("--prefill-chunk", type=int, default=None,
+    parser.add_argument("--prefill-chunk", type=positive_int, default=None,
                         help="also estimate the activations of a prefill in chunks of this many tokens, per GPU "
                         f"(with --tp they are in the table: default {DEFAULT_PREFILL_CHUNK})")
     parser.add_argument("--fit-table", action="store_true",
@@ -521,8 +522,6 @@ def main(argv=None):
                         + " tokens of context")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print {module name: GPU index} as JSON")
     args = parser.parse_args(argv)
-    if args.prefill_chunk is not None and args.prefill_chunk < 1:
-        parser.error(f"--prefill-chunk must be a positive token count, got {args.prefill_chunk}.")
     if args.tp is not None and args.json:
         parser.error("--json prints a device map; a tensor-parallel layout needs none (torchrun + DistributedConfig(tp_size=N)).")
     if args.fit_table and args.tp is None:

@@ -42,6 +42,8 @@ from transformers.distributed import DistributedConfig
 from transformers.utils import logging as hf_logging
 
 from quanto_config import quanto_config
+from cli_args import positive_int
+from minimax_code import load
 from torchao_config import WEIGHT_TYPES as TORCHAO_TYPES
 from torchao_config import torchao_config
 
@@ -74,6 +76,7 @@ def read_device_map(value: str | None):
         raise ValueError(f"--device-map {value}: not 'auto' nor a readable JSON file ({error}).") from None
     if not isinstance(device_map, dict):
         raise ValueError(f"--device-map {value} must hold a JSON object {{module name: device}}.")
+    load("loading_checks").check_device_map(device_map)  # a GPU this machine lacks, before anything is loaded
     return device_map
 
 
@@ -251,23 +254,24 @@ def main(argv=None):
     parser.add_argument("--system", help="an optional system message")
     parser.add_argument("--image", action="append", default=[], help="an image file (repeat for several; VL-01 only)")
     parser.add_argument("--tools", help="a JSON file with a list of tool definitions for the chat template")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="most tokens to generate (default 128)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=128,
+                        help="most tokens to generate (default 128)")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="weight dtype (default: the checkpoint's)")
     parser.add_argument("--device-map", help='"auto" or a JSON file from scripts/device_map.py --json')
     quantize = parser.add_mutually_exclusive_group()
     quantize.add_argument("--int8", action="store_true", help="int8 weights with optimum-quanto")
     quantize.add_argument("--torchao", choices=TORCHAO_TYPES, help="8-bit weights with torchao, quantized while "
                           "loading; also under torchrun (tensor parallel)")  # fmt: skip
-    parser.add_argument("--pp", type=int, default=1, help="pipeline stages under torchrun (default 1: tensor "
+    parser.add_argument("--pp", type=positive_int, default=1, help="pipeline stages under torchrun (default 1: tensor "
                         "parallel over all processes)")  # fmt: skip
     args = parser.parse_args(argv)
 
+    if not args.checkpoint.exists():
+        parser.error(f"{args.checkpoint} does not exist. Pass the path of a local checkpoint folder.")
     if not (args.checkpoint / "config.json").is_file():
         parser.error(f"{args.checkpoint} is not a checkpoint folder (no config.json in it).")
     if args.image and not has_processor(args.checkpoint):
         parser.error(f"{args.checkpoint} has no processor config, so it cannot read images; --image needs VL-01.")
-    if args.max_new_tokens < 1:
-        parser.error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and (args.device_map or args.int8):
         parser.error("--device-map and --int8 do not combine with torchrun, which loads the model tensor parallel; "

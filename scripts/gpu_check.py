@@ -30,6 +30,7 @@ from gpu_checks import run_checks  # noqa: E402
 from gpu_report import Report  # noqa: E402
 from gpu_timings import run_timings  # noqa: E402
 from minimax_code import REPO_ROOT, load  # noqa: E402
+from cli_args import positive_int  # noqa: E402
 
 kernels = load("lightning_attention")
 
@@ -102,7 +103,8 @@ def parse_args(argv=None):
     parser.add_argument("--tiny", action="store_true", help="tiny layer sizes and token counts (CPU, seconds)")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
                         help="timing dtype (default: bfloat16 on CUDA, float32 on CPU)")
-    parser.add_argument("--reps", type=int, default=None, help="timed repetitions per row (default 10, tiny 3)")
+    parser.add_argument("--reps", type=positive_int, default=None,
+                        help="timed repetitions per row (default 10, tiny 3)")
     parser.add_argument("--config", type=Path, default=None,
                         help="a config.json for the layer sizes, e.g. the released checkpoint's (default: the config "
                              "class's defaults, which are the released MiniMax-Text-01 values)")

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_report import Report, Skip, patched, rel_err  # noqa: E402
+from gpu_report import Report, Skip, lightning_impl, patched, rel_err  # noqa: E402
 from make_tiny_checkpoint import tiny_text_config  # noqa: E402
 from minimax_code import load  # noqa: E402
 
@@ -92,12 +92,16 @@ def check_fla_prefill(device):
         return kernels.lightning_attention_fla(*args)
 
     packed = packed_batch(device)
-    with patched(modeling, "lightning_attention_fla", counted):
-        fla_logits, fla_states = padded_prefill_continuation_decode(model, ids, mask, 40)
-        fla_packed, fla_grad = packed_logits_and_input_gradient(model, *packed)
+    kernels.LIGHTNING_KERNELS["fla"] = counted  # a spy on the entry the setting selects
+    try:
+        with lightning_impl(model.config, "fla"):
+            fla_logits, fla_states = padded_prefill_continuation_decode(model, ids, mask, 40)
+            fla_packed, fla_grad = packed_logits_and_input_gradient(model, *packed)
+    finally:
+        kernels.LIGHTNING_KERNELS["fla"] = kernels.lightning_attention_fla
     if not calls:
         raise RuntimeError("the model never called lightning_attention_fla on CUDA")
-    with patched(modeling, "use_fla_prefill", lambda q: False):
+    with lightning_impl(model.config, "chunked"):
         plain_logits, plain_states = padded_prefill_continuation_decode(model, ids, mask, 40)
         plain_packed, plain_grad = packed_logits_and_input_gradient(model, *packed)
     keep, keep_packed = mask.bool(), packed[2].bool()

@@ -29,7 +29,7 @@ from transformers.models.minimax import modeling_minimax as native
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import native_config  # noqa: E402
-from gpu_report import Report, Skip, free_memory, patched, skip  # noqa: E402
+from gpu_report import Report, Skip, free_memory, lightning_impl, patched, skip  # noqa: E402
 from make_tiny_checkpoint import TEXT_AUTO_MAP, copy_remote_code, tiny_text_config  # noqa: E402
 from minimax_code import load  # noqa: E402
 
@@ -154,7 +154,7 @@ def hidden(tokens, config, device, dtype, seed=0):
 
 
 def project_prefill_impl(device) -> str:
-    return "project (fla)" if kernels.use_fla_prefill(torch.empty(0, device=device)) else "project (chunked)"
+    return f"project ({kernels.lightning_impl_name('auto', device)})"
 
 
 def time_lightning_prefill(report, clock, config, nconfig, sizes, device, dtype):
@@ -166,7 +166,7 @@ def time_lightning_prefill(report, clock, config, nconfig, sizes, device, dtype)
         x = hidden(tokens, config, device, dtype)
         report.time(what, impl, tokens, lambda: clock.ms(lambda: layer(x)))
         if impl == "project (fla)":
-            with patched(modeling, "use_fla_prefill", lambda q: False):
+            with lightning_impl(layer.config, "chunked"):
                 report.time(what, "project (chunked)", tokens, lambda: clock.ms(lambda: layer(x)))
         report.time(what, "native", tokens, lambda: clock.ms(lambda: nlayer(x, None, None)))
         inner = torch.randn(1, tokens, layer.out_proj.in_features, device=device, dtype=dtype)

@@ -1,4 +1,4 @@
-"""The int8 optimum-quanto configuration for MiniMax-Text-01 / MiniMax-VL-01.
+"""The int8 optimum-quanto configuration for MiniMax-Text-01 / MiniMax-M1 / MiniMax-VL-01.
 
     python scripts/quanto_config.py PATH [--weights int8] [--json]
 
@@ -24,7 +24,8 @@ from transformers import PreTrainedConfig, QuantoConfig
 
 from minimax_code import load
 
-TEXT_MODEL_TYPES = ("minimax_text_01", "MiniMaxText01")  # the older released files say "MiniMaxText01"
+# MiniMax-Text-01 (older released files say "MiniMaxText01"), MiniMax-M1 and transformers' native `minimax`
+TEXT_MODEL_TYPES = ("minimax_text_01", *load("configuration_minimax_text_01").OTHER_MODEL_TYPES)
 VL_MODEL_TYPE = "minimax_vl_01"
 # The vision side of VL-01: kept unquantized, and placed on GPU 0 by device_map.py.
 VISION_MODULES = ["vision_tower", "multi_modal_projector", "image_newline"]

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from transformers import AutoModelForCausalLM, FineGrainedFP8Config
 from transformers.distributed import DistributedConfig
 from transformers.utils import logging as hf_logging
+from cli_args import positive_int
 
 from quanto_config import load_config, modules_to_not_convert
 from torchao_config import torchao_config
@@ -43,8 +44,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--prompt", type=int, default=64, help="prefill tokens (default 64)")
-    parser.add_argument("--steps", type=int, default=32, help="timed decode steps (default 32)")
+    parser.add_argument("--prompt", type=positive_int, default=64, help="prefill tokens (default 64)")
+    parser.add_argument("--steps", type=positive_int, default=32, help="timed decode steps (default 32)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--quantize", choices=["int8", "fp8"], help="torchao int8 or FineGrainedFP8 weights")
     args = parser.parse_args(argv)

@@ -35,6 +35,13 @@ def tiny_vl(tmp_path_factory):
     return build_vl_checkpoint(tmp_path_factory.mktemp("session") / "tiny-vl")
 
 
+@pytest.fixture(scope="module")
+def text_model(tiny_text):
+    """`tiny_text` loaded as MiniMaxText01ForCausalLM in float32, eval mode."""
+    model_class = load("modeling_minimax_text_01").MiniMaxText01ForCausalLM
+    return model_class.from_pretrained(tiny_text, dtype=torch.float32).eval()
+
+
 @pytest.fixture(scope="session")
 def released_config_files(tmp_path_factory):
     """{"text": path, "vl": path} of the released config.json files, written from tests/released_configs.py for the

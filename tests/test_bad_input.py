@@ -32,11 +32,6 @@ vl = load("modeling_minimax_vl_01")
 image_processing = load("image_processing_minimax_vl_01")
 
 
-@pytest.fixture(scope="module")
-def text_model(tiny_text):
-    return mm.MiniMaxText01ForCausalLM.from_pretrained(tiny_text, dtype=torch.float32).eval()
-
-
 def edited_checkpoint(source: Path, out: Path, config=None, tensors=None) -> Path:
     """A copy of `source` with config.json values updated / removed (None) and tensors changed / removed (None)."""
     shutil.copytree(source, out)

@@ -174,8 +174,9 @@ def test_sync_free_expert_paths_equal_the_eager_routing(model):
             probs = torch.softmax(moe.gate(x[0]), dim=-1)
             weights, experts = probs.topk(moe.top_k, dim=-1)
             weights = weights / weights.sum(-1, keepdim=True)
-            masked = moe._traceable_experts(x[0], weights, experts)  # N k > E for 5 tokens only
-            gathered = mm.gathered_experts_forward(x[0], weights, experts, *moe.expert_stacks(), moe.experts[0].act)
+            masked = moe._dense_experts(x[0], weights, experts)
+            stacks = moe.expert_weights.stacked_views(moe)
+            gathered = mm.gathered_experts_forward(x[0], weights, experts, *stacks, moe.experts[0].act)
         torch.testing.assert_close(masked, expected[0], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(gathered, expected[0], rtol=1e-5, atol=1e-6)
 
@@ -188,19 +189,19 @@ def test_expert_stacks_keep_one_copy_and_the_checkpoint_layout(tmp_path):
     ids = random_ids(1, 6)
     with torch.no_grad():
         expected = model(ids).logits  # an eager prompt builds the stacks
-    w1 = moe.expert_stacks()[0]
+    w1 = moe.expert_weights.stacked_views(moe)[0]
     assert all(e.w1.weight.data_ptr() == w1[i].data_ptr() for i, e in enumerate(moe.experts))  # views: one copy
     assert list(model.state_dict()) == names and type(moe.experts[0].w1) is torch.nn.Linear
     model.save_pretrained(tmp_path)
     reloaded = mm.MiniMaxText01ForCausalLM.from_pretrained(tmp_path).eval()
     model.double()  # new storage for every parameter: the stacks are dropped, then rebuilt from the new weights
-    assert moe._expert_stacks is None
+    assert moe.expert_weights._views is None
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits.float(), expected, rtol=1e-5, atol=1e-5)
-        assert moe.expert_stacks()[0].dtype == torch.float64
+        assert moe.expert_weights.stacked_views(moe)[0].dtype == torch.float64
         torch.testing.assert_close(reloaded(ids).logits, expected, rtol=0, atol=0)
     moe.experts[1].w3.weight = torch.nn.Parameter(moe.experts[1].w3.weight.detach().clone())  # replaced: restacked
-    assert moe.expert_stacks()[1][1].data_ptr() == moe.experts[1].w3.weight.data_ptr()
+    assert moe.expert_weights.stacked_views(moe)[1][1].data_ptr() == moe.experts[1].w3.weight.data_ptr()
 
 
 # ------------------------------------------------------------------------------------------------ compiled decode

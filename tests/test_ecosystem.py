@@ -129,7 +129,7 @@ def test_router_logits_are_each_gate_on_its_moe_input():
 
 
 def test_outputs_through_chunked_prefill_and_cache_equal_one_forward():
-    """Prefill in spans (prefill_chunk_size) gives the outputs of one forward; a decode step's weights cover the
+    """Prefill in chunks (prefill_chunk_size) gives the outputs of one forward; a decode step's weights cover the
     cached keys ([B, H, 1, P+1]) and match the float64 formula."""
     model = tiny_model(attn_implementation="eager")
     ids = random_ids(2, 11)
@@ -361,7 +361,7 @@ def test_card_keeps_the_source_checkpoints_license_and_base_model(checkpoints, t
 def test_card_metadata_check_names_what_is_missing(edit, missing):
     from huggingface_hub import ModelCardData
 
-    metadata = hub.card_metadata(vl=False, source={})
+    metadata = hub.card_metadata("text", source={})
     edit(metadata)
     card = f"---\n{ModelCardData(**metadata).to_yaml()}\n---\n# card\n"
     with pytest.raises(ValueError, match=missing):

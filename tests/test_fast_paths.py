@@ -1,7 +1,7 @@
 """Every fast path equals a plain reference written here (float64 loops), on CPU.
 
 Fast paths: the MoE dispatch (per-expert scatter, single-token decode, grouped matmul math; in-place products
-only without autograd), the lightning prefill block length, lightning layers run in token spans on CPU, the fla
+only without autograd), the lightning prefill block length, lightning layers run in token pieces on CPU, the fla
 wrapper's argument plumbing and packed-sequence segments (with a stand-in kernel), the K/V cache layer
 with preallocated growing buffers, and chunked prefill (`prefill_chunk_size`). GPU-only selections are checked to
 stay off on CPU.
@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import DynamicLayer
 from helpers import tiny_model
+from make_tiny_checkpoint import tiny_text_config
 
 from minimax_code import load
 from reference import lightning_recurrence
@@ -76,8 +77,8 @@ def test_grouped_experts_math_matches_per_expert_loop():
     counts = torch.tensor([3, 0, 7, 2])  # an expert with no tokens too
     x = torch.randn(int(counts.sum()), moe.gate.in_features)
     with torch.no_grad():
-        out = mm.grouped_experts_forward(x, counts, *moe.stacked_weights(), moe.experts[0].act)
-        w13, w2 = moe.stacked_weights()
+        w13, w2 = moe.expert_weights.grouped_mm_copy(moe)
+        out = mm.grouped_experts_forward(x, counts, w13, w2, moe.experts[0].act)
         expected, start = [], 0
         for e, n in enumerate(counts.tolist()):  # explicit formula per expert, from the nn.Linear weights
             ex, rows = moe.experts[e], x[start : start + n]
@@ -89,7 +90,7 @@ def test_grouped_experts_math_matches_per_expert_loop():
 
 def test_grouped_path_is_off_on_cpu_and_for_quantized_experts():
     moe = tiny_model(dtype=torch.float64).model.layers[0].block_sparse_moe
-    assert not moe.grouped_mm  # opt-in: the stacked weights are a second copy of the experts
+    assert not moe.grouped_mm  # opt-in: its weights are a second copy of the experts
     moe.grouped_mm = True
     assert not mm.use_grouped_mm(moe, torch.zeros(1))  # CPU tensors keep the per-expert loop
     assert mm.experts_are_plain_linear(moe)
@@ -179,7 +180,52 @@ def test_fla_wrapper_passes_layout_decay_states_and_segments(monkeypatch, per_to
     torch.testing.assert_close(out.double(), ref_out, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(final.double(), ref_final, rtol=1e-6, atol=1e-6)
     assert out.dtype == final.dtype == torch.float32
-    assert not la.use_fla_prefill(q)  # CPU tensors never take the Triton path
+    assert la.lightning_impl_name("auto", q.device) == "chunked"  # CPU tensors never take the Triton path by default
+
+
+@pytest.mark.parametrize("impl", ["chunked", "fla"])  # a new entry of la.LIGHTNING_KERNELS: one more parameter
+def test_every_lightning_impl_equals_the_recurrent_reference_through_the_model(monkeypatch, impl):
+    """`config.lightning_impl` selects the prefill kernel: a left-padded prefill and a cached 5-token continuation
+    (initial state, per-token decay at the pads) give the logits and lightning states of the token-by-token
+    reference. fla runs here through the float64 stand-in of its kernel (its Triton kernel: test_triton_interpreter)."""
+    if impl == "fla":  # the stand-in, installed or not: these are CPU tensors
+        monkeypatch.setattr(la, "chunk_simple_gla", fake_chunk_simple_gla)
+    model = tiny_model(dtype=torch.float64)
+    ids = torch.randint(0, 512, (2, 21))
+    mask = torch.ones_like(ids)
+    mask[0, :6] = 0
+    calls = []
+    kernel = la.LIGHTNING_KERNELS[impl]
+    monkeypatch.setitem(la.LIGHTNING_KERNELS, impl, lambda *a: calls.append(a[0].shape[2]) or kernel(*a))  # a spy
+
+    def run(setting):
+        model.config.lightning_impl = setting
+        with torch.no_grad():
+            first = model(ids[:, :16], attention_mask=mask[:, :16], use_cache=True)
+            rest = model(ids[:, 16:], attention_mask=mask, past_key_values=getattr(first, mm.CACHE_FIELD))
+        layers = getattr(rest, mm.CACHE_FIELD).layers
+        states = [layer.state for layer in layers if isinstance(layer, mc.LightningStateLayer)]
+        return torch.cat((first.logits, rest.logits), dim=1), states
+
+    reference_logits, reference_states = run("recurrent")
+    logits, states = run(impl)
+    assert calls == [16] * len(states) + [5] * len(states)  # the selected kernel ran every lightning prefill
+    keep = mask.bool()
+    tolerance = 1e-6 if impl == "fla" else 1e-9  # the fla wrapper hands fla fp32, as fla's kernels compute in it
+    torch.testing.assert_close(logits[keep], reference_logits[keep], rtol=tolerance, atol=tolerance)
+    for a, b in zip(states, reference_states):
+        torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance, check_dtype=False)
+
+
+def test_lightning_impl_is_validated_and_auto_is_chunked_on_cpu():
+    assert la.LIGHTNING_IMPLS == load("configuration_minimax_text_01").LIGHTNING_IMPLS  # one list of names
+    with pytest.raises(ValueError, match="lightning_impl.*'auto', 'chunked', 'recurrent', 'fla'"):
+        tiny_text_config(lightning_impl="triton")
+    assert la.lightning_impl_name("auto", torch.device("cpu")) == "chunked"
+    model = tiny_model()
+    model.config.lightning_impl = "fast"  # set after loading: refused at the forward
+    with pytest.raises(ValueError, match="lightning_impl='fast' is not a lightning-attention implementation"):
+        model(torch.randint(0, 512, (1, 4)))
 
 
 # ------------------------------------------------------------------------------------------------ whole model
@@ -212,9 +258,9 @@ def test_prefill_chunk_size_equals_whole_prompt_with_left_padding():
             torch.testing.assert_close(layer_a.keys, layer_b.keys)
 
 
-def test_lightning_layers_in_cpu_spans_equal_whole_prompt(monkeypatch):
-    """Long inputs run through lightning layers in spans of LIGHTNING_CPU_SPAN tokens (state carried over): with a
-    5-token span the logits, lightning states and input gradients equal the unsplit layers (left padding too)."""
+def test_lightning_layers_in_cpu_pieces_equal_whole_prompt():
+    """Long inputs reach the CPU lightning kernels in pieces of `cpu_max_tokens` tokens (state carried over): with
+    5-token pieces the logits, lightning states and input gradients equal the unsplit layers (left padding too)."""
     model = tiny_model(dtype=torch.float64)
     ids = torch.randint(0, 512, (2, 23))
     mask = torch.ones_like(ids)
@@ -227,12 +273,14 @@ def test_lightning_layers_in_cpu_spans_equal_whole_prompt(monkeypatch):
         return out, embeds.grad
 
     whole, whole_grad = run()
-    monkeypatch.setattr(mm, "LIGHTNING_CPU_SPAN", 5)
-    spans, spans_grad = run()
+    for layer in model.model.layers:
+        if isinstance(layer.self_attn, mm.MiniMaxText01LightningAttention):
+            layer.self_attn.cpu_max_tokens = 5
+    pieces, pieces_grad = run()
     keep = mask.bool()
-    torch.testing.assert_close(spans.logits[keep], whole.logits[keep], rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(spans_grad, whole_grad, rtol=1e-9, atol=1e-9)
-    for a, b in zip(getattr(spans, mm.CACHE_FIELD).layers, getattr(whole, mm.CACHE_FIELD).layers):
+    torch.testing.assert_close(pieces.logits[keep], whole.logits[keep], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(pieces_grad, whole_grad, rtol=1e-9, atol=1e-9)
+    for a, b in zip(getattr(pieces, mm.CACHE_FIELD).layers, getattr(whole, mm.CACHE_FIELD).layers):
         if isinstance(a, mc.LightningStateLayer):
             torch.testing.assert_close(a.state, b.state, rtol=1e-9, atol=1e-9)
 

@@ -125,7 +125,7 @@ def test_chunked_per_token_decay_and_resets_match_float64_recurrence(T, block_si
     mask, log_decay, resets = padded_and_packed(T)
     v = v * mask[:, None, :, None]
     state = random_state()
-    out, final = la.lightning_attention_chunked(q, k, v, log_decay, state, resets, block_size=block_size, blocks_per_step=4)
+    out, final = la.lightning_attention_chunked(q, k, v, log_decay, state, resets, block_size=block_size, blocks_per_group=4)
     ref_out, ref_final = lightning_recurrence(q, k, v, log_decay, state, resets)
     assert rel_err(out, ref_out) < 2e-6
     assert rel_err(final, ref_final) < 2e-6
@@ -171,7 +171,7 @@ def test_chunked_per_token_gradients_match_float64_autograd_recurrence():
     g = torch.Generator().manual_seed(7)
     w_out, w_state = torch.randn(B, H, 120, D, generator=g), torch.randn(B, H, D, D, generator=g)
 
-    out, final = la.lightning_attention_chunked(q, k, v, log_decay, state, resets, block_size=16, blocks_per_step=3)
+    out, final = la.lightning_attention_chunked(q, k, v, log_decay, state, resets, block_size=16, blocks_per_group=3)
     ((out * w_out).sum() + (final * w_state).sum()).backward()
     grads = [x.grad for x in (q, k, v, state)]
 

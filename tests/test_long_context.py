@@ -19,12 +19,12 @@ def model():
 
 
 @pytest.fixture
-def spans(monkeypatch):
+def passes(monkeypatch):
     """The token count of every pass through the decoder stack (each chunk, each decode step), in order."""
     lengths = []
-    real_span = mm.MiniMaxText01Model._forward_span
-    monkeypatch.setattr(mm.MiniMaxText01Model, "_forward_span",
-                        lambda self, embeds, *a, **k: lengths.append(embeds.shape[1]) or real_span(self, embeds, *a, **k))
+    real_chunk = mm.MiniMaxText01Model._forward_chunk
+    monkeypatch.setattr(mm.MiniMaxText01Model, "_forward_chunk",
+                        lambda self, embeds, *a, **k: lengths.append(embeds.shape[1]) or real_chunk(self, embeds, *a, **k))
     return lengths
 
 
@@ -64,7 +64,7 @@ def test_unpadded_chunks_build_no_mask_and_attend_through_the_cache(model, monke
     with torch.no_grad():
         chunked = model(input_ids=ids, prefill_chunk_size=30).logits
         whole = model(input_ids=ids).logits
-    assert masks == [None] * 5  # 4 chunks + the whole-prompt run
+    assert [mask for mask, _ in masks] == [None] * 5  # 4 chunks + the whole-prompt run
     assert merged == [60, 60, 90, 90, 100, 100]  # keys seen by the 2 softmax layers in chunks 2, 3 and 4
     assert l2_rel_err(chunked, whole) < 1e-5
 
@@ -82,27 +82,27 @@ def test_chunked_prefill_keeps_only_the_hidden_states_the_head_needs(model):
     assert logits.shape == (1, 1, VOCAB)
 
 
-def test_generate_runs_a_long_prompt_in_chunks_when_the_config_asks(model, spans, monkeypatch):
+def test_generate_runs_a_long_prompt_in_chunks_when_the_config_asks(model, passes, monkeypatch):
     ids = random_ids(1, 50, seed=4)
     settings = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
     unchunked = model.generate(input_ids=ids, **settings)
-    spans.clear()
+    passes.clear()
     monkeypatch.setattr(model.config, "prefill_chunk_size", 16)
     chunked = model.generate(input_ids=ids, **settings)
-    assert spans == [16, 16, 16, 2] + [1] * 4  # the prompt in chunks, then single-token steps
+    assert passes == [16, 16, 16, 2] + [1] * 4  # the prompt in chunks, then single-token steps
     assert chunked.tolist() == unchunked.tolist()
 
 
-def test_generate_takes_transformers_prefill_chunk_size(model, spans):
+def test_generate_takes_transformers_prefill_chunk_size(model, passes):
     """generate(prefill_chunk_size=N): transformers' own chunked prefill, through the cache the model builds."""
     ids = random_ids(2, 50, seed=5)
     mask = torch.ones_like(ids)
     mask[1, :11] = 0
     settings = dict(max_new_tokens=5, do_sample=False, pad_token_id=0, attention_mask=mask)
     unchunked = model.generate(input_ids=ids, **settings)
-    spans.clear()
+    passes.clear()
     chunked = model.generate(input_ids=ids, prefill_chunk_size=16, **settings)
-    assert spans == [16, 16, 16, 2] + [1] * 4
+    assert passes == [16, 16, 16, 2] + [1] * 4
     assert chunked.tolist() == unchunked.tolist()
 
 

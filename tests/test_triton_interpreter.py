@@ -26,7 +26,6 @@ from helpers import SLOPES, rel_err, tiny_model  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
-mm = load("modeling_minimax_text_01")
 la = load("lightning_attention")
 
 B, H, D = 2, 3, 16  # fla's tl.dot needs head dims >= 16 on a GPU; keep the interpreter run to the same shapes
@@ -115,11 +114,12 @@ def test_fla_prefill_gradients_match_float64_recurrence(T, packed, report_error)
 
 
 def test_model_with_fla_prefill_equals_plain_path_padded_and_cached(monkeypatch, report_error):
-    """The tiny model (fp32) with its lightning prefill routed through fla (the model files select it only for CUDA
-    tensors; the test lets CPU tensors take it) vs the plain chunked path: a left-padded batch prefilled with a
-    cache, a 28-token cached continuation (fla from the cached state), then 2 decode steps (scripts/gpu_checks.py
-    runs the same comparison on a GPU)."""
+    """The tiny model (fp32) with its lightning prefill through fla (`lightning_impl="fla"`, which CPU tensors take
+    too, here in Triton's interpreter) vs the plain chunked path (`lightning_impl="chunked"`): a left-padded batch
+    prefilled with a cache, a 28-token cached continuation (fla from the cached state), then 2 decode steps
+    (scripts/gpu_checks.py runs the same comparison on a GPU)."""
     model = tiny_model()
+    model.config.lightning_impl = "chunked"
     ids, mask = gpu_checks.padded_batch(torch.device("cpu"))  # 70 tokens, row 0 left-padded
     plain_logits, plain_states = gpu_checks.padded_prefill_continuation_decode(model, ids, mask, prefill=40)
     fla_calls = []
@@ -128,8 +128,8 @@ def test_model_with_fla_prefill_equals_plain_path_padded_and_cached(monkeypatch,
         fla_calls.append(args[0].shape[2])
         return la.lightning_attention_fla(*args)
 
-    monkeypatch.setattr(mm, "use_fla_prefill", lambda q: True)
-    monkeypatch.setattr(mm, "lightning_attention_fla", counted_fla)
+    monkeypatch.setitem(la.LIGHTNING_KERNELS, "fla", counted_fla)  # a spy: the setting below picks the kernel
+    model.config.lightning_impl = "fla"
     fla_logits, fla_states = gpu_checks.padded_prefill_continuation_decode(model, ids, mask, prefill=40)
 
     lightning_layers = len(plain_states)
@@ -145,20 +145,21 @@ def test_model_with_fla_prefill_equals_plain_path_padded_and_cached(monkeypatch,
 
 def test_model_with_fla_prefill_equals_plain_path_on_packed_sequences(monkeypatch, report_error):
     """Packed rows (position_ids restarting, right-padded): fla's segments (`cu_seqlens`) inside the model vs the
-    plain path's resets, logits and the gradient w.r.t. the input embeddings (the backward through fla)."""
+    plain path's sequence starts, logits and the gradient w.r.t. the input embeddings (the backward through fla)."""
     model = tiny_model()
+    model.config.lightning_impl = "chunked"
     packed = gpu_checks.packed_batch(torch.device("cpu"))  # rows of 3 and 2 sequences, 66 tokens
     plain_logits, plain_grad = gpu_checks.packed_logits_and_input_gradient(model, *packed)
-    resets_seen = []
+    starts_seen = []
 
-    def counted_fla(q, k, v, log_decay, state, resets):
-        resets_seen.append(int(resets.sum()))
-        return la.lightning_attention_fla(q, k, v, log_decay, state, resets)
+    def counted_fla(q, k, v, log_decay, state, sequence_starts, block_size):
+        starts_seen.append(int(sequence_starts.sum()))
+        return la.lightning_attention_fla(q, k, v, log_decay, state, sequence_starts, block_size)
 
-    monkeypatch.setattr(mm, "use_fla_prefill", lambda q: True)
-    monkeypatch.setattr(mm, "lightning_attention_fla", counted_fla)
+    monkeypatch.setitem(la.LIGHTNING_KERNELS, "fla", counted_fla)  # a spy: the setting below picks the kernel
+    model.config.lightning_impl = "fla"
     fla_logits, fla_grad = gpu_checks.packed_logits_and_input_gradient(model, *packed)
-    assert resets_seen == [3] * len(resets_seen) and resets_seen  # 2 + 1 sequence starts after each row's first
+    assert starts_seen == [3] * len(starts_seen) and starts_seen  # 2 + 1 sequence starts after each row's first
     keep = packed[2].bool()
     errors = {"logits": rel_err(fla_logits[keep], plain_logits[keep]), "input gradient": rel_err(fla_grad, plain_grad)}
     report_error(errors)
