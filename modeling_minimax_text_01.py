@@ -1210,7 +1210,7 @@ class MiniMaxText01ForCausalLM(MiniMaxGenerationMixin, MiniMaxText01PreTrainedMo
         num_tokens = tokens.shape[1] if isinstance(tokens, torch.Tensor) and tokens.dim() >= 2 else 0
         check_logits_to_keep(logits_to_keep, labels, num_tokens)
         if labels is not None and num_tokens:
-            check_labels(labels, tokens.shape[0], num_tokens, self.vocab_size, kwargs.get("ignore_index", -100))
+            check_labels(labels, tokens.shape[0], num_tokens, self.config.vocab_size, kwargs.get("ignore_index", -100))
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
