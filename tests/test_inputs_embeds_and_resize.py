@@ -8,37 +8,21 @@ import copy
 
 import pytest
 import torch
-from PIL import Image
 
-from make_tiny_checkpoint import tiny_text_config, tiny_vl_config
-from minimax_code import load
-from tiny_tokenizer import build_tiny_tokenizer, special_token_ids
+from helpers import random_image, tiny_model
 
 pytestmark = pytest.mark.smoke  # generate()'s handling of inputs_embeds differs between transformers versions
-
-text_modeling = load("modeling_minimax_text_01")
-vl_modeling = load("modeling_minimax_vl_01")
-image_processing = load("image_processing_minimax_vl_01")
 
 NEW_TOKENS = 6
 
 
-def text_model():
-    torch.manual_seed(0)
-    return text_modeling.MiniMaxText01ForCausalLM(tiny_text_config()).eval()
-
-
 @pytest.fixture(scope="module")
-def vl():
+def vl(vl_model, vl_processor):
     """(model, image token id, pixel_values, image_sizes, image token count) for one 336x20 image (2 crops)."""
-    image_token = special_token_ids(build_tiny_tokenizer(with_image_token=True))["image"]
-    torch.manual_seed(0)
-    model = vl_modeling.MiniMaxVL01ForConditionalGeneration(tiny_vl_config(image_token_index=image_token)).eval()
-    pixels = torch.randint(0, 256, (20, 336, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    processor = image_processing.MiniMaxVL01ImageProcessor()
-    images = processor([Image.fromarray(pixels.numpy())], return_tensors="pt")
-    count = processor.num_image_tokens(images["image_sizes"][0].tolist())
-    return model, image_token, images["pixel_values"], images["image_sizes"], count
+    image_processor = vl_processor.image_processor
+    images = image_processor([random_image(336, 20, seed=1)], return_tensors="pt")
+    count = image_processor.num_image_tokens(images["image_sizes"][0].tolist())
+    return vl_model, vl_processor.image_token_id, images["pixel_values"], images["image_sizes"], count
 
 
 def left_padded_batch(vocab_size: int, lengths=(19, 11), seed=0):
@@ -71,7 +55,7 @@ def assert_same_generation(reference, candidate):
 
 
 def test_text_generate_from_inputs_embeds_equals_from_input_ids():
-    model = text_model()
+    model = tiny_model()
     ids, mask = left_padded_batch(model.config.vocab_size)
     reference = greedy(model, input_ids=ids, attention_mask=mask)
     embeds = model.get_input_embeddings()(ids).detach()
@@ -97,7 +81,7 @@ def test_vl_generate_from_inputs_embeds_with_the_image_features_written_in(vl):
 
 @pytest.mark.parametrize("kind", ["text", "vl"])
 def test_resize_token_embeddings_resizes_embeddings_and_head_together(kind, vl):
-    model = text_model() if kind == "text" else copy.deepcopy(vl[0])
+    model = tiny_model() if kind == "text" else copy.deepcopy(vl[0])  # the VL model is shared: resize a copy
     old, width = model.config.get_text_config().vocab_size, model.config.get_text_config().hidden_size
     ids, mask = left_padded_batch(old)
     with torch.no_grad():

@@ -24,10 +24,10 @@ import pytest
 import torch
 from PIL import Image
 
+import serve
+from helpers import random_image
 from make_tiny_checkpoint import build_m1_checkpoint, build_text_checkpoint, build_vl_checkpoint
 from minimax_code import REPO_ROOT
-
-import serve
 
 openai = pytest.importorskip("openai", reason='serving needs `pip install "transformers[serving]"`')
 
@@ -185,11 +185,6 @@ def test_text_server_answers_like_generate(tmp_path):
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def noise_image(width=40, height=30, seed=0) -> Image.Image:
-    pixels = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
-    return Image.fromarray(pixels.numpy())
-
-
 def data_url(image: Image.Image) -> str:
     png = io.BytesIO()
     image.save(png, format="PNG")  # lossless: the server decodes the very pixels
@@ -203,7 +198,7 @@ def test_vl_server_answers_like_generate_with_a_data_url_image(tmp_path):
     checkpoint = build_vl_checkpoint(tmp_path / "tiny-vl")
     without_response_template(checkpoint)
     processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
-    image = noise_image()
+    image = random_image(40, 30)
     question = {"type": "text", "text": "What is in this picture?"}
     messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(image)}}, question]}]
     # The reference: the template with an image placeholder, and the PIL image given to the processor directly
