@@ -434,8 +434,8 @@ def static_cache_attention_mask(padding_mask, cache_position, max_cache_len):
 
     `cache_position` [T] (device tensor) holds the slots of the T new tokens; slot j is visible to query i when
     j <= cache_position[i] (causal, and every unfilled slot lies beyond), and, with `padding_mask` bool
-    [B, max_cache_len], when slot j is not a pad. As in `softmax_attention_mask`, a padded query always sees itself.
-    Fixed shapes, no host sync: the same graph serves every decode step.
+    [B, max_cache_len], when slot j is not a pad. As in the modeling file's `causal_attention_mask`, a padded query
+    always sees itself. Fixed shapes, no host sync: the same graph serves every decode step.
     """
     slots = torch.arange(max_cache_len, device=cache_position.device)
     allowed = (slots[None, :] <= cache_position[:, None])[None, None]  # [1, 1, T, L]
@@ -460,6 +460,18 @@ def static_cache_padding_mask(attention_mask, batch_size: int, max_cache_len: in
     return F.pad(attention_mask.bool(), (0, max_cache_len - attention_mask.shape[1]), value=False)
 
 
+def check_prefill_chunk_size(value) -> None:
+    """None (the config's default) or a positive token count; 0, negatives, floats and bools are refused."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"prefill_chunk_size must be an int token count or None, got {value!r} "
+                        f"({type(value).__name__}).")
+    if value <= 0:
+        raise ValueError(f"prefill_chunk_size must be a positive token count, got {value}. Pass None for the "
+                         "config's default (no chunking unless config.prefill_chunk_size is set).")
+
+
 class MiniMaxGenerationMixin:
     """`generate()` hooks for the hybrid caches (inherited by the text and VL models before GenerationMixin).
 
@@ -471,6 +483,7 @@ class MiniMaxGenerationMixin:
     def _prepare_cache_for_generation(
         self, generation_config, model_kwargs, generation_mode, batch_size, max_cache_length, *args, **kwargs
     ):
+        check_prefill_chunk_size(getattr(generation_config, "prefill_chunk_size", None))
         wants_cache = generation_config.use_cache is not False and model_kwargs.get(CACHE_FIELD) is None
         text_config = self.config.get_text_config(decoder=True)
         if wants_cache and generation_config.cache_implementation == "static":
@@ -512,11 +525,12 @@ class MiniMaxGenerationMixin:
         self._minimax_static_cache = cache
         return cache
 
-    def prepare_inputs_for_generation(self, *args, **kwargs):
+    def prepare_inputs_for_generation(self, *args, inputs_embeds=None, **kwargs):
         """generate() continues positions by one from each row's last position, pads included; after a right-padded
         prompt (or one that ends in the pad id, which transformers then masks) that skips the row's real tokens, so
-        there the model derives the positions from the attention mask instead."""
-        inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        there the model derives the positions from the attention mask instead. (`inputs_embeds` is named: generate()
+        reads this signature to decide whether the model accepts embeddings as the prompt.)"""
+        inputs = super().prepare_inputs_for_generation(*args, inputs_embeds=inputs_embeds, **kwargs)
         if getattr(inputs.get(CACHE_FIELD), "has_padding_holes", False):
             inputs["position_ids"] = None
         return inputs

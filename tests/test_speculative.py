@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from minimax_code import load
-from test_text_model import random_ids, tiny_model
+from helpers import random_ids, tiny_model
 
 mm = load("modeling_minimax_text_01")
 mc = load("cache_minimax_text_01")
