@@ -529,7 +529,13 @@ class MiniMaxGenerationMixin:
         """generate() continues positions by one from each row's last position, pads included; after a right-padded
         prompt (or one that ends in the pad id, which transformers then masks) that skips the row's real tokens, so
         there the model derives the positions from the attention mask instead. (`inputs_embeds` is named: generate()
-        reads this signature to decide whether the model accepts embeddings as the prompt.)"""
+        reads this signature to decide whether the model accepts embeddings as the prompt.)
+
+        A forward on an empty dynamic cache is a prefill even where transformers says otherwise (a draft model's
+        first forward in assisted generation): the images (`pixel_values`) then go along."""
+        cache = kwargs.get(CACHE_FIELD)
+        if type(cache) is MiniMaxText01Cache and cache.seen_tokens == 0:
+            kwargs["is_first_iteration"] = True
         inputs = super().prepare_inputs_for_generation(*args, inputs_embeds=inputs_embeds, **kwargs)
         if getattr(inputs.get(CACHE_FIELD), "has_padding_holes", False):
             inputs["position_ids"] = None

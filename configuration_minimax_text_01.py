@@ -25,6 +25,8 @@ LIGHTNING, SOFTMAX = 0, 1
 # the values of `lightning_impl` (lightning_attention.py's LIGHTNING_KERNELS, plus "auto"); kept here so that the
 # configuration file stands alone, and checked against the kernel table by the tests
 LIGHTNING_IMPLS = ("auto", "chunked", "recurrent", "fla")
+SLIDING_WINDOW_FIX = ("MiniMax-Text-01 has no sliding-window attention (its softmax layers see the whole context); set "
+                      "it to null.")
 # model_type values of the family's config files, all read by this class: Text-01's older files, MiniMax-M1
 # (config.json and the class attribute), transformers' native `minimax`
 OTHER_MODEL_TYPES = ("MiniMaxText01", "minimax_m1", "MiniMaxM1", "minimax")
@@ -129,7 +131,6 @@ class MiniMaxText01Config(PreTrainedConfig):
     router_aux_loss_coef: float = 0.001
     router_jitter_noise: float = 0.0
     output_router_logits: bool = False
-    sliding_window: int | None = None
     attention_dropout: float | int = 0.0
     use_cache: bool = True
     pad_token_id: int | None = None
@@ -141,6 +142,8 @@ class MiniMaxText01Config(PreTrainedConfig):
         # `layer_types` is derived; a config that carries it (e.g. converted from transformers' native `minimax`)
         # must agree with `attn_type_list`, or define it when `attn_type_list` is absent.
         layer_types = kwargs.pop("layer_types", None)
+        if "sliding_window" in kwargs and kwargs["sliding_window"] is None:  # the released files write null
+            del kwargs["sliding_window"]  # (any other value is refused by __setattr__ when the base class sets it)
         self._read_native_spellings(kwargs)
         self._read_rope_settings(kwargs.pop("rope_parameters", None), kwargs.pop("rope_scaling", None))
         _refuse_misspelt_keys(kwargs, type(self))
@@ -200,6 +203,14 @@ class MiniMaxText01Config(PreTrainedConfig):
         if self.rope_theta is None:
             self.rope_theta = RELEASED_ROPE_THETA
 
+    def __setattr__(self, key, value):
+        """`sliding_window` is not a field: left out (or null, as released) it does not exist, so generic code that
+        probes `hasattr(config, "sliding_window")` (transformers' common tests) sees a model without one; any other
+        value is refused here at once, on assignment as in the constructor and `from_dict` / `from_pretrained`."""
+        if key == "sliding_window" and value is not None:
+            raise ValueError(f"MiniMaxText01Config: `sliding_window` is {value}. {SLIDING_WINDOW_FIX}")
+        super().__setattr__(key, value)
+
     @classmethod
     def get_config_dict(cls, *args, **kwargs):
         """Read the family's other model types (older Text-01 files, MiniMax-M1, native `minimax`) as this class,
@@ -248,9 +259,8 @@ class MiniMaxText01Config(PreTrainedConfig):
         if self.tie_word_embeddings:
             fail("tie_word_embeddings", "is true", "MiniMax-Text-01 keeps separate input-embedding and lm_head weights "
                  "(both are in the checkpoint); set it to false.")
-        if self.sliding_window is not None:
-            fail("sliding_window", f"is {self.sliding_window}", "MiniMax-Text-01 has no sliding-window attention "
-                 "(its softmax layers see the whole context); set it to null.")
+        if getattr(self, "sliding_window", None) is not None:
+            fail("sliding_window", f"is {self.sliding_window}", SLIDING_WINDOW_FIX)
         for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, key)
             ids = value if isinstance(value, list) else [value]
