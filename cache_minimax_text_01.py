@@ -288,6 +288,13 @@ class MiniMaxText01Cache(Cache):
     def set_lightning_state(self, layer_idx: int, state: torch.Tensor) -> None:
         self.layers[layer_idx].update_recurrent_state(state)
 
+    def activate_past_recording(self, recurrent_states_to_keep: int | None = None, **kwargs) -> None:
+        """transformers' switch before speculative decoding: the lightning layers record the tokens a crop may remove
+        (at least `recurrent_states_to_keep` of a prompt). Defined here: transformers 5.17's takes no arguments."""
+        for layer in self.layers:
+            if isinstance(layer, LightningStateLayer):
+                layer.activate_past_recording(recurrent_states_to_keep)
+
     def tokens_to_record(self, layer_idx: int, new_tokens: int) -> int:
         """How many of the new tokens the lightning layer records for a rollback (0 unless recording)."""
         return self.layers[layer_idx].tokens_to_record(new_tokens)
