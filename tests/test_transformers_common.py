@@ -17,7 +17,6 @@ import re
 import subprocess
 import sys
 import tarfile
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -102,8 +101,10 @@ STAND_INS = {
 def transformers_tests(root: Path) -> tuple[Path, list[str]]:
     """The installed transformers' sdist tests/ under `root` -> (tests folder, the stand-ins written)."""
     version = transformers.__version__
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
-                    f"transformers=={version}", "-d", str(root)], check=True, timeout=600)
+    download = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
+                               f"transformers=={version}", "-d", str(root)], capture_output=True, text=True, timeout=600)
+    if download.returncode != 0:  # e.g. no access to PyPI: the tests cannot be had, which is not a model failure
+        pytest.skip(f"could not download the transformers {version} sdist: {download.stderr.strip()[-500:]}")
     with tarfile.open(next(root.glob("transformers-*.tar.gz"))) as sdist:
         members = [m for m in sdist.getmembers() if "/tests/" in m.name]
         sdist.extractall(root, members=members, filter="data")
@@ -143,5 +144,7 @@ def test_transformers_common_model_tests(tmp_path):
     failed = sorted(set(re.findall(r"^(?:SUB)?FAILED(?:\[\w+\])? \S+::(\w+)", result.stdout, flags=re.M)))
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-2000:]
     print(json.dumps({"stand_ins": stand_ins, "failed": failed, "summary": summary}, indent=1))
-    assert "error" not in summary.lower() or failed, result.stdout[-4000:] + result.stderr[-4000:]
+    passed = re.search(r"(\d+) passed", summary)
+    assert passed and int(passed.group(1)) >= 100, result.stdout[-4000:] + result.stderr[-4000:]  # the mixin ran
+    assert " error" not in summary, result.stdout[-4000:]  # no test errored outside its assertions
     assert len(failed) <= MAX_FAILURES, "\n".join(failed)
