@@ -112,7 +112,6 @@ class MiniMaxText01Config(PreTrainedConfig):
     router_aux_loss_coef: float = 0.001
     router_jitter_noise: float = 0.0
     output_router_logits: bool = False
-    sliding_window: int | None = None
     attention_dropout: float | int = 0.0
     use_cache: bool = True
     pad_token_id: int | None = None
@@ -125,6 +124,7 @@ class MiniMaxText01Config(PreTrainedConfig):
         # must agree with `attn_type_list`, or define it when `attn_type_list` is absent.
         layer_types = kwargs.pop("layer_types", None)
         _refuse_misspelt_keys(kwargs, type(self))
+        refuse_sliding_window(kwargs.pop("sliding_window", None))
         if self.attn_type_list is None and layer_types is not None:
             self.attn_type_list = [_layer_type_to_int(t) for t in layer_types]
         if self.attn_type_list is None:
@@ -178,9 +178,6 @@ class MiniMaxText01Config(PreTrainedConfig):
                  f"release): {', '.join(sorted(ACT2FN))}.")
         if not 0 <= self.attention_dropout < 1:
             fail("attention_dropout", f"is {self.attention_dropout}", "Use a probability in [0, 1).")
-        if self.sliding_window is not None:
-            fail("sliding_window", f"is {self.sliding_window}", "MiniMax-Text-01 has no sliding-window attention "
-                 "(its softmax layers see the whole context); set it to null.")
         for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, key)
             ids = value if isinstance(value, list) else [value]
@@ -220,6 +217,15 @@ class MiniMaxText01Config(PreTrainedConfig):
                  f"Use one of {', '.join(map(repr, LIGHTNING_IMPLS))} ('auto' picks the fastest available).")
         if self.block_size <= 0:
             fail("block_size", f"is {self.block_size}", "Use a positive block length (256 in the release).")
+
+
+def refuse_sliding_window(sliding_window) -> None:
+    """There is no sliding-window attention, so `sliding_window` is no field: a null one (as transformers' native
+    `minimax` config writes) is dropped, any other value refused, alike from the constructor, `from_dict` and
+    `from_pretrained`, and when set on a config afterwards (checked by the model's constructor)."""
+    if sliding_window is not None:
+        raise ValueError(f"MiniMaxText01Config: `sliding_window` is {sliding_window}. MiniMax-Text-01 has no "
+                         "sliding-window attention (its softmax layers see the whole context); set it to null.")
 
 
 def _refuse_misspelt_keys(extra_keys, config_class) -> None:

@@ -10,12 +10,14 @@ from collections import Counter
 from transformers.modeling_utils import PreTrainedModel
 
 
-def check_loading_info(model: PreTrainedModel, info: dict, ignore_mismatched_sizes: bool) -> None:
+def check_loading_info(model: PreTrainedModel, info: dict, ignore_mismatched_sizes: bool,
+                       output_loading_info: bool) -> None:
     """Raise unless every weight of `model` came from the checkpoint and every checkpoint tensor was used.
 
     `info` is transformers' loading info (already free of what quantizers add and of what tensor- or
     pipeline-parallel loading skips on purpose). Tolerated: wrong shapes with `ignore_mismatched_sizes` (those are
-    re-initialised, as the flag asks), and a model head's tensors when only the base model is loaded.
+    re-initialised, as the flag asks), a model head's tensors when only the base model is loaded, and, with
+    `output_loading_info` (the caller asked to be handed the missing and unused keys), missing and unused tensors.
     """
     fix = (
         "Check that config.json belongs to these weights: num_hidden_layers, attn_type_list, num_local_experts and "
@@ -31,6 +33,8 @@ def check_loading_info(model: PreTrainedModel, info: dict, ignore_mismatched_siz
             f"Checkpoint tensors of the wrong shape: {details}. Check that config.json belongs to these weights "
             "(or pass ignore_mismatched_sizes=True to re-initialise them)."
         )
+    if output_loading_info:
+        return
     missing = sorted(info["missing_keys"])
     if missing:
         hint = ""

@@ -35,7 +35,7 @@ from .cache_minimax_text_01 import (
     static_cache_attention_mask,
     static_cache_padding_mask,
 )
-from .configuration_minimax_text_01 import SOFTMAX, MiniMaxText01Config
+from .configuration_minimax_text_01 import SOFTMAX, MiniMaxText01Config, refuse_sliding_window
 from .lightning_attention import lightning_attention_step, lightning_kernel, lightning_slopes
 from .loading_checks import check_loading_info
 from .tensor_parallel_minimax_text_01 import is_sharded, local_row_range, prepare_distributed_model
@@ -592,7 +592,7 @@ class MiniMaxPreTrainedMixin:
         """As transformers', but a checkpoint that does not fit the config raises an error naming the keys (see
         `check_loading_info`) instead of leaving weights at random behind a logged report."""
         model, info = super().from_pretrained(*args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
-        check_loading_info(model, info, ignore_mismatched_sizes)
+        check_loading_info(model, info, ignore_mismatched_sizes, output_loading_info)
         return (model, info) if output_loading_info else model
 
     @classmethod
@@ -808,6 +808,7 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
 
     def __init__(self, config: MiniMaxText01Config):
         super().__init__(config)
+        refuse_sliding_window(getattr(config, "sliding_window", None))  # set after the config was built
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         self.layers = nn.ModuleList(MiniMaxText01DecoderLayer(config, i) for i in range(config.num_hidden_layers))
