@@ -346,6 +346,18 @@ def static_cache_padding_mask(attention_mask, batch_size: int, max_cache_len: in
     return F.pad(attention_mask.bool(), (0, max_cache_len - attention_mask.shape[1]), value=False)
 
 
+def check_prefill_chunk_size(value) -> None:
+    """None (the config's default) or a positive token count; 0, negatives, floats and bools are refused."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"prefill_chunk_size must be an int token count or None, got {value!r} "
+                        f"({type(value).__name__}).")
+    if value <= 0:
+        raise ValueError(f"prefill_chunk_size must be a positive token count, got {value}. Pass None for the "
+                         "config's default (no chunking unless config.prefill_chunk_size is set).")
+
+
 class MiniMaxGenerationMixin:
     """`generate()` hooks for the hybrid caches (inherited by the text and VL models before GenerationMixin).
 
@@ -357,6 +369,7 @@ class MiniMaxGenerationMixin:
     def _prepare_cache_for_generation(
         self, generation_config, model_kwargs, generation_mode, batch_size, max_cache_length, *args, **kwargs
     ):
+        check_prefill_chunk_size(getattr(generation_config, "prefill_chunk_size", None))
         wants_cache = generation_config.use_cache is not False and model_kwargs.get(CACHE_FIELD) is None
         text_config = self.config.get_text_config(decoder=True)
         if wants_cache and generation_config.cache_implementation == "static":

@@ -3,6 +3,13 @@
 The defaults are the released MiniMax-Text-01 values, and the released `config.json` loads unchanged: every
 released key is a field here (`attn_type_list`, the DeepNorm `layernorm_*_alpha/beta`, `rotary_dim`, ...).
 `layer_types` is derived from `attn_type_list` for transformers and is not written back to disk.
+
+One class reads the whole family: MiniMax-M1 (`model_type` "minimax_m1" / "MiniMaxM1", the same keys) and
+transformers' native `minimax` spelling of the `-hf` repositories (`layer_types`, `*_alpha_factor` /
+`*_beta_factor`, `rope_parameters`; see checkpoint_layouts.py). A config that gives one setting in both spellings
+with different values is refused, naming both keys. Settings the model cannot honour (RoPE scaling, a sliding
+window, tied embeddings) are refused the same way on every path: constructor, `from_dict`, `from_pretrained`, and
+`save_pretrained` after an attribute was changed.
 """
 
 import difflib
@@ -12,14 +19,20 @@ from huggingface_hub.dataclasses import strict
 from transformers.activations import ACT2FN
 from transformers.configuration_utils import PreTrainedConfig
 
+from .checkpoint_layouts import LAYER_TYPE_NAMES, NATIVE_CONFIG_KEYS
+
 LIGHTNING, SOFTMAX = 0, 1
 # the values of `lightning_impl` (lightning_attention.py's LIGHTNING_KERNELS, plus "auto"); kept here so that the
 # configuration file stands alone, and checked against the kernel table by the tests
 LIGHTNING_IMPLS = ("auto", "chunked", "recurrent", "fla")
-_LAYER_TYPE_NAMES = {LIGHTNING: "linear_attention", SOFTMAX: "full_attention"}
-LEGACY_MODEL_TYPE = "MiniMaxText01"
-# Model types read as this class: the legacy spelling, and MiniMax-M1's (the same architecture and keys)
-READ_AS_TEXT_01 = (LEGACY_MODEL_TYPE, "minimax_m1", "MiniMaxM1")
+# model_type values of the family's config files, all read by this class: Text-01's older files, MiniMax-M1
+# (config.json and the class attribute), transformers' native `minimax`
+OTHER_MODEL_TYPES = ("MiniMaxText01", "minimax_m1", "MiniMaxM1", "minimax")
+# released values of the fields whose default is filled in `__post_init__` (None there = not given, so a value
+# given in the native spelling can be told apart from the default)
+RELEASED_ROPE_THETA = 10_000_000.0
+RELEASED_DEEPNORM_ALPHA = 3.5565588200778455  # 160 ** 0.25 for 80 layers
+RELEASED_ROTARY_DIM = 64
 
 
 def released_attn_type_list(num_hidden_layers: int) -> list[int]:
@@ -32,8 +45,12 @@ class MiniMaxText01Config(PreTrainedConfig):
     r"""
     attn_type_list (`list[int]`): one entry per layer, 0 = lightning (linear) attention, 1 = softmax attention.
     rotary_dim (`int`): RoPE is applied to the first `rotary_dim` channels of each head only (64 of 128).
+        Default: 64, or head_dim (rounded down to even) when that is smaller.
+    rope_theta (`float`): the RoPE base (1e7). transformers 5's `rope_parameters` {"rope_type": "default",
+        "rope_theta": ...} is read too; other RoPE types (and `rope_scaling`) are refused: not implemented.
     postnorm (`bool`): residual taken from the normalised input (the released DeepNorm-style blocks).
     layernorm_{full_attention,linear_attention,mlp}_{alpha,beta} (`float`): out = alpha * residual + beta * f(x).
+        Native spelling: {full_attn,linear_attn,mlp}_{alpha,beta}_factor.
     shared_intermediate_size (`int` or one-element `list[int]`): width of the optional shared expert, 0 = none.
     shared_moe_mode (`str`): how the shared expert is mixed in; only "sigmoid" exists in the released code.
     block_size (`int`): lightning-attention block length (not in the released file; 256 there). Any length gives the
@@ -85,19 +102,19 @@ class MiniMaxText01Config(PreTrainedConfig):
     num_attention_heads: int = 64
     num_key_value_heads: int = 8
     head_dim: int | None = 128
-    rotary_dim: int = 64
-    rope_theta: float | int = 10_000_000.0
+    rotary_dim: int | None = None
+    rope_theta: float | int | None = None
     intermediate_size: int = 9216
     num_local_experts: int = 32
     num_experts_per_tok: int = 2
     attn_type_list: list[int] | None = None
     postnorm: bool = True
-    layernorm_full_attention_alpha: float | int = 3.5565588200778455
-    layernorm_full_attention_beta: float | int = 1.0
-    layernorm_linear_attention_alpha: float | int = 3.5565588200778455
-    layernorm_linear_attention_beta: float | int = 1.0
-    layernorm_mlp_alpha: float | int = 3.5565588200778455
-    layernorm_mlp_beta: float | int = 1.0
+    layernorm_full_attention_alpha: float | int | None = None
+    layernorm_full_attention_beta: float | int | None = None
+    layernorm_linear_attention_alpha: float | int | None = None
+    layernorm_linear_attention_beta: float | int | None = None
+    layernorm_mlp_alpha: float | int | None = None
+    layernorm_mlp_beta: float | int | None = None
     shared_intermediate_size: int | list[int] = 0
     shared_moe_mode: str = "sigmoid"
     rms_norm_eps: float = 1e-5
@@ -123,6 +140,8 @@ class MiniMaxText01Config(PreTrainedConfig):
         # `layer_types` is derived; a config that carries it (e.g. converted from transformers' native `minimax`)
         # must agree with `attn_type_list`, or define it when `attn_type_list` is absent.
         layer_types = kwargs.pop("layer_types", None)
+        self._read_native_spellings(kwargs)
+        self._read_rope_settings(kwargs.pop("rope_parameters", None), kwargs.pop("rope_scaling", None))
         _refuse_misspelt_keys(kwargs, type(self))
         refuse_sliding_window(kwargs.pop("sliding_window", None))
         if self.attn_type_list is None and layer_types is not None:
@@ -131,6 +150,8 @@ class MiniMaxText01Config(PreTrainedConfig):
             self.attn_type_list = released_attn_type_list(self.num_hidden_layers)
         if self.head_dim is None and self.num_attention_heads > 0:  # a non-positive count is reported below
             self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.rotary_dim is None and self.head_dim is not None:  # the largest even count up to 64
+            self.rotary_dim = min(RELEASED_ROTARY_DIM, self.head_dim // 2 * 2)
         self._validate()  # before the base class, which already reads `layer_types`
         super().__post_init__(**kwargs)
         if layer_types is not None and list(layer_types) != self.layer_types:
@@ -138,18 +159,64 @@ class MiniMaxText01Config(PreTrainedConfig):
                 "`layer_types` disagrees with `attn_type_list`; drop `layer_types` (it is derived from `attn_type_list`)."
             )
 
+    def _read_native_spellings(self, kwargs: dict) -> None:
+        """`mlp_alpha_factor` etc. (transformers' native names) set the released fields; both spellings of one
+        setting must agree."""
+        for released, native in NATIVE_CONFIG_KEYS.items():
+            if native not in kwargs:
+                continue
+            value = kwargs.pop(native)
+            given = getattr(self, released)
+            if given is not None and given != value:
+                raise ValueError(f"MiniMaxText01Config: `{released}` ({given}) and `{native}` ({value}) disagree; they "
+                                 "are the released and transformers-native names of one setting. Keep one of them.")
+            setattr(self, released, value)
+        for key in NATIVE_CONFIG_KEYS:
+            if getattr(self, key) is None:
+                setattr(self, key, RELEASED_DEEPNORM_ALPHA if key.endswith("_alpha") else 1.0)
+
+    def _read_rope_settings(self, rope_parameters, rope_scaling) -> None:
+        """`rope_theta` may come inside transformers 5's `rope_parameters`; RoPE scaling of any kind is refused (this
+        model implements the released, unscaled partial RoPE), so no setting is dropped silently."""
+        for key, values in (("rope_scaling", rope_scaling), ("rope_parameters", rope_parameters)):
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise ValueError(f"MiniMaxText01Config: `{key}` is {values!r}; give a dict such as "
+                                 '{"rope_type": "default", "rope_theta": 10000000.0}, or leave it out.')
+            rope_type = values.get("rope_type", values.get("type", "default"))
+            extra = sorted(set(values) - {"rope_type", "type", "rope_theta"})
+            if rope_type != "default" or extra:
+                what = f"RoPE type {rope_type!r}" if rope_type != "default" else f"the entries {extra}"
+                raise ValueError(f"MiniMaxText01Config: `{key}` asks for {what}, which this model does not implement "
+                                 f"(the released model uses plain, unscaled RoPE). Remove `{key}`"
+                                 + (", or set its rope_type to 'default' with only a rope_theta." if key ==
+                                    "rope_parameters" else "."))
+            if "rope_theta" in values:
+                if self.rope_theta is not None and self.rope_theta != values["rope_theta"]:
+                    raise ValueError(f"MiniMaxText01Config: `rope_theta` ({self.rope_theta}) and `{key}.rope_theta` "
+                                     f"({values['rope_theta']}) disagree. Keep one of them.")
+                self.rope_theta = values["rope_theta"]
+        if self.rope_theta is None:
+            self.rope_theta = RELEASED_ROPE_THETA
+
     @classmethod
     def get_config_dict(cls, *args, **kwargs):
-        """Older released files name the model type "MiniMaxText01", MiniMax-M1's "minimax_m1": read them as this
-        class, without transformers' warning about loading another model type."""
+        """Read the family's other model types (older Text-01 files, MiniMax-M1, native `minimax`) as this class,
+        without transformers' warning about loading another model type."""
         config_dict, kwargs = super().get_config_dict(*args, **kwargs)
-        if config_dict.get("model_type") in READ_AS_TEXT_01:
+        if config_dict.get("model_type") in OTHER_MODEL_TYPES:
             config_dict = {**config_dict, "model_type": cls.model_type}
         return config_dict, kwargs
 
+    def validate_minimax_fields(self):
+        """transformers' validation hook (run again by `save_pretrained`): a field changed after construction is
+        checked as the constructor checks it, so a saved config always loads back."""
+        self._validate()
+
     @property
     def layer_types(self) -> list[str]:
-        return [_LAYER_TYPE_NAMES[t] for t in self.attn_type_list]
+        return [LAYER_TYPE_NAMES[t] for t in self.attn_type_list]
 
     @property
     def shared_expert_size(self) -> int:
@@ -178,6 +245,10 @@ class MiniMaxText01Config(PreTrainedConfig):
                  f"release): {', '.join(sorted(ACT2FN))}.")
         if not 0 <= self.attention_dropout < 1:
             fail("attention_dropout", f"is {self.attention_dropout}", "Use a probability in [0, 1).")
+        if self.tie_word_embeddings:
+            fail("tie_word_embeddings", "is true", "MiniMax-Text-01 keeps separate input-embedding and lm_head weights "
+                 "(both are in the checkpoint); set it to false.")
+        refuse_sliding_window(getattr(self, "sliding_window", None))  # set on the config after it was built
         for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, key)
             ids = value if isinstance(value, list) else [value]
@@ -189,7 +260,7 @@ class MiniMaxText01Config(PreTrainedConfig):
         if len(types) != self.num_hidden_layers:
             fail("attn_type_list", f"has {len(types)} entries but num_hidden_layers is {self.num_hidden_layers}",
                  "Give one entry per layer.")
-        bad = sorted({t for t in types if t not in _LAYER_TYPE_NAMES})
+        bad = sorted({t for t in types if t not in LAYER_TYPE_NAMES})
         if bad:
             fail("attn_type_list", f"contains unknown layer types {bad}",
                  "Use 0 for lightning attention and 1 for softmax attention.")
@@ -222,7 +293,7 @@ class MiniMaxText01Config(PreTrainedConfig):
 def refuse_sliding_window(sliding_window) -> None:
     """There is no sliding-window attention, so `sliding_window` is no field: a null one (as transformers' native
     `minimax` config writes) is dropped, any other value refused, alike from the constructor, `from_dict` and
-    `from_pretrained`, and when set on a config afterwards (checked by the model's constructor)."""
+    `from_pretrained`, and when set on a config afterwards (by `save_pretrained` and the model's constructor)."""
     if sliding_window is not None:
         raise ValueError(f"MiniMaxText01Config: `sliding_window` is {sliding_window}. MiniMax-Text-01 has no "
                          "sliding-window attention (its softmax layers see the whole context); set it to null.")
@@ -239,7 +310,7 @@ def _refuse_misspelt_keys(extra_keys, config_class) -> None:
 
 
 def _layer_type_to_int(name: str) -> int:
-    for code, type_name in _LAYER_TYPE_NAMES.items():
+    for code, type_name in LAYER_TYPE_NAMES.items():
         if name == type_name:
             return code
     raise ValueError(f"Unknown layer type {name!r} in `layer_types`; expected 'linear_attention' or 'full_attention'.")

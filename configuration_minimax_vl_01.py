@@ -83,6 +83,12 @@ class MiniMaxVL01Config(PreTrainedConfig):
         super().__post_init__(**kwargs)
         self._validate()
 
+    def validate_minimax_vl_fields(self):
+        """transformers' validation hook, run again by `save_pretrained`: a field changed after construction is
+        checked as the constructor checks it."""
+        self._validate()
+        self.text_config.validate()
+
     @property
     def tile_size(self) -> int:
         return self.vision_config.image_size
@@ -130,6 +136,9 @@ class MiniMaxVL01Config(PreTrainedConfig):
             if not valid or any(not isinstance(v, int) or v <= 0 or v % self.tile_size for v in pair):
                 fail("image_grid_pinpoints", f"contains {pair!r}", "Every entry must be a [height, width] pair of "
                      f"positive multiples of the tile size {self.tile_size}.")
+        if self.tie_word_embeddings:
+            fail("tie_word_embeddings", "is true", "The language model keeps separate input-embedding and lm_head "
+                 "weights (both are in the checkpoint); set it to false.")
         vocab = self.text_config.vocab_size
         if not isinstance(self.image_token_index, int) or not 0 <= self.image_token_index < vocab:
             fail("image_token_index", f"({self.image_token_index}) is outside the vocabulary (size {vocab})",

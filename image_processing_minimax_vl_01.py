@@ -399,6 +399,12 @@ class MiniMaxVL01ImageProcessor(PilBackend):
             raise ValueError("No images were given; pass at least one image.")
         return flat
 
+    def preprocess(self, images, *args, **kwargs) -> BatchFeature:
+        """transformers' preprocess, after refusing the generic settings given to this call that anyres tiling
+        cannot honour (saved configs may carry CLIP-style values such as a 336 center crop: those are no-ops)."""
+        _refuse_unsupported_settings(kwargs, self.tile_size)
+        return super().preprocess(images, *args, **kwargs)
+
     def process_image(
         self, image, do_convert_rgb=None, input_data_format=None, max_image_pixels=None, **kwargs
     ) -> Image.Image:
@@ -451,6 +457,30 @@ class MiniMaxVL01ImageProcessor(PilBackend):
 # ----------------------------------------------------------------------------------------------------------
 # Pixel helpers
 # ----------------------------------------------------------------------------------------------------------
+
+
+def _refuse_unsupported_settings(settings: dict, tile: int) -> None:
+    """transformers' generic image settings that anyres tiling cannot honour would otherwise be ignored."""
+    crop = settings.get("crop_size")
+    crop_is_tile = crop is None or (isinstance(crop, dict) and set(crop.values()) == {tile})
+    refused = {
+        "do_resize": (settings.get("do_resize") is False,
+                      "anyres tiling always resizes (the thumbnail and the canvas)"),
+        "do_pad": (settings.get("do_pad") is False, "the canvas is always padded to the chosen grid resolution"),
+        "pad_size": (settings.get("pad_size") is not None, "the canvas size is the chosen image_grid_pinpoints entry"),
+        "crop_size": (not crop_is_tile, f"the crops are the thumbnail and the canvas tiles, {tile} x {tile}"),
+        "do_center_crop": (bool(settings.get("do_center_crop")) and not crop_is_tile,
+                           f"the crops are the thumbnail and the canvas tiles, {tile} x {tile}"),
+        "image_seq_length": (settings.get("image_seq_length") is not None,
+                             "each image's token count follows from its size (num_image_tokens)"),
+        "data_format": (settings.get("data_format") not in (None, "channels_first", ChannelDimension.FIRST),
+                        "pixel_values are always [crops, 3, H, W]"),
+        "device": (settings.get("device") not in (None, "cpu"), "this PIL-backed processor returns CPU tensors; "
+                   "move them with `.to(device)`"),
+    }
+    for name, (is_refused, why) in refused.items():
+        if is_refused:
+            raise ValueError(f"MiniMaxVL01ImageProcessor cannot honour {name}={settings[name]!r}: {why}. Remove it.")
 
 
 def _fit_on_canvas(image: Image.Image, target_hw, resample) -> Image.Image:

@@ -32,13 +32,19 @@ from .cache_minimax_text_01 import (
     MiniMaxGenerationMixin,
     MiniMaxText01Cache,
     MiniMaxText01StaticCache,
+    check_prefill_chunk_size,
     static_cache_attention_mask,
     static_cache_padding_mask,
 )
+from .checkpoint_layouts import NATIVE_DERIVED_BUFFERS, forget_native_conversions, native_layout_conversions
 from .configuration_minimax_text_01 import SOFTMAX, MiniMaxText01Config, refuse_sliding_window
 from .lightning_attention import lightning_attention_step, lightning_kernel, lightning_slopes
-from .loading_checks import check_loading_info
-from .tensor_parallel_minimax_text_01 import is_sharded, local_row_range, prepare_distributed_model
+from .loading_checks import check_checkpoint_folder, check_loading_info
+from .tensor_parallel_minimax_text_01 import (
+    check_checkpoint_for_tensor_parallel,
+    is_sharded,
+    prepare_distributed_model,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -88,6 +94,9 @@ class MiniMaxText01LightningAttention(nn.Module):
         self.head_dim = config.head_dim
         self.num_layers = config.num_hidden_layers
         self.cpu_max_tokens = LIGHTNING_CPU_MAX_TOKENS
+        # global indices of the heads this module holds: all, or under tensor parallel this rank's share, set from
+        # the rank's place when the plan is applied (`record_tensor_parallel_place`)
+        self.heads = range(self.num_heads)
         inner = self.num_heads * self.head_dim
         # rows are head-major: head h owns [3d h, 3d h + 3d) = q | k | v
         self.qkv_proj = nn.Linear(config.hidden_size, 3 * inner, bias=False)
@@ -97,11 +106,9 @@ class MiniMaxText01LightningAttention(nn.Module):
         self._slopes: torch.Tensor | None = None  # fp32, computed on first use per device
 
     def slopes(self, device: torch.device) -> torch.Tensor:
-        """Decay rates [H_local] of the heads this module holds: all H, or under tensor parallel this rank's heads
-        (their global indices set the rates)."""
+        """Decay rates [H_local] of the heads this module holds (`self.heads`: their global indices set the rates)."""
         if self._slopes is None or self._slopes.device != device:
-            rows, rows_per_head = local_row_range(self.qkv_proj.weight), 3 * self.head_dim
-            heads = slice(rows.start // rows_per_head, rows.stop // rows_per_head)
+            heads = slice(self.heads.start, self.heads.stop)
             self._slopes = lightning_slopes(self.num_heads, self.layer_idx, self.num_layers)[heads].to(device)
         return self._slopes
 
@@ -590,8 +597,17 @@ class MiniMaxPreTrainedMixin:
     @classmethod
     def from_pretrained(cls, *args, ignore_mismatched_sizes: bool = False, output_loading_info: bool = False, **kwargs):
         """As transformers', but a checkpoint that does not fit the config raises an error naming the keys (see
-        `check_loading_info`) instead of leaving weights at random behind a logged report."""
-        model, info = super().from_pretrained(*args, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
+        `check_loading_info`) instead of leaving weights at random behind a logged report. The folder is checked
+        first (`check_checkpoint_folder`: model kind, JSON files, dtype name, shards, device map). Checkpoints in
+        transformers' native `minimax` layout load too (converted per tensor, see checkpoint_layouts.py), except
+        fused experts with a `quantization_config`: quanto quantizes each tensor as it is read, before any split."""
+        check_checkpoint_folder(cls, args, kwargs)
+        check_checkpoint_for_tensor_parallel(cls.config_class, args, kwargs)
+        converted = [] if "quantization_config" in kwargs else [cls.__name__, MiniMaxText01Model.__name__]
+        with native_layout_conversions(converted):
+            model, info = super().from_pretrained(*args, ignore_mismatched_sizes=True, output_loading_info=True,
+                                                  **kwargs)
+        forget_native_conversions(model)
         check_loading_info(model, info, ignore_mismatched_sizes, output_loading_info)
         return (model, info) if output_loading_info else model
 
@@ -625,6 +641,8 @@ class MiniMaxText01PreTrainedModel(MiniMaxPreTrainedMixin, PreTrainedModel):
     # a lightning state cannot be rolled back to an earlier token: transformers refuses assisted generation and
     # prompt lookup (which verify drafts and undo the rejected ones) with its own message
     _is_stateful = True
+    # checkpoints saved by transformers' native `minimax` also hold its derived decay tables; ours are computed
+    _keys_to_ignore_on_load_unexpected = [NATIVE_DERIVED_BUFFERS.pattern]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -772,6 +790,62 @@ def join_chunk_attentions(chunk_attentions: list[list[torch.Tensor]]) -> list[to
     ]
 
 
+IMAGE_INPUTS = ("pixel_values", "image_sizes", "images")
+
+
+def refuse_image_inputs(extra_inputs: dict) -> None:
+    """Image inputs reaching the text-only model would be swallowed by `**kwargs` and ignored."""
+    given = [name for name in IMAGE_INPUTS if extra_inputs.get(name) is not None]
+    if given:
+        raise ValueError(
+            f"MiniMax-Text-01 is text-only and would ignore {', '.join(given)}. Use a MiniMax-VL-01 checkpoint with "
+            "MiniMaxVL01ForConditionalGeneration for images, or drop the image inputs."
+        )
+
+
+def check_logits_to_keep(logits_to_keep, labels, num_tokens: int) -> None:
+    """0 (every token), a positive count of last tokens, or a 1-D tensor of positions; with labels, every token."""
+    if isinstance(logits_to_keep, torch.Tensor):
+        if logits_to_keep.is_floating_point() or logits_to_keep.dim() != 1:
+            raise TypeError("logits_to_keep as a tensor must be a 1-D integer tensor of token positions.")
+    elif isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int):
+        raise TypeError(f"logits_to_keep must be an int (0 = all tokens, N = the last N) or a 1-D tensor of "
+                        f"positions, got {logits_to_keep!r}.")
+    elif logits_to_keep < 0:
+        raise ValueError(f"logits_to_keep must be 0 (all tokens) or a positive count of last tokens, got "
+                         f"{logits_to_keep}.")
+    keeps_all = isinstance(logits_to_keep, int) and (logits_to_keep == 0 or logits_to_keep >= num_tokens)
+    if labels is not None and not keeps_all:
+        raise ValueError("labels need the logits of every token; leave logits_to_keep at 0 when passing labels.")
+
+
+def check_labels(labels, batch_size: int, num_tokens: int, vocab_size: int, ignore_index: int = -100) -> None:
+    """labels: integer [batch, tokens] like input_ids, holding token ids or `ignore_index` (-100)."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch tensor [batch, tokens], got {type(labels).__name__}.")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must hold token ids (torch.long), got {labels.dtype}. Convert with labels.long().")
+    if tuple(labels.shape) != (batch_size, num_tokens):
+        raise ValueError(f"labels must have the shape of input_ids ({batch_size}, {num_tokens}), got "
+                         f"{tuple(labels.shape)}. Give one label per input token (the model shifts them itself), "
+                         f"{ignore_index} where no loss is wanted.")
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab_size))
+    if bool(bad.any()):
+        raise ValueError(f"labels hold {labels[bad][:4].tolist()}, outside the vocabulary 0..{vocab_size - 1}. Use "
+                         f"token ids, and {ignore_index} for tokens without a loss.")
+
+
+def causal_lm_loss(loss_function, logits, labels, vocab_size: int, **kwargs) -> torch.Tensor:
+    """transformers' causal-LM loss, except that a batch with no token to predict (every shifted label ignored)
+    gives a loss of 0 with zero gradients instead of NaN (0 / 0), so one fully masked batch cannot poison training."""
+    ignore_index = kwargs.get("ignore_index", -100)
+    targets = kwargs.get("shift_labels")
+    targets = targets if targets is not None else labels[..., 1:]
+    if not bool((targets != ignore_index).any()):  # (also when num_items_in_batch is 0: 0 / 0 again)
+        return logits.sum() * 0.0
+    return loss_function(logits, labels, vocab_size, **kwargs)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------------------------
@@ -851,7 +925,8 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
             output_hidden_states=output_hidden_states,
             output_router_logits=output_router_logits,
         )
-        cache = self._validated_cache(input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cache)
+        cache = self._validated_cache(input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cache,
+                                      prefill_chunk_size, kwargs)
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         B, T = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         device = (input_ids if input_ids is not None else inputs_embeds).device
@@ -873,8 +948,12 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
             router_logits=tuple(chunks.router_logits) if output_router_logits else None,
         )
 
-    def check_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cache) -> None:
-        """Refuse inputs that would fail obscurely inside torch or quietly give wrong numbers.
+    def check_inputs(
+        self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cache, prefill_chunk_size=None,
+        extra_inputs=None,
+    ) -> None:
+        """Refuse inputs that would fail obscurely inside torch or quietly give wrong numbers. `extra_inputs`: the
+        forward's other keyword arguments (image inputs there would be ignored by this text-only model).
 
         The value checks (token ids inside the vocabulary, a 0/1 attention mask without empty rows, positions that
         continue the cache) cost one host sync together; they are skipped while compiling or capturing a CUDA graph.
@@ -887,6 +966,8 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
                 raise TypeError(f"`{name}` must hold integers (torch.long), got {value.dtype}. Convert with "
                                 f"`{name}.long()`.")
 
+        check_prefill_chunk_size(prefill_chunk_size)
+        refuse_image_inputs(extra_inputs or {})
         if input_ids is not None:
             check_integer_tensor("input_ids", input_ids, "[batch, tokens]")
             if input_ids.dim() != 2:
@@ -958,10 +1039,16 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
 
     # -- the steps of the forward, in order -----------------------------------------------------------------------
 
-    def _validated_cache(self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cache):
+    def _validated_cache(
+        self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cache, prefill_chunk_size,
+        extra_inputs,
+    ):
         """Every check of the inputs that does not need the token layout; -> the cache passed (under either name)
         or None."""
-        self.check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cache)
+        self.check_inputs(
+            input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, cache, prefill_chunk_size,
+            extra_inputs,
+        )
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if cache is not None and past_key_values is not None:
@@ -1116,8 +1203,15 @@ class MiniMaxText01ForCausalLM(MiniMaxGenerationMixin, MiniMaxText01PreTrainedMo
 
         prefill_chunk_size (`int`, *optional*): run prompts longer than this through the cache in chunks of this
             many tokens (default `config.prefill_chunk_size`).
+        labels (`torch.LongTensor` [batch, tokens], *optional*): the input ids (shifted inside), -100 where no loss is
+            wanted. A batch with no token left to predict gets a loss of 0 (zero gradients), not NaN.
         """
         (output_router_logits,) = self.output_flags(output_router_logits=output_router_logits)  # the loss needs it
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        num_tokens = tokens.shape[1] if isinstance(tokens, torch.Tensor) and tokens.dim() >= 2 else 0
+        check_logits_to_keep(logits_to_keep, labels, num_tokens)
+        if labels is not None and num_tokens:
+            check_labels(labels, tokens.shape[0], num_tokens, self.vocab_size, kwargs.get("ignore_index", -100))
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -1140,7 +1234,7 @@ class MiniMaxText01ForCausalLM(MiniMaxGenerationMixin, MiniMaxText01PreTrainedMo
 
         loss = aux_loss = None
         if labels is not None:
-            loss = self.loss_function(logits, labels, self.vocab_size, **kwargs)
+            loss = causal_lm_loss(self.loss_function, logits, labels, self.vocab_size, **kwargs)
         if output_router_logits:
             aux_loss = load_balancing_loss_func(
                 outputs.router_logits, self.config.num_local_experts, self.config.num_experts_per_tok, attention_mask

@@ -10,6 +10,7 @@ The parameter names are the released checkpoint keys, with no renaming on load o
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 from transformers import initialization as init
@@ -36,6 +37,22 @@ PROCESSOR_MISMATCH_FIX = (
     "from the model's folder, or give it image_grid_pinpoints=model.config.image_grid_pinpoints), or the "
     "pixel_values, image_sizes and input_ids come from different processor calls."
 )
+
+
+def images_by_token_count(totals: list[int], tokens_per_image: list[int]) -> list[range] | None:
+    """Split the images, in order, into consecutive groups whose token counts add up to each of `totals` (the image
+    tokens of each prompt, or of each unbroken run): one range of image indices per total, or None if no such split
+    exists (an image would straddle two totals)."""
+    groups, image = [], 0
+    for remaining in totals:
+        first = image
+        while remaining > 0 and image < len(tokens_per_image):
+            remaining -= tokens_per_image[image]
+            image += 1
+        if remaining != 0:
+            return None
+        groups.append(range(first, image))
+    return groups
 
 
 class MiniMaxVL01MultiModalProjector(nn.Module):
@@ -145,6 +162,11 @@ class MiniMaxVL01Model(MiniMaxVL01PreTrainedModel):
         newline = self.image_newline.to(tiles.device, tiles.dtype).expand(rows, 1, D)
         return torch.cat((crops[0], torch.cat((tiles, newline), dim=1).reshape(-1, D)))
 
+    def _num_image_tokens(self, original_hw) -> int:
+        config = self.config
+        patch = config.vision_config.patch_size
+        return num_image_tokens(original_hw, config.image_grid_pinpoints, config.tile_size, patch)
+
     def _check_pixel_inputs(self, pixel_values, image_sizes) -> tuple[list[tuple[int, int]], list[int]]:
         """Validate the image inputs; return the original (height, width) and the crop count of each image."""
         S = self.config.tile_size
@@ -163,18 +185,29 @@ class MiniMaxVL01Model(MiniMaxVL01PreTrainedModel):
             )
         if image_sizes is None:
             raise ValueError("pixel_values need image_sizes (the original (height, width) of each image); pass both.")
-        sizes = [tuple(int(v) for v in hw) for hw in torch.as_tensor(image_sizes).reshape(-1, 2).tolist()]
+        image_sizes = torch.as_tensor(image_sizes)
+        if image_sizes.dim() != 2 or image_sizes.shape[-1] != 2 or image_sizes.is_floating_point():
+            raise ValueError(f"image_sizes must be an integer tensor [num_images, 2] of (height, width) rows, got "
+                             f"shape {tuple(image_sizes.shape)} ({image_sizes.dtype}). Pass the processor's "
+                             "image_sizes.")
+        sizes = [tuple(int(v) for v in hw) for hw in image_sizes.tolist()]
         expected = [num_crops(hw, self.config.image_grid_pinpoints, S) for hw in sizes]
         if sum(expected) != pixel_values.shape[0]:
+            def fits(candidate):
+                crops = sum(num_crops(hw, self.config.image_grid_pinpoints, S) for hw in candidate)
+                return crops == pixel_values.shape[0]
             raise ValueError(
                 f"pixel_values holds {pixel_values.shape[0]} crops, but image_sizes {sizes} need {sum(expected)} "
                 f"under this model's image_grid_pinpoints (per image {expected}: one thumbnail plus the tiles of its "
-                f"canvas). {PROCESSOR_MISMATCH_FIX}"
+                f"canvas).{self._swapped_size_hint(sizes, fits)} {PROCESSOR_MISMATCH_FIX}"
             )
         return sizes, expected
 
-    def _merge_image_features(self, input_ids, inputs_embeds, image_features: list[torch.Tensor]) -> torch.Tensor:
-        """Write the image features, in order, into the positions where input_ids == image_token_index."""
+    def _merge_image_features(
+        self, input_ids, inputs_embeds, image_features: list[torch.Tensor], image_sizes=None
+    ) -> torch.Tensor:
+        """Write the image features, in order, into the positions where input_ids == image_token_index
+        (`image_sizes`: the images' (height, width) rows, for the error messages)."""
         image_mask = input_ids == self.config.image_token_index  # [B, T]
         num_tokens = int(image_mask.sum())
         features = torch.cat(image_features)  # [sum of N_i, D]
@@ -183,15 +216,63 @@ class MiniMaxVL01Model(MiniMaxVL01PreTrainedModel):
                 f"pixel_values were given, but input_ids contain no image token (id {self.config.image_token_index}). "
                 "Put one <image> placeholder per image in the text and expand it with the MiniMax-VL-01 processor."
             )
+        tokens_per_image = [f.shape[0] for f in image_features]
         if num_tokens != features.shape[0]:
+            def fits(candidate):
+                return sum(self._num_image_tokens(hw) for hw in candidate) == num_tokens
+            sizes = [tuple(hw) for hw in torch.as_tensor(image_sizes).tolist()] if image_sizes is not None else []
             raise ValueError(
                 f"input_ids contain {num_tokens} image tokens, but the {len(image_features)} images give "
                 f"{features.shape[0]} features under this model's image_grid_pinpoints (per image "
-                f"{[f.shape[0] for f in image_features]}). Each <image> must be expanded to its image's token count "
-                f"by the MiniMax-VL-01 processor. {PROCESSOR_MISMATCH_FIX}"
+                f"{tokens_per_image}). Each <image> must be expanded to its image's token count by the MiniMax-VL-01 "
+                f"processor.{self._swapped_size_hint(sizes, fits)} {PROCESSOR_MISMATCH_FIX}"
             )
+        if not torch.compiler.is_compiling():
+            self._check_image_runs(image_mask, tokens_per_image)
         mask = image_mask[..., None].to(inputs_embeds.device)
         return inputs_embeds.masked_scatter(mask, features.to(inputs_embeds.device, inputs_embeds.dtype))
+
+    def _check_no_image_tokens(self, input_ids, text_inputs: dict) -> None:
+        """Image tokens without pixel_values would run as the plain embedding of `<image>`: refuse them in a
+        prompt. (A single decode step may hold one: the model may generate that token, and generate() passes the
+        images to the prefill only.)"""
+        if input_ids is None or not isinstance(input_ids, torch.Tensor) or torch.compiler.is_compiling():
+            return
+        cache = text_inputs.get("past_key_values")
+        cache = cache if cache is not None else text_inputs.get("cache")
+        decoding = cache is not None and cache.get_seq_length() > 0 and input_ids.shape[-1] == 1
+        if not decoding and bool((input_ids == self.config.image_token_index).any()):
+            count = int((input_ids == self.config.image_token_index).sum())
+            raise ValueError(
+                f"input_ids hold {count} image tokens (id {self.config.image_token_index}) but no pixel_values were "
+                "given. Pass the processor's pixel_values and image_sizes with them (model(**processor(...)) or "
+                "generate(**inputs)), or remove the <image> placeholders from a text-only prompt."
+            )
+
+    @staticmethod
+    def _image_token_runs(image_mask: torch.Tensor) -> list[int]:
+        """Lengths of the runs of consecutive image tokens, row by row: bool [B, T] -> [run lengths]."""
+        edges = F.pad(image_mask.int(), (1, 1)).flatten().diff()  # the padding ends every run at its row's end
+        return ((edges == -1).nonzero() - (edges == 1).nonzero()).flatten().tolist()
+
+    def _check_image_runs(self, image_mask: torch.Tensor, tokens_per_image: list[int]) -> None:
+        """Each image's tokens must be one unbroken run (adjacent images may share a run): the processor writes
+        them so, and text inside a run would shift every later feature onto the wrong token."""
+        runs = self._image_token_runs(image_mask)
+        if images_by_token_count(runs, tokens_per_image) is None:
+            raise ValueError(
+                f"The image tokens do not form one unbroken run per image: runs of {runs} tokens for images of "
+                f"{tokens_per_image} tokens, so an image's run is split by other tokens. Keep each expanded <image> "
+                "intact (do not insert or truncate text inside it)."
+            )
+
+    def _swapped_size_hint(self, sizes, fits) -> str:
+        """A hint when image_sizes rows read as (width, height) fit the inputs and the rows as given do not."""
+        swapped = [(w, h) for h, w in sizes]
+        if swapped != sizes and fits(swapped):
+            return (" With each image_sizes row read as (width, height) the counts match: image_sizes rows must be "
+                    "(height, width), as the processor returns them.")
+        return ""
 
     # -- forward ------------------------------------------------------------------------------------------------
 
@@ -202,7 +283,9 @@ class MiniMaxVL01Model(MiniMaxVL01PreTrainedModel):
         language model's other arguments (mask, positions, cache, the flags, ...), passed on."""
         flags = ("output_attentions", "output_hidden_states", "output_router_logits")
         text_inputs.update(zip(flags, self.output_flags(**{name: text_inputs.get(name) for name in flags})))
-        if pixel_values is not None:
+        if pixel_values is None:
+            self._check_no_image_tokens(input_ids, text_inputs)
+        else:
             if input_ids is None or inputs_embeds is not None:
                 raise ValueError(
                     "pixel_values need input_ids (the image tokens mark where the features go); pass input_ids "
@@ -213,7 +296,9 @@ class MiniMaxVL01Model(MiniMaxVL01PreTrainedModel):
             self.language_model.model.check_inputs(input_ids, None, **{name: text_inputs[name] for name in checked})
             image_features = self.get_image_features(pixel_values, image_sizes)
             text_embeds = self.get_input_embeddings()(input_ids)
-            input_ids, inputs_embeds = None, self._merge_image_features(input_ids, text_embeds, image_features)
+            input_ids, inputs_embeds = None, self._merge_image_features(
+                input_ids, text_embeds, image_features, image_sizes
+            )
         return dict(input_ids=input_ids, inputs_embeds=inputs_embeds, return_dict=True, **text_inputs)
 
     @can_return_tuple
@@ -280,20 +365,13 @@ class MiniMaxVL01ForConditionalGeneration(MiniMaxGenerationMixin, MiniMaxVL01Mod
         """pixel_values / image_sizes for the batch rows repeated `times` times each (rows keep their images)."""
         sizes, crops_per_image = self._check_pixel_inputs(pixel_values, image_sizes)
         config = self.config
-        tokens = [num_image_tokens(hw, config.image_grid_pinpoints, config.tile_size, config.vision_config.patch_size)
-                  for hw in sizes]  # fmt: skip
-        images_of_row, image = [], 0
-        for row_tokens in (input_ids == config.image_token_index).sum(-1).tolist():
-            first = image
-            while row_tokens > 0 and image < len(sizes):
-                row_tokens -= tokens[image]
-                image += 1
-            if row_tokens != 0:
-                raise ValueError(
-                    f"The image tokens of each prompt do not add up to its images' token counts {tokens}; expand "
-                    "every <image> with the MiniMax-VL-01 processor."
-                )
-            images_of_row.append(range(first, image))
+        tokens = [self._num_image_tokens(hw) for hw in sizes]
+        images_of_row = images_by_token_count((input_ids == config.image_token_index).sum(-1).tolist(), tokens)
+        if images_of_row is None:
+            raise ValueError(
+                f"The image tokens of each prompt do not add up to its images' token counts {tokens}; expand "
+                "every <image> with the MiniMax-VL-01 processor."
+            )
         order = [i for row in images_of_row for _ in range(times) for i in row]
         crops = pixel_values.split(crops_per_image)
         return {

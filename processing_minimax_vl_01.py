@@ -5,10 +5,16 @@ Each `<image>` placeholder in the text becomes as many `<image>` tokens as its i
 whole batch, so prompts may hold different numbers of images, or none.
 """
 
+import inspect
+
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import ProcessorMixin, TextKwargs
 
 from .image_processing_minimax_vl_01 import flatten_images
+
+# Image-processor settings that change the tiling, hence the token counts: a call giving them gets its own
+# configured image processor, whose geometry the placeholders are then expanded with.
+GEOMETRY_KWARGS = ("image_grid_pinpoints", "patch_size", "size")
 
 
 class MiniMaxVL01Processor(ProcessorMixin):
@@ -32,14 +38,19 @@ class MiniMaxVL01Processor(ProcessorMixin):
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
             raise ValueError(f"The tokenizer has no {image_token!r} token; add it as a special token first.")
 
-    def __call__(self, images=None, text=None, videos=None, audio=None, images_kwargs=None, **text_kwargs):
+    def __call__(
+        self, images=None, text=None, videos=None, audio=None, images_kwargs=None, text_kwargs=None, **kwargs
+    ):
         """Expand the placeholders, tokenize, and process the images. `images`: one image, a flat list for the
-        whole batch, or one list per prompt. Keyword arguments go to the tokenizer, except `images_kwargs`
-        (a dict for the image processor); `return_tensors` goes to both."""
+        whole batch, or one list per prompt. Keyword arguments go where they belong: image-processor settings
+        (`do_normalize`, `max_image_pixels`, `image_grid_pinpoints`, ...) to the image processor, tokenizer settings
+        (`padding`, `max_length`, ...) to the tokenizer, `return_tensors` to both; `images_kwargs` / `text_kwargs`
+        (dicts) may also name them. Anything else is refused rather than ignored."""
         if videos is not None or audio is not None:
             raise ValueError("MiniMax-VL-01 takes images and text only; remove `videos` / `audio`.")
         if text is None:
             raise ValueError("Pass `text` with one <image> placeholder per image.")
+        images_kwargs, text_kwargs = self._route_kwargs(kwargs, images_kwargs or {}, text_kwargs or {})
         texts = [text] if isinstance(text, str) else list(text)
         flat_images = flatten_images(images) if images is not None else []
         self._check_placeholders(texts, images, flat_images)
@@ -47,8 +58,10 @@ class MiniMaxVL01Processor(ProcessorMixin):
         return_tensors = text_kwargs.get("return_tensors")
         image_inputs, token_counts = {}, []
         if flat_images:
-            image_inputs = self.image_processor(flat_images, return_tensors=return_tensors, **(images_kwargs or {}))
-            token_counts = [self.image_processor.num_image_tokens(hw) for hw in image_inputs["image_sizes"].tolist()]
+            image_processor = self._image_processor_for(images_kwargs)
+            other_kwargs = {k: v for k, v in images_kwargs.items() if k not in GEOMETRY_KWARGS}
+            image_inputs = image_processor(flat_images, return_tensors=return_tensors, **other_kwargs)
+            token_counts = [image_processor.num_image_tokens(hw) for hw in image_inputs["image_sizes"].tolist()]
             texts = self._expand_placeholders(texts, token_counts)
 
         # Batches pad to the longest prompt, on the left: generation continues every row from its last column.
@@ -57,6 +70,41 @@ class MiniMaxVL01Processor(ProcessorMixin):
         text_inputs = self.tokenizer(texts, **text_kwargs)
         self._check_token_count(text_inputs["input_ids"], sum(token_counts))
         return BatchFeature(data={**text_inputs, **image_inputs}, tensor_type=return_tensors)
+
+    def _route_kwargs(self, kwargs: dict, images_kwargs: dict, text_kwargs: dict) -> tuple[dict, dict]:
+        """Top-level keyword arguments -> (image processor's, tokenizer's), merged with the explicit dicts. A name
+        neither takes (or one given twice) raises instead of vanishing into the tokenizer's `**kwargs`."""
+        image_names = set(self.image_processor.valid_kwargs.__annotations__) - {"return_tensors"}
+        text_names = set(TextKwargs.__annotations__) | set(inspect.signature(self.tokenizer.__call__).parameters)
+        text_names -= {"self", "text", "kwargs", "tokenizer_kwargs"}
+        for given, names, owner in ((images_kwargs, image_names, "images_kwargs"),
+                                    (text_kwargs, text_names, "text_kwargs")):
+            if unknown := sorted(set(given) - names - {"return_tensors"}):
+                raise TypeError(f"MiniMaxVL01Processor: {owner} holds {unknown}, which the "
+                                f"{'image processor' if owner == 'images_kwargs' else 'tokenizer'} does not take.")
+        images_kwargs, text_kwargs = dict(images_kwargs), dict(text_kwargs)
+        for name, value in kwargs.items():
+            target = images_kwargs if name in image_names else text_kwargs if name in text_names else None
+            if target is None:
+                raise TypeError(
+                    f"MiniMaxVL01Processor got an unexpected keyword argument {name!r}, which neither the image "
+                    f"processor nor the tokenizer takes. Image processor settings: {sorted(image_names)}."
+                )
+            if name in target and target[name] != value:
+                raise ValueError(f"MiniMaxVL01Processor: {name!r} is given twice with different values (at the top "
+                                 "level and in images_kwargs / text_kwargs); give it once.")
+            target[name] = value
+        if "return_tensors" in images_kwargs:
+            text_kwargs.setdefault("return_tensors", images_kwargs.pop("return_tensors"))
+        return images_kwargs, text_kwargs
+
+    def _image_processor_for(self, images_kwargs: dict):
+        """This processor's image processor, or a copy set to the geometry (pinpoints, tile size, patch size) this
+        call asks for, so that the pixel values and the image token counts follow the same tiling."""
+        geometry = {k: images_kwargs[k] for k in GEOMETRY_KWARGS if k in images_kwargs}
+        if not geometry:
+            return self.image_processor
+        return type(self.image_processor).from_dict({**self.image_processor.to_dict(), **geometry})
 
     def _check_placeholders(self, texts, images, flat_images) -> None:
         counts = [t.count(self.image_token) for t in texts]

@@ -20,9 +20,13 @@ transformers' stock styles cover the linear layers; three things they cannot exp
 
 `prepare_distributed_model` runs in transformers' `maybe_distribute_model` step, before any weight is read: it
 rejects the layouts this model cannot run (`check_parallel_layout`) and lets tensor and pipeline parallel combine.
-The model code itself needs only local head counts (reshapes with -1) and `local_row_range` (below) for the
-lightning decay slopes of the heads a rank holds; caches then hold only the local heads.
+The model code itself needs only local head counts (reshapes with -1) and the global indices of the heads a rank
+holds, for their lightning decay rates: `record_tensor_parallel_place` sets them from the rank's place in the plan
+when the plan is applied (never from the weights, which torchao quantization turns into plain local shards); caches
+then hold only the local heads.
 """
+
+import os
 
 import torch
 import torch.distributed as dist
@@ -47,14 +51,26 @@ def is_sharded(weight: torch.Tensor) -> bool:
     return DTensor is not None and isinstance(weight, DTensor)
 
 
-def local_row_range(weight: torch.Tensor) -> range:
-    """Global indices of the rows (dim 0) this rank holds: all of them unless `weight` is split by rows. The plan
-    splits rows evenly (`check_parallel_layout` makes sure they divide), so rank r holds the r-th contiguous part."""
-    if not is_sharded(weight) or weight.placements[0] != Shard(0):
-        return range(weight.shape[0])
-    rows = weight.to_local().shape[0]
-    start = weight.device_mesh.get_local_rank() * rows
-    return range(start, start + rows)
+def tensor_parallel_place(mesh) -> tuple[int, int]:
+    """(this rank's index in its tensor-parallel group, the group's size), from what transformers hands to
+    `maybe_distribute_model`: a mesh manager (5.2x, `get_mesh("tp")`) or the device mesh itself (5.17, whose
+    "tp" dimension is named when it has more than one)."""
+    if hasattr(mesh, "get_mesh"):
+        tp_mesh = mesh.get_mesh("tp")
+    else:
+        tp_mesh = mesh["tp"] if mesh.ndim > 1 else mesh
+    return tp_mesh.get_local_rank(), tp_mesh.size()
+
+
+def record_tensor_parallel_place(model, rank: int, size: int) -> None:
+    """Tell every lightning layer which heads this rank holds (its `heads`, global indices): the plan splits
+    qkv_proj / output_gate / norm by rows into `size` equal contiguous parts, rank r holding the r-th. Recorded here,
+    once, from the rank's place in the plan, because after loading a weight need not say how it was split: a
+    torchao-quantized shard is a plain local tensor, not a DTensor."""
+    for module in model.modules():
+        if isinstance(getattr(module, "heads", None), range):  # MiniMaxText01LightningAttention
+            share = len(module.heads) // size  # check_parallel_layout made sure `size` divides the heads
+            module.heads = range(module.heads.start + rank * share, module.heads.start + (rank + 1) * share)
 
 
 def prepare_distributed_model(model, distributed_config, mesh=None) -> None:
@@ -65,6 +81,8 @@ def prepare_distributed_model(model, distributed_config, mesh=None) -> None:
     check_parallel_layout(model.config, distributed_config)
     if distributed_config is None:
         return
+    if (distributed_config.tp_size or 1) > 1:
+        record_tensor_parallel_place(model, *tensor_parallel_place(mesh))
     if (distributed_config.tp_size or 1) > 1 and (distributed_config.pp_size or 1) > 1 and hasattr(mesh, "get_mesh"):
         apply_pipeline_parallelism(model, mesh.get_mesh("pp"))
         elsewhere = {name for name, module in model.named_modules() if isinstance(module, PipelineIdentityLayer)}
@@ -93,12 +111,7 @@ def check_parallel_layout(config, distributed_config) -> None:
         )
     if tp_size == 1:
         return
-    if getattr(config, "quantization_config", None) is not None:
-        raise ValueError(
-            "Tensor parallel with a quantized model is not supported: the plan shards nn.Linear weights, and a "
-            "quantizer (e.g. optimum-quanto int8) replaces them with its own layers. Load bf16 weights with "
-            "tp_plan='auto', or int8 weights without tensor parallel (device_map)."
-        )
+    check_quantization_under_tensor_parallel(getattr(config, "quantization_config", None))
     heads, kv_heads = text_config.num_attention_heads, text_config.num_key_value_heads
     if heads % tp_size:
         raise ValueError(
@@ -111,6 +124,74 @@ def check_parallel_layout(config, distributed_config) -> None:
             "of the softmax layers, and replicating KV heads across ranks is not implemented. Use a tensor-parallel "
             f"size that divides {kv_heads} (e.g. {kv_heads} GPUs per node) and add nodes as pipeline stages "
             "(pp_size), or fit the weights with fewer bytes."
+        )
+
+
+QUANTIZE_WHILE_LOADING = (
+    "from_pretrained(<the bf16 checkpoint>, tp_plan='auto', quantization_config=torchao_config(path)) "
+    "(scripts/torchao_config.py: torchao int8 weight-only, each rank reading its slice and quantizing it while "
+    "loading)"
+)
+
+
+def quant_method(quantization_config) -> str | None:
+    """'torchao', 'quanto', ... for a transformers quantization config object or its dict form."""
+    if isinstance(quantization_config, dict):
+        return quantization_config.get("quant_method")
+    method = getattr(quantization_config, "quant_method", None)
+    return getattr(method, "value", method)
+
+
+def check_quantization_under_tensor_parallel(quantization_config) -> None:
+    """Tensor parallel shards full-precision weights and quantizes each rank's slice while loading, which
+    transformers does for torchao only: refuse the other quantizers, naming the way that works."""
+    method = quant_method(quantization_config)
+    if method is None:
+        return
+    if method == "torchao":
+        settings = quantization_config if isinstance(quantization_config, dict) else vars(quantization_config)
+        if settings.get("include_input_output_embeddings"):  # measured: IndexError in the split embedding lookup
+            raise ValueError(
+                "torchao with include_input_output_embeddings=True does not combine with tensor parallel: "
+                "transformers cannot run a quantized embedding split by vocabulary. Keep the embeddings and lm_head "
+                f"in bf16, as {QUANTIZE_WHILE_LOADING} does."
+            )
+        return
+    if method == "quanto":
+        raise ValueError(
+            "optimum-quanto int8 does not combine with tensor parallel: its quantized layers mix local tensors and "
+            "the sharded DTensors (`qbytes_mm got mixed torch.Tensor and DTensor` as soon as gradients are needed). "
+            f"For 8-bit weights under tensor parallel use torchao: {QUANTIZE_WHILE_LOADING}; or keep quanto int8 "
+            "without tensor parallel (device_map)."
+        )
+    raise ValueError(
+        f"Tensor parallel with {method} quantization is not supported: transformers shards quantized weights while "
+        f"loading for torchao only. Use {QUANTIZE_WHILE_LOADING}."
+    )
+
+
+HUB_ARGUMENTS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
+
+
+def check_checkpoint_for_tensor_parallel(config_class, args: tuple, kwargs: dict) -> None:
+    """`from_pretrained(*args, **kwargs)`'s first step under tensor parallel: a checkpoint saved already quantized
+    cannot be split across ranks (transformers cannot shard torchao's quantized tensors: `Int8Tensor` has no
+    `aten.view` under DTensor); refuse it before anything loads, naming the way that works."""
+    layout = kwargs.get("distributed_config")
+    if kwargs.get("tp_plan") is None and (layout is None or (layout.tp_size or 1) == 1):
+        return
+    config = kwargs.get("config")
+    if config is not None and not isinstance(config, (str, os.PathLike)):
+        values = config.to_dict()
+    else:
+        path = config or (args[0] if args else kwargs["pretrained_model_name_or_path"])
+        values, _ = config_class.get_config_dict(path, **{k: kwargs[k] for k in HUB_ARGUMENTS if k in kwargs})
+    method = quant_method(values.get("quantization_config") or {})
+    if method is not None:
+        raise ValueError(
+            f"This checkpoint was saved already quantized ({method}), and tensor parallel cannot split quantized "
+            f"weights. Quantize while loading instead: {QUANTIZE_WHILE_LOADING}; or load this checkpoint without "
+            "tensor parallel (device_map)."
         )
 
 
@@ -169,17 +250,17 @@ if TensorParallelLayer is not None:
         def should_use_local_tensors(self, module):
             return True  # the forward multiplies by this rank's slice of the weight
 
-        def shard_param(self, module, param, mesh):
+        def shard_param(self, module, param, mesh, **kwargs):  # 5.2x adds config=, mesh_manager=
             _replace_param(module, param, mesh, Shard(0))
 
-        def install_forward(self, module, mesh):
+        def install_forward(self, module, mesh, **kwargs):
             group, width = mesh.get_group(), module.weight.shape[0]  # a DTensor's shape is the full one
 
             def mean_square(x32: torch.Tensor) -> torch.Tensor:
                 return all_reduce_with_grad(x32.pow(2).sum(-1, keepdim=True), group=group) / width
 
             module.mean_square = mean_square
-            return super().install_forward(module, mesh)
+            return super().install_forward(module, mesh, **kwargs)
 
     class RowwisePartialParallel(TensorParallelLayer):
         """nn.Linear split by input columns, run on the local slice of its input; the output is left as this rank's
@@ -188,7 +269,7 @@ if TensorParallelLayer is not None:
         def should_use_local_tensors(self, module):
             return True
 
-        def shard_param(self, module, param, mesh):
+        def shard_param(self, module, param, mesh, **kwargs):  # 5.2x adds config=, mesh_manager=
             if param != "weight":
                 raise ValueError(f"{ROWWISE_PARTIAL} shards bias-free layers only; got a `{param}`.")
             _replace_param(module, param, mesh, Shard(1))
@@ -197,7 +278,7 @@ if TensorParallelLayer is not None:
         """Sum the MoE block's partial output over ranks (every rank ran its slice of every routed expert); the
         router logits are already identical on every rank."""
 
-        def transform_output_post_forward(self, module, output, mesh):
+        def transform_output_post_forward(self, module, output, mesh, **kwargs):  # 5.2x adds config=
             hidden_states, router_logits = output
             group = mesh.get_group()
             return sum_over_ranks(hidden_states, group), sum_grad_over_ranks(router_logits, group, mean=True)
@@ -205,7 +286,7 @@ if TensorParallelLayer is not None:
     class RouterParallel(TensorParallelLayer):
         """The replicated router gate, whose logits' gradient through the partial expert outputs is summed."""
 
-        def transform_output_post_forward(self, module, output, mesh):
+        def transform_output_post_forward(self, module, output, mesh, **kwargs):  # 5.2x adds config=
             return sum_grad_over_ranks(output, mesh.get_group())
 
     ALL_PARALLEL_STYLES.register(LIGHTNING_NORM, LightningNormParallel())

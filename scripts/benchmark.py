@@ -42,9 +42,11 @@ from transformers import MiniMaxConfig, MiniMaxForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_tiny_checkpoint import tiny_text_config  # noqa: E402
 from minimax_code import load  # noqa: E402
+from cli_args import positive_int  # noqa: E402
 
 modeling = load("modeling_minimax_text_01")
 cache_module = load("cache_minimax_text_01")
+layouts = load("checkpoint_layouts")
 
 # the cache's name in outputs and forward kwargs for the installed transformers (both models accept it)
 CACHE_ARG = modeling.CACHE_FIELD
@@ -79,51 +81,7 @@ def native_config(config) -> MiniMaxConfig:
     """This project's config -> transformers' MiniMaxConfig (same math when rotary_dim == head_dim)."""
     if config.rotary_dim != config.head_dim:
         raise ValueError("native minimax rotates every channel: use rotary_dim == head_dim to compare.")
-    return MiniMaxConfig(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers,
-        num_attention_heads=config.num_attention_heads,
-        num_key_value_heads=config.num_key_value_heads,
-        head_dim=config.head_dim,
-        hidden_act=config.hidden_act,
-        max_position_embeddings=config.max_position_embeddings,
-        rms_norm_eps=config.rms_norm_eps,
-        num_local_experts=config.num_local_experts,
-        num_experts_per_tok=config.num_experts_per_tok,
-        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
-        layer_types=config.layer_types,
-        block_size=config.block_size,
-        full_attn_alpha_factor=config.layernorm_full_attention_alpha,
-        full_attn_beta_factor=config.layernorm_full_attention_beta,
-        linear_attn_alpha_factor=config.layernorm_linear_attention_alpha,
-        linear_attn_beta_factor=config.layernorm_linear_attention_beta,
-        mlp_alpha_factor=config.layernorm_mlp_alpha,
-        mlp_beta_factor=config.layernorm_mlp_beta,
-        pad_token_id=None,
-        bos_token_id=None,
-        eos_token_id=None,
-    )
-
-
-def native_state_dict(state: dict, config) -> dict:
-    """Released key names -> native names: experts fused into 3-D `gate_up_proj` [E, 2I, D] (w1 rows, then w3)
-    and `down_proj` [E, D, I]; the router is `mlp.gate.weight`; everything else keeps its name."""
-    out, E = {}, config.num_local_experts
-    for key, value in state.items():
-        if ".block_sparse_moe." not in key:
-            out[key] = value
-        elif key.endswith("block_sparse_moe.gate.weight"):
-            out[key.replace("block_sparse_moe.gate", "mlp.gate")] = value
-    for i in range(config.num_hidden_layers):
-        prefix = f"model.layers.{i}.block_sparse_moe.experts"
-        w = {name: [state[f"{prefix}.{e}.{name}.weight"] for e in range(E)] for name in ("w1", "w3", "w2")}
-        out[f"model.layers.{i}.mlp.experts.gate_up_proj"] = torch.stack(
-            [torch.cat((w1, w3)) for w1, w3 in zip(w["w1"], w["w3"])]
-        )
-        out[f"model.layers.{i}.mlp.experts.down_proj"] = torch.stack(w["w2"])
-    return out
+    return MiniMaxConfig(**layouts.native_config_from_released(config.to_dict()))
 
 
 def load_models(checkpoint: Path, which: str, dtype, device):
@@ -132,7 +90,7 @@ def load_models(checkpoint: Path, which: str, dtype, device):
     if which == "project":
         return project.to(device=device, dtype=dtype).eval()
     native = MiniMaxForCausalLM(native_config(project.config))
-    missing, unexpected = native.load_state_dict(native_state_dict(project.state_dict(), project.config), strict=False)
+    missing, unexpected = native.load_state_dict(layouts.native_state_dict_from_released(project.state_dict()), strict=False)
     buffers = {name for name, _ in native.named_buffers()}
     if unexpected or set(missing) - buffers:
         raise RuntimeError(f"weight conversion incomplete: missing {missing}, unexpected {unexpected}")
@@ -400,33 +358,40 @@ def print_table(rows, notes, args):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prefill", type=int, nargs="+", default=[4096, 16384], help="prompt lengths to time")
-    parser.add_argument("--decode-context", type=int, default=2048)
-    parser.add_argument("--decode-tokens", type=int, default=32, help="decode steps timed after the context")
-    parser.add_argument("--reps", type=int, default=3, help="timed repetitions (the fastest is kept), after one warm-up")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--prefill", type=positive_int, nargs="+", default=[4096, 16384], help="prompt lengths to time")
+    parser.add_argument("--decode-context", type=positive_int, default=2048)
+    parser.add_argument("--decode-tokens", type=positive_int, default=32, help="decode steps timed after the context")
+    parser.add_argument("--reps", type=positive_int, default=3,
+                        help="timed repetitions (the fastest is kept), after one warm-up")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch.set_num_threads")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-memory", action="store_true", help="skip the peak-memory subprocesses")
-    parser.add_argument("--memory-chunks", type=int, nargs="*", default=[2048],
+    parser.add_argument("--memory-chunks", type=positive_int, nargs="*", default=[2048],
                         help="also measure the project's prefill memory with these prefill_chunk_size values")
-    parser.add_argument("--prefill-chunk-size", type=int, default=None, help="config.prefill_chunk_size of the project")
+    parser.add_argument("--prefill-chunk-size", type=positive_int, default=None,
+                        help="config.prefill_chunk_size of the project")
     parser.add_argument("--compiled-decode", action="store_true",
                         help="also time the project's static-cache decode under torch.compile(fullgraph=True)")
     parser.add_argument("--compile-mode", default="default",
                         help='torch.compile mode for --compiled-decode ("reduce-overhead": CUDA graphs on a GPU)')
     sizes = parser.add_argument_group("model sizes")
-    sizes.add_argument("--hidden", type=int, default=256)
-    sizes.add_argument("--heads", type=int, default=8)
-    sizes.add_argument("--kv-heads", type=int, default=2)
-    sizes.add_argument("--head-dim", type=int, default=32)
-    sizes.add_argument("--experts", type=int, default=8)
-    sizes.add_argument("--expert-size", type=int, default=512)
-    sizes.add_argument("--vocab", type=int, default=1024)
+    sizes.add_argument("--hidden", type=positive_int, default=256)
+    sizes.add_argument("--heads", type=positive_int, default=8)
+    sizes.add_argument("--kv-heads", type=positive_int, default=2)
+    sizes.add_argument("--head-dim", type=positive_int, default=32)
+    sizes.add_argument("--experts", type=positive_int, default=8)
+    sizes.add_argument("--expert-size", type=positive_int, default=512)
+    sizes.add_argument("--vocab", type=positive_int, default=1024)
     parser.add_argument("--checkpoint", type=Path, default=None, help="reuse a checkpoint written by this script")
     parser.add_argument("--memory-probe", nargs=2, metavar=("WHICH", "TOKENS"), help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:  # a GPU this machine lacks fails here, not after the checkpoint is built
+        load("loading_checks").check_device_map(args.device, "--device")
+    except ValueError as error:
+        parser.error(str(error))
+    return args
 
 
 def main(argv=None):

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import _proc_status_kib, random_ids  # noqa: E402
 from make_tiny_checkpoint import tiny_text_config  # noqa: E402
 from minimax_code import load  # noqa: E402
+from cli_args import positive_int  # noqa: E402
 
 modeling = load("modeling_minimax_text_01")
 
@@ -64,9 +65,9 @@ def measure(tokens: int, chunk: int | None, threads: int) -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[16384, 32768, 65536, 131072])
-    parser.add_argument("--chunk", type=int, default=4096, help="prefill_chunk_size of the chunked runs")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--lengths", type=positive_int, nargs="+", default=[16384, 32768, 65536, 131072])
+    parser.add_argument("--chunk", type=positive_int, default=4096, help="prefill_chunk_size of the chunked runs")
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--no-unchunked", action="store_true", help="skip the whole-prompt runs")
     parser.add_argument("--probe", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

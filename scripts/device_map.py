@@ -22,8 +22,13 @@ output is a per-GPU table.
 With `--tp N [--pp M]` (N x M GPUs under torchrun, see scripts/generate.py) every tensor the model's tensor-parallel
 plan splits costs 1/N per GPU, the others (norms, router gates; for VL-01 the vision side) their full size; the
 decoder layers are cut into M stages of equal layer counts as transformers does (embeddings on the first, the final
-norm and lm_head on the last). The cache is split by heads too. A layout whose GPU would exceed `--gpu-memory` is
-refused with layouts that fit; int8 does not combine with tensor parallel (quanto's layers are not split).
+norm and lm_head on the last). The cache is split by heads too. `--dtype int8` there means torchao int8 weight-only,
+quantized while loading (scripts/torchao_config.py): 1 byte per weight and one fp32 scale per output row, a rank
+holding the scales of its rows (split by rows) or of all rows (split by columns). The activations are those of a
+prefill in chunks of `--prefill-chunk` tokens (default 8192; set `prefill_chunk_size` for longer prompts). A layout
+whose GPU would exceed `--gpu-memory` is refused with layouts that fit.
+
+    python scripts/device_map.py CONFIG --tp 8 --gpu-memory 80GB --dtype int8 --fit-table   # 32K / 128K / 1M tokens
 """
 
 import argparse
@@ -42,10 +47,18 @@ from transformers.quantizers.quantizers_utils import should_convert_module
 
 from minimax_code import load
 from quanto_config import VISION_MODULES, is_vl, load_config, modules_to_not_convert, text_part
+from cli_args import positive_int
 
 GIB = 2**30
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "int8": torch.bfloat16}
 SCALE_BYTES = 2  # quanto keeps one bf16 scale per output row of an int8 weight
+TORCHAO_SCALE_BYTES = 4  # torchao keeps one fp32 scale per output row (tensor parallel's int8)
+SCALE_SUFFIX = ".weight_scale"  # the name a quantized weight's scales are sized under
+DEFAULT_PREFILL_CHUNK = 8192
+FIT_TABLE_CONTEXTS = (32768, 131072, 1048576)
+# the dim each parameter-sharding style of the plan splits (0: output rows, 1: input columns)
+SPLIT_DIMS = {"colwise": 0, "colwise_gather_output": 0, "embedding_rowwise": 0, "minimax_lightning_norm": 0,
+              "rowwise": 1, "minimax_rowwise_partial": 1}  # fmt: skip
 DEFAULT_HEADROOM = "4GiB"
 DEFAULT_CONTEXT_LENGTH = 32768
 MAX_SUGGESTED_STAGES = 8  # a refused tensor-parallel layout suggests up to this many pipeline stages (nodes)
@@ -108,15 +121,21 @@ def placement_units(config) -> tuple[list[str], list[str], list[str]]:
     return first, layers, [f"{prefix}model.norm", f"{prefix}lm_head"]
 
 
-def tensor_bytes(model: nn.Module, dtype: str, skip: list[str]) -> dict[str, int]:
-    """Bytes of every parameter and buffer at `dtype`, by full name."""
+def tensor_bytes(model: nn.Module, dtype: str, skip: list[str], scale_bytes: int = SCALE_BYTES) -> dict[str, int]:
+    """Bytes of every parameter and buffer at `dtype`, by full name; with int8, a quantized weight's scales (one per
+    output row) under `<module>.weight_scale`."""
     element = torch.empty((), dtype=DTYPES[dtype]).element_size()
     sizes = {}
     for module_name, module in model.named_modules():
-        quantized = dtype == "int8" and isinstance(module, nn.Linear) and should_convert_module(module_name, skip)
+        # transformers' own matching, given only the skip names found in this name (they are literal module names,
+        # and matching all of them against each of the ~8,000 Linear layers takes seconds)
+        quantized = dtype == "int8" and isinstance(module, nn.Linear) and should_convert_module(
+            module_name, [name for name in skip if name in module_name]
+        )
         for name, param in module.named_parameters(prefix=module_name, recurse=False):
             if quantized and name.endswith(".weight"):
-                sizes[name] = param.numel() + SCALE_BYTES * module.out_features
+                sizes[name] = param.numel()
+                sizes[module_name + SCALE_SUFFIX] = scale_bytes * module.out_features
             else:
                 sizes[name] = param.numel() * (element if param.is_floating_point() else param.element_size())
         for name, buffer in module.named_buffers(prefix=module_name, recurse=False):
@@ -268,12 +287,15 @@ class StageShare:
 
     stage: int
     layers: range
-    weight_bytes: int
+    weight_bytes: int  # without the scales of int8 weights
+    scale_bytes: int
     kv_bytes: int
     state_bytes: int
+    activation_bytes: int  # a prefill chunk's peak (prefill_chunk_activation_bytes)
 
     def total(self, headroom: int) -> int:
-        return self.weight_bytes + self.kv_bytes + self.state_bytes + headroom
+        return (self.weight_bytes + self.scale_bytes + self.kv_bytes + self.state_bytes + self.activation_bytes
+                + headroom)  # fmt: skip
 
 
 @dataclass
@@ -285,6 +307,7 @@ class TensorParallelPlan:
     headroom: int
     context_length: int
     batch_size: int
+    prefill_chunk: int
     stages: list[StageShare]
 
     @property
@@ -292,18 +315,32 @@ class TensorParallelPlan:
         return all(stage.total(self.headroom) <= self.gpu_memory for stage in self.stages)
 
 
-def split_by_plan(model: nn.Module) -> set[str]:
-    """Names of the parameters the model's tensor-parallel plan splits: those whose rule (naming the parameter or its
-    module, `*` for layer and expert indices) has a style that shards parameters (the router's style, e.g., only
-    adjusts gradients)."""
+def split_dims(model: nn.Module) -> dict[str, int]:
+    """{parameter name: the dim the model's tensor-parallel plan splits it on}, for the parameters whose rule (naming
+    the parameter or its module, `*` for layer and expert indices) has a style that shards parameters (the router's
+    style, e.g., only adjusts gradients)."""
     plan = model.tp_plan
-    split = set()
+    split = {}
     for name, _ in model.named_parameters():
         generic = re.sub(r"\.\d+(?=\.|$)", ".*", name)
         style = plan.get(generic, plan.get(generic.rsplit(".", 1)[0]))
-        if style is not None and type(ALL_PARALLEL_STYLES[style]).shard_param is not TensorParallelLayer.shard_param:
-            split.add(name)
+        if style is None or type(ALL_PARALLEL_STYLES[style]).shard_param is TensorParallelLayer.shard_param:
+            continue
+        if style not in SPLIT_DIMS:
+            raise RuntimeError(f"The plan's style {style!r} splits {name}; device_map.SPLIT_DIMS must name its dim.")
+        split[name] = SPLIT_DIMS[style]
     return split
+
+
+def per_rank_bytes(sizes: dict[str, int], split: dict[str, int], tp: int) -> dict[str, int]:
+    """`sizes` as one of `tp` ranks holds them: a split tensor 1/tp, and the scales of a weight split by rows too
+    (those of a weight split by columns cover all its output rows on every rank)."""
+    def ways(name: str) -> int:
+        if name.endswith(SCALE_SUFFIX):
+            return tp if split.get(name.removesuffix(SCALE_SUFFIX) + ".weight") == 0 else 1
+        return tp if name in split else 1
+
+    return {name: -(-size // ways(name)) for name, size in sizes.items()}
 
 
 def stage_layers(n_layers: int, pp: int) -> list[range]:
@@ -324,40 +361,51 @@ def plan_tensor_parallel(
     batch_size: int = 1,
     model: nn.Module | None = None,
     check_fit: bool = True,
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
 ) -> TensorParallelPlan:
-    """Per-GPU bytes of tensor parallel over `tp` GPUs x `pp` pipeline stages. Raises for a layout the model cannot
-    run and, with `check_fit`, for one that does not fit (the message lists layouts that do)."""
+    """Per-GPU bytes of tensor parallel over `tp` GPUs x `pp` pipeline stages (int8: torchao, quantized while
+    loading). Raises for a layout the model cannot run and, with `check_fit`, for one that does not fit (the message
+    lists layouts that do)."""
     if dtype not in DTYPES:
         raise ValueError(f"Unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
-    if dtype == "int8":
-        raise ValueError("int8 (quanto) does not combine with tensor parallel: quanto replaces the nn.Linear layers "
-                         "the plan splits. Plan int8 with --gpus (a device map) instead.")  # fmt: skip
     text_config, _ = text_part(config)
     if tp < 1 or not 1 <= pp <= text_config.num_hidden_layers:
         raise ValueError(f"--tp must be >= 1 and --pp between 1 and the layer count, got {tp} and {pp}.")
-    if context_length < 1 or batch_size < 1:
-        raise ValueError(f"--context-length and --batch-size must be positive, got {context_length} and {batch_size}.")
+    if context_length < 1 or batch_size < 1 or prefill_chunk < 1:
+        raise ValueError(f"--context-length, --batch-size and --prefill-chunk must be positive, got {context_length}, "
+                         f"{batch_size} and {prefill_chunk}.")  # fmt: skip
     load("tensor_parallel_minimax_text_01").check_parallel_layout(config, DistributedConfig(tp_size=tp, pp_size=pp))
     memory, reserve = parse_size(gpu_memory, "--gpu-memory"), parse_size(headroom, "--headroom")
 
     model = model if model is not None else build_meta_model(config)
-    split = split_by_plan(model)
-    sizes = {name: -(-size // tp) if name in split else size for name, size in tensor_bytes(model, dtype, []).items()}
+    skip = modules_to_not_convert(config) if dtype == "int8" else []
+    sizes = per_rank_bytes(tensor_bytes(model, dtype, skip, TORCHAO_SCALE_BYTES), split_dims(model), tp)
     first, layers, last = placement_units(config)
-    weights = unit_bytes(sizes, first + layers + last)
-    first_w, layer_w, last_w = sum(weights[: len(first)]), weights[len(first) : -len(last)], sum(weights[-len(last) :])
-    element = torch.empty((), dtype=DTYPES[dtype]).element_size()
+    units = first + layers + last
+
+    def per_unit(names) -> tuple[int, list[int], int]:  # (first GPU's units, each layer, last GPU's units)
+        totals = unit_bytes({name: sizes[name] for name in names}, units)
+        return sum(totals[: len(first)]), totals[len(first) : -len(last)], sum(totals[-len(last) :])
+
+    weights = per_unit([name for name in sizes if not name.endswith(SCALE_SUFFIX)])
+    scales = per_unit([name for name in sizes if name.endswith(SCALE_SUFFIX)])
+    element = torch.empty((), dtype=DTYPES[dtype]).element_size()  # of the activations and K/V (bf16 for int8)
     caches = [c // tp for c in layer_cache_bytes(text_config, context_length, batch_size, element)]  # heads split
     softmax = [t == "full_attention" for t in text_config.layer_types]
+    chunk = min(prefill_chunk, context_length)
+    activations = prefill_chunk_activation_bytes(config, chunk, tp, batch_size, element)
+
+    def stage_sum(parts: tuple[int, list[int], int], s: int, run: range) -> int:
+        return sum(parts[1][i] for i in run) + (parts[0] if s == 0 else 0) + (parts[2] if s == pp - 1 else 0)
 
     stages = []
     for s, run in enumerate(stage_layers(len(layers), pp)):
-        weight = sum(layer_w[i] for i in run) + (first_w if s == 0 else 0) + (last_w if s == pp - 1 else 0)
         kv = sum(caches[i] for i in run if softmax[i])
         states = sum(caches[i] for i in run if not softmax[i])
-        stages.append(StageShare(s, run, weight, kv, states))
+        weight, scale = stage_sum(weights, s, run), stage_sum(scales, s, run)
+        stages.append(StageShare(s, run, weight, scale, kv, states, activations))
     name = (config.architectures or [type(model).__name__])[0]
-    plan = TensorParallelPlan(name, dtype, tp, memory, reserve, context_length, batch_size, stages)
+    plan = TensorParallelPlan(name, dtype, tp, memory, reserve, context_length, batch_size, chunk, stages)
     if check_fit and not plan.fits:
         raise ValueError(tensor_parallel_no_fit_message(plan, config, model))
     return plan
@@ -369,8 +417,8 @@ def tensor_parallel_no_fit_message(plan: TensorParallelPlan, config, model) -> s
     problem = (
         f"Tensor parallel {plan.tp} x {len(plan.stages)} stage(s) does not fit GPUs of {size(plan.gpu_memory)} in "
         f"{plan.dtype}: stage {worst.stage} needs {size(worst.total(plan.headroom))} per GPU (weights "
-        f"{size(worst.weight_bytes)}, K/V {size(worst.kv_bytes)}, lightning states {size(worst.state_bytes)}, "
-        f"headroom {size(plan.headroom)})"
+        f"{size(worst.weight_bytes)}, scales {size(worst.scale_bytes)}, K/V {size(worst.kv_bytes)}, lightning states "
+        f"{size(worst.state_bytes)}, activations {size(worst.activation_bytes)}, headroom {size(plan.headroom)})"
     )
     options = []
     text_config, _ = text_part(config)
@@ -383,6 +431,9 @@ def tensor_parallel_no_fit_message(plan: TensorParallelPlan, config, model) -> s
     kv_heads = text_config.num_key_value_heads
     if plan.tp * 2 > kv_heads:
         options.append(f"(not --tp {plan.tp * 2}: tensor parallel splits the {kv_heads} KV heads, at most {kv_heads} ways)")
+    if plan.dtype != "int8" and _fits(config, model, plan, plan.tp, len(plan.stages), "int8"):
+        options.append(f"int8 weights under tensor parallel: --tp {plan.tp} --pp {len(plan.stages)} --dtype int8 "
+                       "(torchao, quantized while loading)")  # fmt: skip
     try:
         gpus = plan.tp * len(plan.stages)
         plan_device_map(config, gpus, plan.gpu_memory, "int8", plan.headroom, plan.context_length, plan.batch_size,
@@ -393,10 +444,10 @@ def tensor_parallel_no_fit_message(plan: TensorParallelPlan, config, model) -> s
     return f"{problem}. What fits: {'; '.join(options) or 'larger GPUs'}."
 
 
-def _fits(config, model, plan: TensorParallelPlan, tp: int, pp: int) -> bool:
+def _fits(config, model, plan: TensorParallelPlan, tp: int, pp: int, dtype: str | None = None) -> bool:
     try:
-        return plan_tensor_parallel(config, tp, pp, plan.gpu_memory, plan.dtype, plan.headroom, plan.context_length,
-                                    plan.batch_size, model, check_fit=False).fits  # fmt: skip
+        return plan_tensor_parallel(config, tp, pp, plan.gpu_memory, dtype or plan.dtype, plan.headroom,
+                                    plan.context_length, plan.batch_size, model, False, plan.prefill_chunk).fits
     except ValueError:
         return False
 
@@ -406,17 +457,21 @@ def format_tensor_parallel_plan(plan: TensorParallelPlan) -> str:
         return f"{n / GIB:8.2f}"
 
     gpus = plan.tp * len(plan.stages)
+    dtype = "int8 (torchao, quantized while loading)" if plan.dtype == "int8" else plan.dtype
     lines = [
-        f"{plan.model_name}: {plan.dtype}, tensor parallel {plan.tp} x {len(plan.stages)} pipeline stage(s) = "
+        f"{plan.model_name}: {dtype}, tensor parallel {plan.tp} x {len(plan.stages)} pipeline stage(s) = "
         f"{gpus} GPUs of {plan.gpu_memory / GIB:.1f} GiB; cache for {plan.context_length:,} tokens x batch "
-        f"{plan.batch_size}, {plan.headroom / GIB:.1f} GiB headroom per GPU",
-        f"{'stage':>5}  {'layers':>7}  {'weights':>8}  {'K/V':>8}  {'states':>8}  {'+headroom':>9}  {'free':>8}",
+        f"{plan.batch_size}, activations of a {plan.prefill_chunk:,}-token prefill chunk, {plan.headroom / GIB:.1f} "
+        "GiB headroom per GPU",
+        f"{'stage':>5}  {'layers':>7}  {'weights':>8}  {'scales':>8}  {'K/V':>8}  {'states':>8}  {'activ.':>8}  "
+        f"{'+headroom':>9}  {'free':>8}",
     ]
     for stage in plan.stages:
         total = stage.total(plan.headroom)
         lines.append(
             f"{stage.stage:>5}  {f'{stage.layers.start}-{stage.layers.stop - 1}':>7}  {gib(stage.weight_bytes)}  "
-            f"{gib(stage.kv_bytes)}  {gib(stage.state_bytes)}  {gib(total):>9}  {gib(plan.gpu_memory - total)}"
+            f"{gib(stage.scale_bytes)}  {gib(stage.kv_bytes)}  {gib(stage.state_bytes)}  "
+            f"{gib(stage.activation_bytes)}  {gib(total):>9}  {gib(plan.gpu_memory - total)}"
         )
     lines.append(f"GiB per GPU (each of the {plan.tp} GPUs of a stage holds the same). "
                  + ("Fits." if plan.fits else "Does NOT fit."))  # fmt: skip
@@ -452,27 +507,36 @@ def main(argv=None):
     parser.add_argument("--pp", type=int, default=1, help="pipeline stages with --tp (default 1)")
     parser.add_argument("--gpu-memory", default="80GiB",
                         help="memory of each GPU: 80GiB, 141GB or a byte count (default 80GiB)")
-    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="weight dtype (int8 = quanto int8)")
+    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16",
+                        help="weight dtype (int8: quanto int8 with --gpus, torchao int8 with --tp)")
     parser.add_argument("--context-length", type=int, default=DEFAULT_CONTEXT_LENGTH,
                         help=f"tokens of K/V cache to reserve per sequence (default {DEFAULT_CONTEXT_LENGTH})")
     parser.add_argument("--batch-size", type=int, default=1, help="sequences decoded at once (default 1)")
     parser.add_argument("--headroom", default=DEFAULT_HEADROOM,
                         help=f"per-GPU reserve for activations and the CUDA context (default {DEFAULT_HEADROOM})")
-    parser.add_argument("--prefill-chunk", type=int, default=None,
-                        help="also estimate the activations of a prefill in chunks of this many tokens, per GPU")
+    parser.add_argument("--prefill-chunk", type=positive_int, default=None,
+                        help="also estimate the activations of a prefill in chunks of this many tokens, per GPU "
+                        f"(with --tp they are in the table: default {DEFAULT_PREFILL_CHUNK})")
+    parser.add_argument("--fit-table", action="store_true",
+                        help="with --tp: whether the layout holds " + ", ".join(f"{n:,}" for n in FIT_TABLE_CONTEXTS)
+                        + " tokens of context")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print {module name: GPU index} as JSON")
     args = parser.parse_args(argv)
-    if args.prefill_chunk is not None and args.prefill_chunk < 1:
-        parser.error(f"--prefill-chunk must be a positive token count, got {args.prefill_chunk}.")
     if args.tp is not None and args.json:
         parser.error("--json prints a device map; a tensor-parallel layout needs none (torchrun + tp_plan='auto').")
+    if args.fit_table and args.tp is None:
+        parser.error("--fit-table goes with --tp.")
     try:
         config = load_config(args.path)
         if args.tp is not None:
+            chunk = args.prefill_chunk or DEFAULT_PREFILL_CHUNK
+            if args.fit_table:
+                print(format_fit_table(config, args.tp, args.pp, args.gpu_memory, args.dtype, args.headroom,
+                                       args.batch_size, chunk))  # fmt: skip
+                return
             plan = plan_tensor_parallel(config, args.tp, args.pp, args.gpu_memory, args.dtype, args.headroom,
-                                        args.context_length, args.batch_size)  # fmt: skip
+                                        args.context_length, args.batch_size, prefill_chunk=chunk)  # fmt: skip
             print(format_tensor_parallel_plan(plan))
-            print_chunk_activations(args, config, plan.headroom, args.tp)
             return
         plan = plan_device_map(config, args.gpus, args.gpu_memory, args.dtype, args.headroom, args.context_length,
                                args.batch_size)
@@ -481,6 +545,28 @@ def main(argv=None):
     print(json.dumps(plan.device_map, indent=1) if args.json else format_plan(plan))
     if not args.json:
         print_chunk_activations(args, config, plan.headroom, 1)
+
+
+def format_fit_table(config, tp: int, pp: int, gpu_memory, dtype: str, headroom, batch_size: int, chunk: int) -> str:
+    """Whether tensor parallel `tp` x `pp` holds the model at each of FIT_TABLE_CONTEXTS tokens: per GPU (of the
+    fullest stage) the total and what is left."""
+    name = (getattr(config, "architectures", None) or ["the model"])[0]
+    memory = size(parse_size(gpu_memory, "--gpu-memory"))
+    lines = [f"{name}, {dtype}, tensor parallel {tp} x {pp} stage(s), GPUs of {memory} (batch {batch_size}, prefill "
+             f"chunks of {chunk:,} tokens, per GPU):"]  # fmt: skip
+    model = build_meta_model(config)
+    for context in FIT_TABLE_CONTEXTS:
+        plan = plan_tensor_parallel(config, tp, pp, gpu_memory, dtype, headroom, context, batch_size, model, False,
+                                    chunk)  # fmt: skip
+        worst = max(plan.stages, key=lambda stage: stage.total(plan.headroom))
+        total = worst.total(plan.headroom)
+        left = plan.gpu_memory - total
+        verdict = f"fits, {size(left)} free" if plan.fits else f"does NOT fit, {size(-left)} short"
+        lines.append(f"  {context:>9,} tokens: {size(total)} (weights {size(worst.weight_bytes)}, scales "
+                     f"{size(worst.scale_bytes)}, K/V {size(worst.kv_bytes)}, states {size(worst.state_bytes)}, "
+                     f"activations {size(worst.activation_bytes)}, headroom {size(plan.headroom)}): "
+                     + verdict)  # fmt: skip
+    return "\n".join(lines)
 
 
 def print_chunk_activations(args, config, headroom: int, tp: int) -> None:

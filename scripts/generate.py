@@ -2,8 +2,10 @@
 
     python scripts/generate.py CHECKPOINT --prompt "What is lightning attention?" [--system TEXT]
                                [--image photo.jpg ...] [--tools TOOLS.json] [--max-new-tokens 128]
-                               [--dtype auto|bfloat16|float16|float32] [--device-map auto|MAP.json] [--int8]
+                               [--dtype auto|bfloat16|float16|float32] [--device-map auto|MAP.json]
+                               [--int8 | --torchao int8|int8-dynamic|float8]
     torchrun --nproc-per-node 8 scripts/generate.py CHECKPOINT --prompt ...            # tensor parallel, 8 GPUs
+    torchrun --nproc-per-node 8 scripts/generate.py CHECKPOINT --torchao int8 ...      # 8-bit weights, 8 x 80 GB
     torchrun --nnodes 2 --nproc-per-node 8 ... scripts/generate.py CHECKPOINT --pp 2 ...  # TP 8 x 2 pipeline stages
 
 CHECKPOINT is a local folder (weights, config, tokenizer or processor, remote code). It is loaded with the Auto
@@ -15,12 +17,14 @@ MiniMax-M1 repositories from scripts/prepare_hub_repo.py), the reply is parsed a
 (M1) is shown apart from its answer, and each tool call is printed as `tool call: NAME {arguments}`.
 `--device-map` takes "auto" or a JSON file written by
 `scripts/device_map.py --json`; without it the model goes to the first GPU, or the CPU. `--int8` quantizes the
-experts and attention projections with optimum-quanto (`scripts/quanto_config.py`). Status lines go to stderr,
-the conversation to stdout.
+experts and attention projections with optimum-quanto (`scripts/quanto_config.py`); `--torchao TYPE` does the same
+with torchao while loading (`scripts/torchao_config.py`), in one process or under torchrun. Status lines go to
+stderr, the conversation to stdout.
 
 Under torchrun (WORLD_SIZE > 1) the model is loaded sharded by transformers' distributed engine: tensor parallel
 over WORLD_SIZE / --pp ranks (`tp_plan="auto"`), times --pp pipeline stages (text only); NCCL on GPUs, gloo on CPU.
-Every rank runs the same generation; only rank 0 prints. `--device-map` and `--int8` do not combine with it.
+Every rank runs the same generation; only rank 0 prints. `--device-map` and `--int8` do not combine with it; 8-bit
+weights under torchrun come from `--torchao int8` on the full-precision checkpoint (each rank quantizes its slice).
 """
 
 import argparse
@@ -38,6 +42,10 @@ from transformers.distributed import DistributedConfig
 from transformers.utils import logging as hf_logging
 
 from quanto_config import quanto_config
+from cli_args import positive_int
+from minimax_code import load
+from torchao_config import WEIGHT_TYPES as TORCHAO_TYPES
+from torchao_config import torchao_config
 
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -68,6 +76,7 @@ def read_device_map(value: str | None):
         raise ValueError(f"--device-map {value}: not 'auto' nor a readable JSON file ({error}).") from None
     if not isinstance(device_map, dict):
         raise ValueError(f"--device-map {value} must hold a JSON object {{module name: device}}.")
+    load("loading_checks").check_device_map(device_map)  # a GPU this machine lacks, before anything is loaded
     return device_map
 
 
@@ -122,14 +131,18 @@ def distributed_layout(world_size: int, pp_size: int = 1) -> DistributedConfig |
     return DistributedConfig(tp_size=world_size // pp_size, pp_size=pp_size)
 
 
-def load_model(checkpoint: Path, dtype: str = "auto", device_map=None, int8: bool = False, distributed_config=None):
+def load_model(checkpoint: Path, dtype: str = "auto", device_map=None, int8: bool = False, distributed_config=None,
+               torchao: str | None = None):
     """(model, processor or tokenizer), both from the Auto classes with the checkpoint's remote code. With a
-    `distributed_config` (under torchrun) transformers shards the model and places it on this rank's device."""
+    `distributed_config` (under torchrun) transformers shards the model and places it on this rank's device.
+    `int8`: optimum-quanto int8; `torchao`: a torchao weight type, quantized while loading."""
     config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=True)
     reader = load_reader(checkpoint, config)
     kwargs = {"dtype": dtype, "trust_remote_code": True}
     if int8:
         kwargs["quantization_config"] = quanto_config(config)
+    elif torchao is not None:
+        kwargs["quantization_config"] = torchao_config(config, torchao)
     if distributed_config is not None:
         kwargs["distributed_config"] = distributed_config
     elif device_map is None:
@@ -241,24 +254,28 @@ def main(argv=None):
     parser.add_argument("--system", help="an optional system message")
     parser.add_argument("--image", action="append", default=[], help="an image file (repeat for several; VL-01 only)")
     parser.add_argument("--tools", help="a JSON file with a list of tool definitions for the chat template")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="most tokens to generate (default 128)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=128,
+                        help="most tokens to generate (default 128)")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="weight dtype (default: the checkpoint's)")
     parser.add_argument("--device-map", help='"auto" or a JSON file from scripts/device_map.py --json')
-    parser.add_argument("--int8", action="store_true", help="int8 weights with optimum-quanto")
-    parser.add_argument("--pp", type=int, default=1, help="pipeline stages under torchrun (default 1: tensor "
+    quantize = parser.add_mutually_exclusive_group()
+    quantize.add_argument("--int8", action="store_true", help="int8 weights with optimum-quanto")
+    quantize.add_argument("--torchao", choices=TORCHAO_TYPES, help="8-bit weights with torchao, quantized while "
+                          "loading; also under torchrun (tensor parallel)")  # fmt: skip
+    parser.add_argument("--pp", type=positive_int, default=1, help="pipeline stages under torchrun (default 1: tensor "
                         "parallel over all processes)")  # fmt: skip
     args = parser.parse_args(argv)
 
+    if not args.checkpoint.exists():
+        parser.error(f"{args.checkpoint} does not exist. Pass the path of a local checkpoint folder.")
     if not (args.checkpoint / "config.json").is_file():
         parser.error(f"{args.checkpoint} is not a checkpoint folder (no config.json in it).")
     if args.image and not has_processor(args.checkpoint):
         parser.error(f"{args.checkpoint} has no processor config, so it cannot read images; --image needs VL-01.")
-    if args.max_new_tokens < 1:
-        parser.error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and (args.device_map or args.int8):
         parser.error("--device-map and --int8 do not combine with torchrun, which loads the model tensor parallel; "
-                     "run them in a single process.")  # fmt: skip
+                     "run them in a single process; for 8-bit weights under torchrun use --torchao int8.")  # fmt: skip
     try:
         images = read_images(args.image)
         tools = read_tools(args.tools)
@@ -272,11 +289,12 @@ def main(argv=None):
     hf_logging.disable_progress_bar()
     start = time.perf_counter()
     try:
-        model, reader = load_model(args.checkpoint, args.dtype, device_map, args.int8, distributed_config)
+        model, reader = load_model(args.checkpoint, args.dtype, device_map, args.int8, distributed_config, args.torchao)
     except ValueError as error:
         parser.error(str(error))
     n_params = sum(p.numel() for p in model.parameters())
-    dtype = str(model.dtype).removeprefix("torch.") + (", int8" if args.int8 else "")
+    quantized = ", int8" if args.int8 else f", torchao {args.torchao}" if args.torchao else ""
+    dtype = str(model.dtype).removeprefix("torch.") + quantized
     where = str(model.device)
     if distributed_config is not None:  # parameters: those of this rank's pipeline stage, at full size
         where += f" in each of {world_size} processes (tensor parallel {distributed_config.tp_size} x {args.pp} stages)"

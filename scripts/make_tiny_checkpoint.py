@@ -26,6 +26,7 @@ from transformers import GenerationConfig
 
 from minimax_code import REMOTE_CODE_FILES, REPO_ROOT, TEXT_CODE_FILES, load
 from tiny_tokenizer import build_tiny_tokenizer, special_token_ids
+from cli_args import positive_int
 
 TEXT_AUTO_MAP = {
     "AutoConfig": "configuration_minimax_text_01.MiniMaxText01Config",
@@ -73,9 +74,36 @@ def save_tokenizer_and_generation_config(out: Path, tokenizer, **sampling) -> No
     )
 
 
+# What a checkpoint folder of any kind holds (weights, configs, tokenizer, chat templates, remote code): cleared
+# before a new checkpoint is written over an old one, so a text checkpoint written over a VL one keeps no processor
+# config (which would make it look like VL-01) and no stale shards or templates.
+CHECKPOINT_FILE_PATTERNS = (
+    "config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json", "tokenizer*",
+    "special_tokens_map.json", "chat_template.*", "processor_config.json", "preprocessor_config.json",
+    *REMOTE_CODE_FILES,
+)
+CHECKPOINT_FOLDERS = ("additional_chat_templates",)
+
+
+def prepare_out_folder(out: Path) -> None:
+    """Create `out`; over an existing checkpoint, remove its files first. A non-empty folder that is no checkpoint
+    (no config.json) is refused rather than mixed with."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pass a folder.")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / "config.json").is_file():
+            raise ValueError(f"--out {out} is not empty and holds no checkpoint; pass a new or empty folder.")
+        for pattern in CHECKPOINT_FILE_PATTERNS:
+            for path in out.glob(pattern):
+                path.unlink()
+        for name in CHECKPOINT_FOLDERS:
+            shutil.rmtree(out / name, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def build_text_checkpoint(out: Path, seed: int = 0, kind: str = "text", **text_overrides) -> Path:
     """A tiny text model; `kind` "m1" gives it MiniMax-M1's tokenizer, chat format and sampling."""
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_out_folder(out)
     tokenizer = build_tiny_tokenizer(model=kind)
     config = tiny_text_config(
         vocab_size=len(tokenizer), eos_token_id=special_token_ids(tokenizer)["eos"], **text_overrides
@@ -123,7 +151,7 @@ def tiny_vl_config(image_token_index: int, vocab_size: int = 512, text_overrides
 
 
 def build_vl_checkpoint(out: Path, seed: int = 0, **text_overrides) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_out_folder(out)
     tokenizer = build_tiny_tokenizer(with_image_token=True)
     ids = special_token_ids(tokenizer)
     config = tiny_vl_config(image_token_index=ids["image"], vocab_size=len(tokenizer), text_overrides=text_overrides)
@@ -149,13 +177,17 @@ BUILDERS = {"text": build_text_checkpoint, "vl": build_vl_checkpoint, "m1": buil
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(BUILDERS), default="text")
-    parser.add_argument("--out", type=Path, required=True, help="folder to write (created if missing)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="folder to write (created if missing; an old checkpoint there is replaced)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    parser.add_argument("--heads", type=int, help="attention heads of the text model (default 4)")
-    parser.add_argument("--kv-heads", type=int, help="KV heads of its softmax layers (default 2)")
+    parser.add_argument("--heads", type=positive_int, help="attention heads of the text model (default 4)")
+    parser.add_argument("--kv-heads", type=positive_int, help="KV heads of its softmax layers (default 2)")
     args = parser.parse_args(argv)
     overrides = {"num_attention_heads": args.heads, "num_key_value_heads": args.kv_heads}
-    path = BUILDERS[args.model](args.out, args.seed, **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        path = BUILDERS[args.model](args.out, args.seed, **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as error:  # a bad --out, or heads the config refuses
+        parser.error(str(error))
     print(f"wrote a tiny MiniMax-{args.model} checkpoint to {path}")
 
 

@@ -20,6 +20,7 @@ TEXT_CODE_FILES = [
     "cache_minimax_text_01.py",
     "tensor_parallel_minimax_text_01.py",
     "loading_checks.py",
+    "checkpoint_layouts.py",
 ]
 REMOTE_CODE_FILES = TEXT_CODE_FILES + [
     "configuration_minimax_vl_01.py",

@@ -1,11 +1,19 @@
-"""Assemble a Hub-ready model repository from a MiniMax-Text-01 / MiniMax-VL-01 checkpoint folder.
+"""Assemble a Hub-ready model repository from a MiniMax-Text-01 / MiniMax-M1 / MiniMax-VL-01 checkpoint folder.
 
-    python scripts/prepare_hub_repo.py CHECKPOINT OUT [--push REPO_ID [--private]]
+    python scripts/prepare_hub_repo.py CHECKPOINT OUT [--base-model REPO_ID] [--push REPO_ID [--private]]
 
 OUT (new or empty) receives: the safetensors weights (and their index), `generation_config.json`, the tokenizer and
 processor files, the remote-code `.py` files of this repository (not the checkpoint's copies), `config.json` with
 the canonical `model_type` and a validated `auto_map`, the processor configs with their `auto_map` (VL-01), and a
-model card `README.md`. Every `auto_map` entry is checked to name a class defined in a file of OUT. Before anything
+model card `README.md` saying what changed. Every `auto_map` entry is checked to name a class defined in a file of
+OUT. The checkpoint's own `.py` files (MiniMax-M1 ships Text-01's transformers-4.45 code renamed
+`*_minimax_m1.py`, which does not import on transformers 5) are not copied. Also handled:
+- MiniMax-M1 (`model_type` "minimax_m1", `MiniMaxM1ForCausalLM`, or the M1-40k variant naming Text-01 classes in
+  M1-named files): config.json gets this repository's class names; a `generation_config.json` with M1's
+  recommended sampling (temperature 1.0, top-p 0.95) is written when the checkpoint has none.
+- transformers' native layout (`-hf` repositories, or a model saved by `MiniMaxForCausalLM`): config.json is
+  written in the released spelling (checkpoint_layouts.py); the weights are copied unchanged (fused expert
+  tensors are split and the native decay buffers ignored when loading). Before anything
 is written, the weights are checked from the safetensors headers alone: every file complete, every shard the index
 names present and holding its tensors, and the tensors exactly those (and of the shapes) config.json describes.
 `--push` uploads OUT with huggingface_hub's `upload_folder` (the token comes from `hf auth login` or HF_TOKEN), only
@@ -19,7 +27,9 @@ import math
 import shutil
 from pathlib import Path
 
+import torch
 from huggingface_hub import ModelCard, ModelCardData, metadata_load
+from transformers import GenerationConfig
 
 from chat_format import RESPONSE_TEMPLATES, named_chat_templates
 from device_map import build_meta_model
@@ -45,7 +55,11 @@ DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16"
                "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 # The released repositories: the default `base_model`, and their licence (MiniMax's own model licence, not an SPDX
 # one: on the Hub that is `license: other` with a name and a link). A checkpoint's own README.md metadata wins.
-BASE_MODELS = {"text": "MiniMaxAI/MiniMax-Text-01", "vl": "MiniMaxAI/MiniMax-VL-01"}
+BASE_MODELS = {"text": "MiniMaxAI/MiniMax-Text-01", "vl": "MiniMaxAI/MiniMax-VL-01", "m1": "MiniMaxAI/MiniMax-M1-80k"}
+NAMES = {"text": "MiniMax-Text-01", "vl": "MiniMax-VL-01", "m1": "MiniMax-M1"}
+M1_MODEL_TYPES = ("minimax_m1", "MiniMaxM1")
+# MiniMax-M1's recommended sampling (its README, "Inference Parameters"; tech report 6.1); no top_k is given
+M1_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_p": 0.95}
 RELEASED_LICENSE = {
     "license": "other",
     "license_name": "minimax-model-license",
@@ -121,9 +135,13 @@ def check_weights(checkpoint: Path, config) -> None:
     elif len(files) > 1:
         raise FileNotFoundError(f"{checkpoint} holds {len(files)} safetensors files but no {INDEX_FILE}; add the "
                                 "index that maps every tensor to its shard.")
-    found = {name: tuple(tensor["shape"]) for header in headers.values() for name, tensor in header.items()}
-    expected = {name: tuple(t.shape) for name, t in build_meta_model(config).state_dict().items()}
+    # in the released names: transformers' native layout (fused experts, decay tables) is converted when loading
+    on_disk = {name: torch.empty(tensor["shape"], device="meta") for header in headers.values()
+               for name, tensor in header.items()}
+    released_names = load("checkpoint_layouts").released_state_dict_from_native(on_disk)
+    found = {name: tuple(t.shape) for name, t in released_names.items()}
     summarize = load("loading_checks").summarize_keys
+    expected = {name: tuple(t.shape) for name, t in build_meta_model(config).state_dict().items()}
     problems = []
     if missing := sorted(set(expected) - set(found)):
         problems.append(f"missing {len(missing)} tensor{'s' * (len(missing) > 1)} the model needs: "
@@ -161,13 +179,65 @@ def copy_checkpoint_files(checkpoint: Path, out: Path, vl: bool) -> list[str]:
     return names
 
 
-def write_config(checkpoint: Path, out: Path, config, vl: bool) -> None:
-    """The checkpoint's config.json as is, plus the canonical model_type (older files say "MiniMaxText01") and
-    this repository's auto_map."""
+def model_family(checkpoint: Path, vl: bool) -> str:
+    """"vl", "m1" or "text". MiniMax-M1 is told by its config.json names, or (for the native `-hf` repositories,
+    whose config is Text-01's) by its chat template, the only one that starts with `<begin_of_document>`."""
+    if vl:
+        return "vl"
     values = read_json(checkpoint / "config.json")
-    values["model_type"] = type(config).model_type
-    values["auto_map"] = VL_AUTO_MAP if vl else TEXT_AUTO_MAP
+    names = [values.get("model_type"), *(values.get("architectures") or []), *(values.get("auto_map") or {}).values()]
+    if any(name in M1_MODEL_TYPES or "MiniMaxM1" in str(name) or "minimax_m1" in str(name) for name in names):
+        return "m1"
+    tokenizer_config = checkpoint / "tokenizer_config.json"
+    template = read_json(tokenizer_config).get("chat_template") if tokenizer_config.is_file() else None
+    return "m1" if isinstance(template, str) and "<begin_of_document>" in template else "text"
+
+
+def write_config(checkpoint: Path, out: Path, config, vl: bool) -> list[str]:
+    """The checkpoint's config.json with the canonical model_type (older files say "MiniMaxText01", M1's
+    "minimax_m1", native "minimax"), this repository's auto_map and class name, in the released spelling.
+    Returns what changed, for the model card."""
+    values = read_json(checkpoint / "config.json")
+    changes = []
+    layouts = load("checkpoint_layouts")
+    if layouts.is_native_config(values):
+        values = layouts.released_config_from_native(values)
+        changes.append("config.json converted from transformers' native `minimax` spelling to the released one "
+                       "(`layer_types` -> `attn_type_list`, `*_alpha_factor` / `*_beta_factor` -> `layernorm_*`, "
+                       "`rope_parameters` -> `rope_theta`)")
+    auto_map = VL_AUTO_MAP if vl else TEXT_AUTO_MAP
+    architectures = [auto_map["AutoModelForCausalLM"].rpartition(".")[2]]
+    if values.get("model_type") != type(config).model_type or values.get("architectures") != architectures:
+        changes.append(f"`model_type` {values.get('model_type')!r} -> {type(config).model_type!r}, `architectures` "
+                       f"{values.get('architectures')} -> {architectures}")
+    if values.get("auto_map") != auto_map:
+        changes.append("`auto_map` points at this repository's classes"
+                       + (f" (it named {sorted(set(values['auto_map'].values()))})" if values.get("auto_map") else ""))
+    values.update(model_type=type(config).model_type, architectures=architectures, auto_map=auto_map)
     write_json(out / "config.json", values)
+    return changes
+
+
+def write_m1_generation_config(checkpoint: Path, out: Path) -> list[str]:
+    """MiniMax-M1 ships no generation_config.json: write its recommended sampling, stopping at the tokenizer's eos
+    (`<end_of_sentence>`). A checkpoint's own generation_config.json is kept instead. Returns what changed."""
+    if (checkpoint / "generation_config.json").is_file():
+        return []
+    settings = {**M1_SAMPLING, **({"eos_token_id": eos} if (eos := tokenizer_eos_id(checkpoint)) is not None else {})}
+    GenerationConfig(**settings).save_pretrained(out)
+    listed = ", ".join(f"{key}={value}" for key, value in settings.items())
+    return [f"`generation_config.json` written with M1's recommended sampling: {listed}"]
+
+
+def tokenizer_eos_id(checkpoint: Path) -> int | None:
+    """The id of tokenizer_config.json's eos token, looked up in tokenizer.json (None when either is absent)."""
+    if not (checkpoint / "tokenizer_config.json").is_file() or not (checkpoint / "tokenizer.json").is_file():
+        return None
+    eos = read_json(checkpoint / "tokenizer_config.json").get("eos_token")
+    eos = eos.get("content") if isinstance(eos, dict) else eos
+    tokenizer = read_json(checkpoint / "tokenizer.json")
+    added = {token["content"]: token["id"] for token in tokenizer.get("added_tokens", [])}
+    return added.get(eos, (tokenizer.get("model") or {}).get("vocab", {}).get(eos))
 
 
 def write_processor_auto_maps(out: Path) -> None:
@@ -182,16 +252,6 @@ def write_processor_auto_maps(out: Path) -> None:
             if isinstance(values.get("image_processor"), dict):  # newer processors embed the image processor config
                 values["image_processor"]["auto_map"] = IMAGE_PROCESSOR_AUTO_MAP
             write_json(out / name, values)
-
-
-def is_m1_checkpoint(checkpoint: Path) -> bool:
-    """config.json names MiniMax-M1 (model_type or architectures), or the folder ships M1's remote code."""
-    values = read_json(checkpoint / "config.json")
-    return (
-        values.get("model_type") in ("minimax_m1", "MiniMaxM1")
-        or "MiniMaxM1ForCausalLM" in (values.get("architectures") or [])
-        or (checkpoint / "configuration_minimax_m1.py").is_file()
-    )
 
 
 def write_chat_format(out: Path, kind: str) -> None:
@@ -239,21 +299,31 @@ def validate_auto_maps(out: Path) -> None:
         raise ValueError(f"config.json: architectures[0] = {architecture!r} is not a class named in its auto_map.")
 
 
-def prepare_repo(checkpoint, out) -> Path:
+def prepare_repo(checkpoint, out, base_model: str | None = None) -> Path:
     checkpoint, out = Path(checkpoint), Path(out)
     check_paths(checkpoint, out)
     config = load_config(checkpoint)
     vl = is_vl(config)
+    family = model_family(checkpoint, vl)
     check_weights(checkpoint, config)
     files = copy_checkpoint_files(checkpoint, out, vl)
     copy_remote_code(out, REMOTE_CODE_FILES if vl else TEXT_CODE_FILES)
-    write_config(checkpoint, out, config, vl)
+    changes = write_config(checkpoint, out, config, vl)
+    if stale := sorted(p.name for p in checkpoint.glob("*.py")):
+        changes.append(f"the checkpoint's own Python files not copied ({', '.join(stale)}); this repository's "
+                       "code replaces them")
+    if family == "m1":
+        changes += write_m1_generation_config(checkpoint, out)
+        write_chat_format(out, "m1")
+        changes.append("the chat format: this repository's M1 chat template is the default (`chat_template.jinja`, "
+                       "also named `tool_use`), the released one stays available as `chat_template=\"released\"`, "
+                       "and tokenizer_config.json gains M1's `response_template` (for `tokenizer.parse_response`)")
+        files += ["generation_config.json", "chat_template.jinja", CHAT_TEMPLATE_DIR]
     if vl:
         write_processor_auto_maps(out)
-    if is_m1_checkpoint(checkpoint):
-        write_chat_format(out, "m1")
     validate_auto_maps(out)
-    card = model_card(config, files, source_card_metadata(checkpoint))
+    metadata = {**source_card_metadata(checkpoint), **({"base_model": base_model} if base_model else {})}
+    card = model_card(config, sorted(set(files)), metadata, family, changes)
     check_card_metadata(card)
     (out / "README.md").write_text(card)
     return out
@@ -265,12 +335,13 @@ def source_card_metadata(checkpoint: Path) -> dict:
     return (metadata_load(readme) or {}) if readme.is_file() else {}
 
 
-def card_metadata(vl: bool, source: dict) -> dict:
+def card_metadata(family: str, source: dict) -> dict:
     """The card's metadata: licence and base model carried over from the source card when it names them."""
+    vl = family == "vl"
     licence = {k: source[k] for k in RELEASED_LICENSE if k in source} if "license" in source else RELEASED_LICENSE
     return {
         **licence,
-        "base_model": source.get("base_model", BASE_MODELS["vl" if vl else "text"]),
+        "base_model": source.get("base_model", BASE_MODELS[family]),
         "library_name": "transformers",
         "pipeline_tag": "image-text-to-text" if vl else "text-generation",
         "tags": ["minimax", "mixture-of-experts", "linear-attention", "custom_code"],
@@ -299,12 +370,14 @@ def push(out: Path, repo_id: str, private: bool = False) -> str:
     return commit.commit_url
 
 
-def model_card(config, files: list[str], source_metadata: dict | None = None) -> str:
+def model_card(config, files: list[str], source_metadata: dict | None = None, family: str | None = None,
+               changes: list[str] | None = None) -> str:
     vl = is_vl(config)
+    family = family or ("vl" if vl else "text")
     text_config, prefix = text_part(config)
     n_params = sum(p.numel() for p in build_meta_model(config).parameters())
     types = text_config.layer_types
-    name = "MiniMax-VL-01" if vl else "MiniMax-Text-01"
+    name = NAMES[family]
     skip = (
         (', "vision_tower", "multi_modal_projector", "image_newline"' if vl else "")
         + f']\nskip += [f"{prefix}model.layers.{{i}}.{{m}}" for i in range({text_config.num_hidden_layers}) '
@@ -312,7 +385,7 @@ def model_card(config, files: list[str], source_metadata: dict | None = None) ->
     )
     usage = VL_USAGE if vl else TEXT_USAGE
     return CARD.format(
-        metadata=ModelCardData(**card_metadata(vl, source_metadata or {})).to_yaml(),
+        metadata=ModelCardData(**card_metadata(family, source_metadata or {})).to_yaml(),
         name=name,
         params=f"{n_params / 1e9:.1f} B" if n_params >= 1e9 else f"{n_params / 1e6:.1f} M",
         layers=len(types),
@@ -333,6 +406,8 @@ def model_card(config, files: list[str], source_metadata: dict | None = None) ->
         processor="`AutoTokenizer` and `AutoProcessor`" if vl else "`AutoTokenizer`",
         skip=f'skip = ["{prefix}lm_head", "{prefix}model.embed_tokens"' + skip,
         files=file_list(files, REMOTE_CODE_FILES if vl else TEXT_CODE_FILES),
+        changes="\n".join(f"- {change}" for change in changes or ["none besides the files above"]),
+        m1=M1_NOTES if family == "m1" else "",
     )
 
 
@@ -343,6 +418,12 @@ def file_list(copied: list[str], code_files: list[str]) -> str:
     lines += [f"- `{name}`" for name in others]
     return "\n".join(lines + [f"- `{name}` (remote code)" for name in code_files])
 
+
+M1_NOTES = """
+MiniMax-M1 is MiniMax-Text-01's architecture with other weights: the same code runs it. Recommended sampling:
+temperature 1.0, top-p 0.95 (in `generation_config.json`); give thinking room with `max_new_tokens` up to the
+RL output limit (40K for M1-40k, 80K for M1-80k). Replies start with a `<think>` block.
+"""
 
 TEXT_USAGE = """\
 ```python
@@ -429,6 +510,11 @@ model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype
 
 Every expert and attention projection is quantized; router gates, embeddings and `lm_head` stay in bfloat16.
 
+## What changed from the source folder
+
+The weights are the source's, unchanged. Besides the remote code and this card:
+{changes}
+{m1}
 ## Differences from the code published with the release
 
 - Runs on transformers 5 (the original code imports only on 4.x) and needs no flash-attn: the softmax layers use
@@ -474,11 +560,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path, help="checkpoint folder (config.json, safetensors, tokenizer)")
     parser.add_argument("out", type=Path, help="new or empty folder to assemble the repository in")
+    parser.add_argument("--base-model", metavar="REPO_ID", help="the card's base_model (default: the source card's, "
+                        "else the released repository, e.g. MiniMaxAI/MiniMax-M1-80k for M1)")
     parser.add_argument("--push", metavar="REPO_ID", help="upload OUT to this Hub model repository")
     parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
     args = parser.parse_args(argv)
     try:
-        out = prepare_repo(args.checkpoint, args.out)
+        out = prepare_repo(args.checkpoint, args.out, args.base_model)
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         parser.error(str(error))
     print(f"assembled {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")

@@ -1,4 +1,4 @@
-"""The int8 optimum-quanto configuration for MiniMax-Text-01 / MiniMax-VL-01.
+"""The int8 optimum-quanto configuration for MiniMax-Text-01 / MiniMax-M1 / MiniMax-VL-01.
 
     python scripts/quanto_config.py PATH [--weights int8] [--json]
 
@@ -24,7 +24,8 @@ from transformers import PreTrainedConfig, QuantoConfig
 
 from minimax_code import load
 
-TEXT_MODEL_TYPES = ("minimax_text_01", "MiniMaxText01")  # the older released files say "MiniMaxText01"
+# MiniMax-Text-01 (older released files say "MiniMaxText01"), MiniMax-M1 and transformers' native `minimax`
+TEXT_MODEL_TYPES = ("minimax_text_01", *load("configuration_minimax_text_01").OTHER_MODEL_TYPES)
 VL_MODEL_TYPE = "minimax_vl_01"
 # The vision side of VL-01: kept unquantized, and placed on GPU 0 by device_map.py.
 VISION_MODULES = ["vision_tower", "multi_modal_projector", "image_newline"]
@@ -87,26 +88,36 @@ def quanto_config(path_or_config, weights: str = "int8") -> QuantoConfig:
     return QuantoConfig(**quanto_config_kwargs(config, weights))
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def recipe_cli(argv, description: str, weight_types: tuple[str, ...], library: str):
+    """(arguments, model config) of a recipe command line: PATH [--weights TYPE] [--json] (also torchao_config.py)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("path", help="model folder or config.json")
-    parser.add_argument("--weights", choices=WEIGHT_TYPES, default="int8", help="quanto weight type (default int8)")
-    parser.add_argument("--json", action="store_true", help="print the QuantoConfig keyword arguments as JSON")
+    parser.add_argument("--weights", choices=weight_types, default=weight_types[0],
+                        help=f"{library} weight type (default {weight_types[0]})")  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print the configuration as JSON")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.path)
+        return args, load_config(args.path)
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
+
+
+def print_recipe(config, head: str) -> None:
+    """`head` (the configuration) and the modules kept unquantized, summarised."""
+    skipped, layers = modules_to_not_convert(config), text_part(config)[0].num_hidden_layers
+    print(f"{head}, modules_to_not_convert=[{len(skipped)} names])")
+    print(f"  kept unquantized: {', '.join(skipped[:-2 * layers])}, and per layer (x{layers}): coefficient, "
+          "block_sparse_moe.gate")
+    print("  quantized: every other nn.Linear (experts w1/w3/w2, attention projections)")
+
+
+def main(argv=None):
+    args, config = recipe_cli(argv, __doc__, WEIGHT_TYPES, "quanto")
     kwargs = quanto_config_kwargs(config, args.weights)
     if args.json:
         print(json.dumps(kwargs, indent=2))
         return
-    skipped = kwargs["modules_to_not_convert"]
-    layers = text_part(config)[0].num_hidden_layers
-    print(f"QuantoConfig(weights={args.weights!r}, modules_to_not_convert=[{len(skipped)} names])")
-    print(f"  kept unquantized: {', '.join(skipped[:-2 * layers])}, and per layer (x{layers}): coefficient, "
-          "block_sparse_moe.gate")
-    print("  quantized: every other nn.Linear (experts w1/w3/w2, attention projections)")
+    print_recipe(config, f"QuantoConfig(weights={args.weights!r}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import argparse
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
+from cli_args import positive_int
 
 from chat_format import RESPONSE_TEMPLATES, named_chat_templates
 
@@ -150,10 +151,13 @@ def special_token_ids(tokenizer) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir")
-    parser.add_argument("--vocab-size", type=int, default=512)
+    parser.add_argument("--vocab-size", type=positive_int, default=512)
     parser.add_argument("--model", choices=["vl", "text", "m1"], default="vl", help="whose tokens and chat format")
     args = parser.parse_args(argv)
-    tokenizer = build_tiny_tokenizer(args.vocab_size, model=args.model)
+    try:
+        tokenizer = build_tiny_tokenizer(args.vocab_size, model=args.model)
+    except ValueError as error:  # a vocabulary too small for the byte alphabet
+        parser.error(str(error))
     tokenizer.save_pretrained(args.out_dir)
     print(f"saved {len(tokenizer)} ids to {args.out_dir}: {special_token_ids(tokenizer)}")
 

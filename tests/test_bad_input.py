@@ -20,37 +20,16 @@ from safetensors.torch import load_file, save_file
 import device_map as dm
 import generate as gen
 import prepare_hub_repo as hub
-from make_tiny_checkpoint import build_text_checkpoint, build_vl_checkpoint, tiny_text_config, tiny_vl_config
-from minimax_code import REPO_ROOT, load
+from helpers import random_ids, random_image
+from make_tiny_checkpoint import tiny_text_config
+from minimax_code import load
+from released_configs import released_text_config, released_vl_config
 
 text_config_module = load("configuration_minimax_text_01")
 vl_config_module = load("configuration_minimax_vl_01")
 mm = load("modeling_minimax_text_01")
 vl = load("modeling_minimax_vl_01")
 image_processing = load("image_processing_minimax_vl_01")
-
-# the spec folder sits beside the main checkout (/work/shared next to /work/main), or two levels up from a worktree
-SPEC_CONFIGS = next(
-    (root / "shared/spec/released-configs" for root in (REPO_ROOT.parent, REPO_ROOT.parents[1])
-     if (root / "shared/spec/released-configs").is_dir()),
-    None,
-)
-needs_released = pytest.mark.skipif(SPEC_CONFIGS is None, reason="released configs not found beside the repository")
-
-
-@pytest.fixture(scope="module")
-def tiny_text(tmp_path_factory):
-    return build_text_checkpoint(tmp_path_factory.mktemp("bad-input") / "tiny-text")
-
-
-@pytest.fixture(scope="module")
-def tiny_vl(tmp_path_factory):
-    return build_vl_checkpoint(tmp_path_factory.mktemp("bad-input") / "tiny-vl")
-
-
-@pytest.fixture(scope="module")
-def text_model(tiny_text):
-    return mm.MiniMaxText01ForCausalLM.from_pretrained(tiny_text, dtype=torch.float32).eval()
 
 
 def edited_checkpoint(source: Path, out: Path, config=None, tensors=None) -> Path:
@@ -158,10 +137,6 @@ def test_rope_tables_of_a_valid_config_are_finite():
     assert torch.isfinite(cos).all() and torch.isfinite(sin).all()
 
 
-def released(name: str) -> dict:
-    return json.loads((SPEC_CONFIGS / name).read_text())
-
-
 def load_quietly(config_class, folder, caplog):
     """Load a config and return it with every warning it raised (Python warnings and transformers' log)."""
     with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
@@ -170,10 +145,9 @@ def load_quietly(config_class, folder, caplog):
     return config, [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
 
 
-@needs_released
 @pytest.mark.smoke
 def test_released_text_config_loads_unchanged_without_warnings(tmp_path, caplog):
-    values = released("minimax-text-01.config.json")
+    values = released_text_config()
     (tmp_path / "config.json").write_text(json.dumps(values))
     config, warned = load_quietly(text_config_module.MiniMaxText01Config, tmp_path, caplog)
     assert warned == []
@@ -181,19 +155,17 @@ def test_released_text_config_loads_unchanged_without_warnings(tmp_path, caplog)
     assert config.head_dim == 128 and config.hidden_act == "silu" and config.dtype == torch.bfloat16
 
 
-@needs_released
 @pytest.mark.smoke
 def test_released_text_config_with_legacy_model_type_loads(tmp_path, caplog):
-    values = {**released("minimax-text-01.config.json"), "model_type": "MiniMaxText01"}
+    values = {**released_text_config(), "model_type": "MiniMaxText01"}
     (tmp_path / "config.json").write_text(json.dumps(values))
     config, warned = load_quietly(text_config_module.MiniMaxText01Config, tmp_path, caplog)
     assert warned == [] and config.num_hidden_layers == 80 and config.layer_types.count("full_attention") == 10
 
 
-@needs_released
 @pytest.mark.smoke
 def test_released_vl_config_loads_unchanged_without_warnings(tmp_path, caplog):
-    values = released("minimax-vl-01.config.json")
+    values = released_vl_config()
     (tmp_path / "config.json").write_text(json.dumps(values))
     config, warned = load_quietly(vl_config_module.MiniMaxVL01Config, tmp_path, caplog)
     assert warned == []
@@ -329,14 +301,10 @@ def test_key_summary_folds_layer_indices():
 # ================================================================================================== prompts
 
 
-def ids_of(*shape, seed=0):
-    return torch.randint(3, 512, shape, generator=torch.Generator().manual_seed(seed))
-
-
 @pytest.mark.smoke
 @pytest.mark.parametrize("bad_id", [512, 100_000, -1, -100])
 def test_token_ids_outside_the_vocabulary(text_model, bad_id):
-    ids = ids_of(2, 5)
+    ids = random_ids(2, 5)
     ids[1, 3] = bad_id
     with pytest.raises(ValueError, match=r"token ids outside the vocabulary 0\.\.511"):
         text_model(input_ids=ids)
@@ -356,7 +324,7 @@ def test_token_ids_outside_the_vocabulary(text_model, bad_id):
 )
 def test_malformed_input_ids(text_model, make, error, phrase):
     with pytest.raises(error, match=phrase):
-        text_model(input_ids=make(ids_of(2, 5)))
+        text_model(input_ids=make(random_ids(2, 5)))
 
 
 def test_inputs_embeds_of_the_wrong_width(text_model):
@@ -366,12 +334,12 @@ def test_inputs_embeds_of_the_wrong_width(text_model):
 
 def test_attention_mask_given_as_a_list(text_model):
     with pytest.raises(TypeError, match=r"`attention_mask` must be a torch tensor.*got list"):
-        text_model(input_ids=ids_of(1, 3), attention_mask=[[1, 1, 1]])
+        text_model(input_ids=random_ids(1, 3), attention_mask=[[1, 1, 1]])
 
 
 @pytest.mark.smoke
 def test_left_padded_batch_with_an_empty_row_is_named_not_called_right_padding(text_model):
-    ids = ids_of(2, 5)
+    ids = random_ids(2, 5)
     mask = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 0, 0, 0]])
     with pytest.raises(ValueError) as error:
         text_model(input_ids=ids, attention_mask=mask)
@@ -381,7 +349,7 @@ def test_left_padded_batch_with_an_empty_row_is_named_not_called_right_padding(t
 
 def test_left_padded_batch_matches_each_row_alone(text_model):
     """The checks leave the normal padded path alone: each row's logits equal the unpadded row's."""
-    ids, mask = ids_of(2, 6), torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    ids, mask = random_ids(2, 6), torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
     with torch.no_grad():
         batched = text_model(input_ids=ids, attention_mask=mask).logits
         alone = text_model(input_ids=ids[:1, 2:]).logits
@@ -392,11 +360,11 @@ def test_left_padded_batch_matches_each_row_alone(text_model):
                                   torch.tensor([[1, 1, 2, 1, 1]])], ids=["additive", "two"])
 def test_attention_mask_that_is_not_zeros_and_ones(text_model, mask):
     with pytest.raises(ValueError, match=r"`attention_mask` must hold 1 for real tokens and 0 for padding"):
-        text_model(input_ids=ids_of(1, 5), attention_mask=mask)
+        text_model(input_ids=random_ids(1, 5), attention_mask=mask)
 
 
 def decode_setup(model):
-    ids = ids_of(1, 6)
+    ids = random_ids(1, 6)
     with torch.no_grad():
         out = model(input_ids=ids, use_cache=True)
     return ids, getattr(out, mm.CACHE_FIELD)
@@ -407,12 +375,12 @@ def decode_setup(model):
 def test_position_ids_restarting_during_cached_decode(text_model, position):
     ids, cache = decode_setup(text_model)
     with pytest.raises(ValueError, match=rf"`position_ids` restart .*at position {position} with 6 tokens cached"):
-        text_model(input_ids=ids_of(1, 1, seed=1), past_key_values=cache, position_ids=torch.tensor([[position]]))
+        text_model(input_ids=random_ids(1, 1, seed=1), past_key_values=cache, position_ids=torch.tensor([[position]]))
 
 
 def test_continuing_position_ids_during_cached_decode_are_accepted(text_model):
     ids, cache = decode_setup(text_model)
-    step = ids_of(1, 1, seed=1)
+    step = random_ids(1, 1, seed=1)
     with torch.no_grad():
         given = text_model(input_ids=step, past_key_values=cache, position_ids=torch.tensor([[6]])).logits
         full = text_model(input_ids=torch.cat([ids, step], dim=1)).logits[:, -1:]
@@ -421,7 +389,7 @@ def test_continuing_position_ids_during_cached_decode_are_accepted(text_model):
 
 def test_left_padded_generate_is_not_mistaken_for_a_restart(text_model):
     """generate() gives a left-padded row the positions of its real tokens, fewer than the cached length."""
-    ids, mask = ids_of(2, 6), torch.tensor([[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    ids, mask = random_ids(2, 6), torch.tensor([[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
     out = text_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
     alone = text_model.generate(input_ids=ids[:1, 3:], max_new_tokens=3, do_sample=False)
     assert out[0, 6:].tolist() == alone[0, 3:].tolist()
@@ -435,7 +403,7 @@ def test_left_padded_generate_is_not_mistaken_for_a_restart(text_model):
 )
 def test_malformed_position_ids(text_model, positions, error, phrase):
     with pytest.raises(error, match=phrase):
-        text_model(input_ids=ids_of(2, 5), position_ids=positions)
+        text_model(input_ids=random_ids(2, 5), position_ids=positions)
 
 
 # ================================================================================================== images
@@ -485,10 +453,6 @@ def test_wide_grayscale_out_of_range_is_refused(image, phrase):
         pixel_values(image)
 
 
-def rgb(height=30, width=50, seed=0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
-
-
 def with_orientation(image: Image.Image, orientation: int, path: Path) -> Image.Image:
     """The image saved losslessly with an EXIF orientation tag, reopened from disk."""
     exif = image.getexif()
@@ -504,7 +468,7 @@ def with_orientation(image: Image.Image, orientation: int, path: Path) -> Image.
      (2, Image.Transpose.FLIP_LEFT_RIGHT)],
 )
 def test_exif_orientation_is_applied_like_a_photo_viewer(tmp_path, orientation, upright):
-    stored = rgb()
+    stored = random_image(50, 30)
     tagged = with_orientation(stored, orientation, tmp_path / "photo.png")
     processor = image_processing.MiniMaxVL01ImageProcessor()
     out, expected = processor(tagged, return_tensors="pt"), processor(stored.transpose(upright), return_tensors="pt")
@@ -513,20 +477,20 @@ def test_exif_orientation_is_applied_like_a_photo_viewer(tmp_path, orientation, 
 
 
 def test_exif_orientation_is_applied_to_file_paths_too(tmp_path):
-    with_orientation(rgb(), 6, tmp_path / "photo.png").close()
+    with_orientation(random_image(50, 30), 6, tmp_path / "photo.png").close()
     out = image_processing.MiniMaxVL01ImageProcessor()(str(tmp_path / "photo.png"), return_tensors="pt")
     assert out["image_sizes"].tolist() == [[50, 30]]  # (height, width) of the upright photo
 
 
 def test_image_without_orientation_is_unchanged(tmp_path):
-    image = rgb()
+    image = random_image(50, 30)
     image.save(tmp_path / "plain.png")
     torch.testing.assert_close(pixel_values(Image.open(tmp_path / "plain.png")), pixel_values(image), atol=0, rtol=0)
 
 
 @pytest.mark.smoke
 def test_closed_pil_image_gets_a_clear_message(tmp_path):
-    rgb().save(tmp_path / "photo.png")
+    random_image(50, 30).save(tmp_path / "photo.png")
     with Image.open(tmp_path / "photo.png") as image:
         pass
     with pytest.raises(ValueError, match=r"PIL image was closed before processing.*image\.copy\(\)"):
@@ -534,7 +498,7 @@ def test_closed_pil_image_gets_a_clear_message(tmp_path):
 
 
 def test_corrupt_image_still_reports_decoding(tmp_path):
-    rgb().save(tmp_path / "photo.png")
+    random_image(50, 30).save(tmp_path / "photo.png")
     (tmp_path / "cut.png").write_bytes((tmp_path / "photo.png").read_bytes()[:200])
     with pytest.raises(ValueError, match="Could not decode the image"):
         pixel_values(Image.open(tmp_path / "cut.png"))
@@ -553,7 +517,7 @@ def vl_model_and_ids(tiny_vl):
 def test_processor_with_other_pinpoints_than_the_model_gets_an_accurate_message(vl_model_and_ids):
     model, image_token = vl_model_and_ids
     other = image_processing.MiniMaxVL01ImageProcessor(image_grid_pinpoints=[[336, 672]])
-    inputs = other(rgb(336, 336), return_tensors="pt")  # 1 + 2 crops; the model's pinpoints give 1 + 1
+    inputs = other(random_image(336, 336), return_tensors="pt")  # 1 + 2 crops; the model's pinpoints give 1 + 1
     ids = torch.full((1, 1176), image_token)
     with pytest.raises(ValueError, match=r"holds 3 crops, but image_sizes .* need 2 under this model's "
                                          r"image_grid_pinpoints.*processor's image_grid_pinpoints / tile size differ"):
@@ -562,7 +526,7 @@ def test_processor_with_other_pinpoints_than_the_model_gets_an_accurate_message(
 
 def test_image_token_count_mismatch_mentions_the_pinpoints(vl_model_and_ids):
     model, image_token = vl_model_and_ids
-    inputs = image_processing.MiniMaxVL01ImageProcessor()(rgb(336, 336), return_tensors="pt")
+    inputs = image_processing.MiniMaxVL01ImageProcessor()(random_image(336, 336), return_tensors="pt")
     with pytest.raises(ValueError, match=r"contain 1000 image tokens, but the 1 images give 1176 features under "
                                          r"this model's image_grid_pinpoints"):
         model(input_ids=torch.full((1, 1000), image_token), **inputs)
@@ -570,7 +534,7 @@ def test_image_token_count_mismatch_mentions_the_pinpoints(vl_model_and_ids):
 
 def test_vl_prompt_with_token_ids_outside_the_vocabulary(vl_model_and_ids):
     model, image_token = vl_model_and_ids
-    inputs = image_processing.MiniMaxVL01ImageProcessor()(rgb(336, 336), return_tensors="pt")
+    inputs = image_processing.MiniMaxVL01ImageProcessor()(random_image(336, 336), return_tensors="pt")
     ids = torch.cat([torch.tensor([[600]]), torch.full((1, 1176), image_token)], dim=1)
     with pytest.raises(ValueError, match=r"token ids outside the vocabulary 0\.\.\d+ \(smallest \d+, largest 600\)"):
         model(input_ids=ids, **inputs)
@@ -578,14 +542,14 @@ def test_vl_prompt_with_token_ids_outside_the_vocabulary(vl_model_and_ids):
 
 def test_pixel_values_as_lists_ask_for_tensors(vl_model_and_ids):
     model, image_token = vl_model_and_ids
-    inputs = image_processing.MiniMaxVL01ImageProcessor()(rgb(336, 336))  # no return_tensors: NumPy arrays
+    inputs = image_processing.MiniMaxVL01ImageProcessor()(random_image(336, 336))  # no return_tensors: NumPy arrays
     with pytest.raises(TypeError, match=r"pixel_values must be a torch tensor, got ndarray.*return_tensors='pt'"):
         model(input_ids=torch.full((1, 1176), image_token), **inputs)
 
 
 def test_raw_uint8_crops_are_refused(vl_model_and_ids):
     model, image_token = vl_model_and_ids
-    inputs = image_processing.MiniMaxVL01ImageProcessor(do_rescale=False, do_normalize=False)(rgb(336, 336),
+    inputs = image_processing.MiniMaxVL01ImageProcessor(do_rescale=False, do_normalize=False)(random_image(336, 336),
                                                                                              return_tensors="pt")
     with pytest.raises(TypeError, match=r"pixel_values must be the image processor's normalised float crops"):
         model(input_ids=torch.full((1, 1176), image_token), pixel_values=inputs["pixel_values"].to(torch.uint8),
@@ -618,9 +582,8 @@ def test_gpu_memory_accepts_byte_counts_and_units(value, expected):
     assert dm.parse_size(value, "--gpu-memory") == expected
 
 
-@needs_released
-def test_device_map_cli_accepts_a_byte_count(capsys):
-    dm.main([str(SPEC_CONFIGS / "minimax-text-01.config.json"), "--gpus", "8", "--gpu-memory", str(141 * 10**9),
+def test_device_map_cli_accepts_a_byte_count(released_config_files, capsys):
+    dm.main([str(released_config_files["text"]), "--gpus", "8", "--gpu-memory", str(141 * 10**9),
              "--json"])
     plan = json.loads(capsys.readouterr().out)
     assert sorted(set(plan.values())) == list(range(8))
@@ -669,7 +632,7 @@ def test_generate_script_reports_a_bad_checkpoint_as_a_usage_error(tiny_text, tm
 
 
 def test_read_images_keeps_the_orientation_for_the_processor(tmp_path):
-    with_orientation(rgb(), 6, tmp_path / "photo.png").close()
+    with_orientation(random_image(50, 30), 6, tmp_path / "photo.png").close()
     (image,) = gen.read_images([str(tmp_path / "photo.png")])
     out = image_processing.MiniMaxVL01ImageProcessor()(image, return_tensors="pt")
     assert out["image_sizes"].tolist() == [[50, 30]]

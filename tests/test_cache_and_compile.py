@@ -13,7 +13,7 @@ from transformers.cache_utils import DynamicLayer, LinearAttentionLayer, StaticL
 
 from make_tiny_checkpoint import tiny_text_config, tiny_vl_config
 from minimax_code import load
-from test_text_model import random_ids, tiny_model
+from helpers import random_ids, tiny_model
 from tiny_tokenizer import build_tiny_tokenizer, special_token_ids
 
 mm = load("modeling_minimax_text_01")
@@ -207,6 +207,7 @@ def test_expert_stacks_keep_one_copy_and_the_checkpoint_layout(tmp_path):
 # ------------------------------------------------------------------------------------------------ compiled decode
 
 
+@pytest.mark.slow
 def test_fullgraph_compiled_decode_equals_eager_with_no_recompilation():
     """torch.compile(model.forward, fullgraph=True) over 15 static-cache decode steps (batch 2, left padding):
     one graph, compiled once, greedy tokens and every step's logits equal eager."""
@@ -218,6 +219,7 @@ def test_fullgraph_compiled_decode_equals_eager_with_no_recompilation():
     assert_same_run(tokens, logits, expected_tokens, expected_logits)
 
 
+@pytest.mark.slow
 def test_generate_auto_compiles_static_decode_once_and_equals_eager():
     """transformers' own auto-compile in generate (asked for on CPU through CompileConfig): compiled once, reused
     by a second generate with a fresh cache; tokens and logits equal the eager dynamic-cache run."""
@@ -250,6 +252,7 @@ def test_dynamic_cache_is_never_auto_compiled():
     assert torch.equal(asked.sequences, eager.sequences)
 
 
+@pytest.mark.slow
 def test_vl_generate_auto_compiles_static_decode_and_equals_eager():
     """MiniMax-VL-01: images in an eager prefill, then the compiled static-cache decode (batch 2, left padded)."""
     from PIL import Image

@@ -14,12 +14,12 @@ import shutil
 
 import pytest
 import torch
-from PIL import Image
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 import prepare_hub_repo as hub
 from device_map import build_meta_model
-from make_tiny_checkpoint import build_text_checkpoint, build_vl_checkpoint, tiny_text_config, tiny_vl_config
+from helpers import VOCAB, cache_of, random_ids, random_image, tiny_model
+from make_tiny_checkpoint import tiny_vl_config
 from minimax_code import load
 from quanto_config import load_config
 from reference import linear, reference_text_logits, rms_norm, rope
@@ -31,15 +31,6 @@ pytestmark = pytest.mark.smoke
 
 mm = load("modeling_minimax_text_01")
 vl_modeling = load("modeling_minimax_vl_01")
-VOCAB = 512
-
-
-def tiny_model(**overrides):
-    """Random weights of about unit scale (std 0.15 at width 64), so attention is far from uniform."""
-    torch.manual_seed(0)
-    overrides.setdefault("block_size", 8)
-    overrides.setdefault("initializer_range", 0.15)
-    return mm.MiniMaxText01ForCausalLM(tiny_text_config(vocab_size=VOCAB, **overrides)).eval()
 
 
 def tiny_vl_model(**overrides):
@@ -53,14 +44,6 @@ def vl_base_of(vl):
     missing, unexpected = base.load_state_dict(vl.state_dict(), strict=False)
     assert not missing and unexpected == ["language_model.lm_head.weight"]
     return base
-
-
-def cache_of(output):
-    return getattr(output, mm.CACHE_FIELD)
-
-
-def random_ids(batch, length, seed=0):
-    return torch.randint(3, VOCAB - 1, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
 def softmax_layers(config):
@@ -272,14 +255,8 @@ def test_assisted_generation_and_prompt_lookup_raise_transformers_message(make):
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ecosystem")
-    return {"text": build_text_checkpoint(root / "text"), "vl": build_vl_checkpoint(root / "vl")}
-
-
-def small_image(seed=0):
-    pixels = torch.randint(0, 256, (20, 336, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
-    return Image.fromarray(pixels.numpy())
+def checkpoints(tiny_text, tiny_vl):
+    return {"text": tiny_text, "vl": tiny_vl}
 
 
 def test_automodel_text_loads_the_base_model_with_the_heads_hidden_states(checkpoints):
@@ -301,7 +278,7 @@ def test_automodel_vl_loads_the_base_model_with_the_heads_hidden_states(checkpoi
     head = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True)
     assert type(base).__name__ == "MiniMaxVL01Model" and not hasattr(base, "lm_head")
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
-    inputs = processor(text="<image> describe", images=[small_image()], return_tensors="pt")
+    inputs = processor(text="<image> describe", images=[random_image(336, 20)], return_tensors="pt")
     with torch.no_grad():
         hidden = base(**inputs).last_hidden_state
         out = head(**inputs, output_hidden_states=True)
@@ -384,7 +361,7 @@ def test_card_keeps_the_source_checkpoints_license_and_base_model(checkpoints, t
 def test_card_metadata_check_names_what_is_missing(edit, missing):
     from huggingface_hub import ModelCardData
 
-    metadata = hub.card_metadata(vl=False, source={})
+    metadata = hub.card_metadata("text", source={})
     edit(metadata)
     card = f"---\n{ModelCardData(**metadata).to_yaml()}\n---\n# card\n"
     with pytest.raises(ValueError, match=missing):
@@ -414,7 +391,7 @@ def test_card_vl_usage_and_device_map_snippets_run(repos, tmp_path, monkeypatch)
     card = (repos["vl"] / "README.md").read_text()
     usage, device_map, _ = python_blocks(card)
     monkeypatch.chdir(tmp_path)
-    small_image().save("photo.jpg")
+    random_image(336, 20).save("photo.jpg")
     exec(usage.replace("REPO_ID_OR_FOLDER", str(repos["vl"])).replace("max_new_tokens=200", "max_new_tokens=2"), {})
     assert_device_map_places_every_parameter(device_map, load_config(repos["vl"]), gpus=2)
 

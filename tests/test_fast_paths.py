@@ -12,22 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import DynamicLayer
-
+from helpers import tiny_model
 from make_tiny_checkpoint import tiny_text_config
+
 from minimax_code import load
 from reference import lightning_recurrence
 
 mm = load("modeling_minimax_text_01")
 mc = load("cache_minimax_text_01")
 la = load("lightning_attention")
-
-
-def tiny_model(**overrides):
-    torch.manual_seed(0)
-    model = mm.MiniMaxText01ForCausalLM(tiny_text_config(**overrides)).double().eval()
-    for p in model.parameters():  # larger weights than the 0.02 init, so every term matters in the comparison
-        p.data.normal_(0, 0.2)
-    return model
 
 
 # ------------------------------------------------------------------------------------------------ MoE
@@ -52,7 +45,7 @@ def moe_reference(moe, x):
 
 @pytest.mark.parametrize("tokens", [1, 2, 13])
 def test_moe_dispatch_matches_per_token_loop(tokens):
-    moe = tiny_model().model.layers[0].block_sparse_moe
+    moe = tiny_model(dtype=torch.float64).model.layers[0].block_sparse_moe
     x = torch.randn(1, tokens, moe.gate.in_features, dtype=torch.float64)
     with torch.no_grad():
         out, logits = moe(x)
@@ -64,7 +57,7 @@ def test_moe_dispatch_matches_per_token_loop(tokens):
 def test_moe_dispatch_with_autograd_matches_reference_gradients(tokens):
     """With autograd on, the dispatch takes its out-of-place branches: outputs and gradients (input and router)
     equal autograd through the per-token reference."""
-    moe = tiny_model().model.layers[0].block_sparse_moe
+    moe = tiny_model(dtype=torch.float64).model.layers[0].block_sparse_moe
     x = torch.randn(1, tokens, moe.gate.in_features, dtype=torch.float64, requires_grad=True)
     upstream = torch.randn(1, tokens, moe.gate.in_features, dtype=torch.float64)
     out, _ = moe(x)
@@ -80,7 +73,7 @@ def test_moe_dispatch_with_autograd_matches_reference_gradients(tokens):
 
 @pytest.mark.skipif(mm._grouped_mm is None, reason="this torch has no grouped matmul")
 def test_grouped_experts_math_matches_per_expert_loop():
-    moe = tiny_model().float().model.layers[0].block_sparse_moe
+    moe = tiny_model().model.layers[0].block_sparse_moe
     counts = torch.tensor([3, 0, 7, 2])  # an expert with no tokens too
     x = torch.randn(int(counts.sum()), moe.gate.in_features)
     with torch.no_grad():
@@ -96,7 +89,7 @@ def test_grouped_experts_math_matches_per_expert_loop():
 
 
 def test_grouped_path_is_off_on_cpu_and_for_quantized_experts():
-    moe = tiny_model().model.layers[0].block_sparse_moe
+    moe = tiny_model(dtype=torch.float64).model.layers[0].block_sparse_moe
     assert not moe.grouped_mm  # opt-in: its weights are a second copy of the experts
     moe.grouped_mm = True
     assert not mm.use_grouped_mm(moe, torch.zeros(1))  # CPU tensors keep the per-expert loop
@@ -197,7 +190,7 @@ def test_every_lightning_impl_equals_the_recurrent_reference_through_the_model(m
     reference. fla runs here through the float64 stand-in of its kernel (its Triton kernel: test_triton_interpreter)."""
     if impl == "fla":  # the stand-in, installed or not: these are CPU tensors
         monkeypatch.setattr(la, "chunk_simple_gla", fake_chunk_simple_gla)
-    model = tiny_model()
+    model = tiny_model(dtype=torch.float64)
     ids = torch.randint(0, 512, (2, 21))
     mask = torch.ones_like(ids)
     mask[0, :6] = 0
@@ -239,7 +232,7 @@ def test_lightning_impl_is_validated_and_auto_is_chunked_on_cpu():
 
 
 def test_prefill_chunk_size_equals_whole_prompt_with_left_padding():
-    model = tiny_model()
+    model = tiny_model(dtype=torch.float64)
     ids = torch.randint(0, 512, (2, 23))
     mask = torch.ones_like(ids)
     mask[0, :9] = 0  # more padding than one chunk: the first chunk of row 0 is all padding
@@ -268,7 +261,7 @@ def test_prefill_chunk_size_equals_whole_prompt_with_left_padding():
 def test_lightning_layers_in_cpu_pieces_equal_whole_prompt():
     """Long inputs reach the CPU lightning kernels in pieces of `cpu_max_tokens` tokens (state carried over): with
     5-token pieces the logits, lightning states and input gradients equal the unsplit layers (left padding too)."""
-    model = tiny_model()
+    model = tiny_model(dtype=torch.float64)
     ids = torch.randint(0, 512, (2, 23))
     mask = torch.ones_like(ids)
     mask[0, :7] = 0
@@ -295,7 +288,7 @@ def test_lightning_layers_in_cpu_pieces_equal_whole_prompt():
 def test_decode_steps_equal_one_forward():
     """Prefill 11 tokens, then 6 single-token steps (lightning recurrence step, single-token MoE, cached K/V):
     the logits equal one uncached forward over all 17 tokens."""
-    model = tiny_model()
+    model = tiny_model(dtype=torch.float64)
     ids = torch.randint(0, 512, (1, 17))
     field = mm.CACHE_FIELD
     with torch.no_grad():
@@ -354,7 +347,7 @@ def test_growing_kv_layer_equals_concatenation_through_beam_and_batch_ops():
 def test_cache_uses_growing_kv_layers_and_generate_equals_plain_dynamic_layers(monkeypatch):
     """Greedy and beam-search generate with the growing K/V layers give the same tokens and scores as with
     transformers' torch.cat-based DynamicLayer."""
-    model = tiny_model().float()
+    model = tiny_model()
     ids = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(4))
     kwargs = dict(max_new_tokens=12, do_sample=False, output_scores=True, return_dict_in_generate=True, pad_token_id=0)
     cache = mc.MiniMaxText01Cache(model.config)

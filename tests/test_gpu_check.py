@@ -4,7 +4,11 @@ meets a GPU: every check and every timing row is reported, the GPU-only ones as 
 import importlib.util
 import json
 
+import pytest
+
 import gpu_check
+
+pytestmark = pytest.mark.slow  # the whole command: a model per check, every timed layer, 2 gloo ranks
 
 CPU_ONLY_SKIPS = {  # check -> why it cannot run on CPU
     "fla prefill vs plain chunked path (padded, cached, decode; packed, gradient)": "CUDA only",
@@ -13,6 +17,7 @@ CPU_ONLY_SKIPS = {  # check -> why it cannot run on CPU
 }
 
 
+@pytest.mark.slow  # torchrun subprocesses (tensor-parallel and 8-bit decode steps)
 def test_gpu_check_runs_end_to_end_on_cpu_tiny(tmp_path, capsys):
     assert gpu_check.main(["--device", "cpu", "--tiny", "--reps", "1", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "gpu_check.json").read_text())
@@ -33,8 +38,11 @@ def test_gpu_check_runs_end_to_end_on_cpu_tiny(tmp_path, capsys):
     assert any(s.startswith("expert matmul") for s in sections)
     tensor_parallel = {r["impl"] for r in rows if r["what"] == "decode step, 2-layer model, tensor parallel"}
     assert tensor_parallel == {"1 device", "tensor parallel 2"}  # 2 gloo ranks on CPU, the NCCL path on GPUs
+    eight_bit = {r["impl"]: r for r in rows if r["what"] == "decode step, 2-layer model, 8-bit weights"}
+    assert set(eight_bit) == {"float32, 1 device", "int8 (torchao), 1 device", "int8 (torchao), tensor parallel 2",
+                              "FP8 (FineGrainedFP8), 1 device"}  # fmt: skip
     for row in rows:
-        if "CUDA graph" in row["impl"]:
+        if "CUDA graph" in row["impl"] or "FineGrainedFP8" in row["impl"]:
             assert row["status"] == "skipped" and "CUDA" in row["note"]
         else:
             assert row["status"] == "ok" and row["ms"] > 0, row

@@ -15,6 +15,8 @@ import torch
 from PIL import Image
 
 from minimax_code import REPO_ROOT, load
+from helpers import random_image
+from released_configs import RELEASED_PINPOINTS
 
 ipm = load("image_processing_minimax_vl_01")
 MiniMaxVL01ImageProcessor = ipm.MiniMaxVL01ImageProcessor
@@ -25,14 +27,6 @@ pytestmark = pytest.mark.smoke
 
 
 # Spec §4.1, written out independently of the module's constant.
-RELEASED_PINPOINTS = [
-    [336, 336], [336, 672], [336, 1008], [336, 1344], [336, 1680], [336, 2016],
-    [672, 336], [672, 672], [672, 1008], [672, 1344], [672, 1680], [672, 2016],
-    [1008, 336], [1008, 672], [1008, 1008], [1008, 1344], [1008, 1680], [1008, 2016],
-    [1344, 336], [1344, 672], [1344, 1008], [1344, 1344],
-    [1680, 336], [1680, 672], [1680, 1008],
-    [2016, 336], [2016, 672], [2016, 1008],
-]  # fmt: skip
 LLAVA_STYLE_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
@@ -41,11 +35,6 @@ CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 @pytest.fixture(scope="module")
 def processor():
     return MiniMaxVL01ImageProcessor()
-
-
-def random_rgb(height, width, seed=0):
-    rng = np.random.RandomState(seed)
-    return Image.fromarray(rng.randint(0, 256, (height, width, 3), dtype=np.uint8))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -175,7 +164,7 @@ def test_ties_follow_list_order():
 
 
 def test_pixels_800x600_thumbnail_and_tiles(processor):
-    image = random_rgb(600, 800, seed=3)
+    image = random_image(800, 600, seed=3)
     out = processor(image, return_tensors="pt")
     pixel_values = out["pixel_values"]
     assert pixel_values.shape == (7, 3, 336, 336) and pixel_values.dtype == torch.float32
@@ -205,7 +194,7 @@ def test_pixels_800x600_thumbnail_and_tiles(processor):
     ],
 )
 def test_pixels_against_reference(processor, height, width, target_hw, resized_wh):
-    image = random_rgb(height, width, seed=4)
+    image = random_image(width, height, seed=4)
     out = processor([image], return_tensors="np")
     expected = np.stack(ref_crops(image, target_hw, resized_wh))
     assert out["pixel_values"].shape == expected.shape and out["pixel_values"].dtype == np.float32
@@ -214,7 +203,7 @@ def test_pixels_against_reference(processor, height, width, target_hw, resized_w
 
 def test_tiny_and_extreme_images_process(processor):
     for h, w in [(1, 1), (17, 3000), (3000, 17), (5, 4000)]:
-        out = processor(random_rgb(h, w), return_tensors="pt")
+        out = processor(random_image(w, h), return_tensors="pt")
         crops = ref_token_count(h, w, RELEASED_PINPOINTS)[3]
         assert out["pixel_values"].shape == (crops, 3, 336, 336)
         assert torch.isfinite(out["pixel_values"]).all()
@@ -230,7 +219,7 @@ def _pv(processor, image, **kwargs):
 
 
 def test_modes_convert_to_rgb(processor):
-    rgb = random_rgb(300, 400, seed=5)
+    rgb = random_image(400, 300, seed=5)
     rgb_array = np.asarray(rgb)
     reference = _pv(processor, rgb)
     assert reference.shape == (1 + 2, 3, 336, 336)  # 400x300 (W x H) -> 672x336 canvas
@@ -267,7 +256,7 @@ def test_modes_convert_to_rgb(processor):
 
 
 def test_lists_nested_lists_and_image_sizes(processor):
-    a, b = random_rgb(600, 800, seed=7), random_rgb(2000, 500, seed=8)
+    a, b = random_image(800, 600, seed=7), random_image(500, 2000, seed=8)
     out = processor([[a], [b, a]], return_tensors="pt")
     assert out["image_sizes"].dtype == torch.int64
     assert out["image_sizes"].tolist() == [[600, 800], [2000, 500], [600, 800]]  # (height, width)
@@ -280,7 +269,7 @@ def test_lists_nested_lists_and_image_sizes(processor):
 
 
 def test_file_path_input(processor, tmp_path):
-    image = random_rgb(40, 50, seed=9)
+    image = random_image(50, 40, seed=9)
     path = tmp_path / "img.png"
     image.save(path)
     assert torch.equal(_pv(processor, str(path)), _pv(processor, image))
@@ -293,7 +282,7 @@ def test_file_path_input(processor, tmp_path):
 
 def _truncated_png():
     buffer = io.BytesIO()
-    random_rgb(64, 64, seed=10).save(buffer, format="PNG")
+    random_image(64, 64, seed=10).save(buffer, format="PNG")
     return Image.open(io.BytesIO(buffer.getvalue()[: len(buffer.getvalue()) // 2]))
 
 
@@ -334,21 +323,21 @@ def test_corrupt_files_raise(processor, tmp_path):
 def test_pixel_limit_is_configurable():
     small = MiniMaxVL01ImageProcessor(max_image_pixels=1000)
     with pytest.raises(ValueError, match="exceeds max_image_pixels=1000"):
-        small(random_rgb(30, 40))  # 1200 pixels
-    assert small(random_rgb(25, 40), return_tensors="pt")["pixel_values"].shape[0] == 2
+        small(random_image(40, 30))  # 1200 pixels
+    assert small(random_image(40, 25), return_tensors="pt")["pixel_values"].shape[0] == 2
     with pytest.raises(ValueError, match="max_image_pixels"):
-        MiniMaxVL01ImageProcessor()(random_rgb(30, 40), max_image_pixels=100)
+        MiniMaxVL01ImageProcessor()(random_image(40, 30), max_image_pixels=100)
     unlimited = MiniMaxVL01ImageProcessor(max_image_pixels=0)  # 0 disables the guard
     huge = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (10000, 20000, 3))
     with pytest.raises(ValueError, match="max_image_pixels"):
         MiniMaxVL01ImageProcessor()(huge)
     assert unlimited.max_image_pixels == 0
-    assert unlimited(random_rgb(30, 40), return_tensors="pt")["image_sizes"].tolist() == [[30, 40]]
+    assert unlimited(random_image(40, 30), return_tensors="pt")["image_sizes"].tolist() == [[30, 40]]
 
 
 def test_no_rgb_conversion_rejects_non_rgb():
     with pytest.raises(ValueError, match="do_convert_rgb=False"):
-        MiniMaxVL01ImageProcessor(do_convert_rgb=False)(random_rgb(20, 20).convert("L"))
+        MiniMaxVL01ImageProcessor(do_convert_rgb=False)(random_image(20, 20).convert("L"))
 
 
 @pytest.mark.parametrize(
@@ -370,7 +359,7 @@ def test_bad_geometry_raises(kwargs, message):
 
 def test_bad_geometry_at_call_time_raises(processor):
     with pytest.raises(ValueError, match="multiples of the tile size"):
-        processor(random_rgb(20, 20), image_grid_pinpoints=[[100, 100]])
+        processor(random_image(20, 20), image_grid_pinpoints=[[100, 100]])
 
 
 def test_geometry_helpers_reject_empty_sizes():
@@ -401,7 +390,7 @@ def test_save_load_round_trip(tmp_path):
     assert loaded.patch_size == 14 and loaded.max_image_pixels == 10**8
     assert loaded.to_dict() == original.to_dict()
     assert loaded.num_image_tokens((600, 800)) == ref_token_count(600, 800, LLAVA_STYLE_PINPOINTS)[2]
-    image = random_rgb(600, 800, seed=11)
+    image = random_image(800, 600, seed=11)
     assert torch.equal(_pv(loaded, image), _pv(original, image))
 
     # Saving again keeps a single, identical auto_map entry.
@@ -416,7 +405,7 @@ def test_clip_style_shortest_edge_size_is_the_square_tile(tmp_path):
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
     loaded = MiniMaxVL01ImageProcessor.from_pretrained(tmp_path)
     assert (loaded.size.height, loaded.size.width) == (336, 336)
-    image = random_rgb(600, 800, seed=5)
+    image = random_image(800, 600, seed=5)
     assert torch.equal(_pv(loaded, image), _pv(MiniMaxVL01ImageProcessor(), image))
 
 

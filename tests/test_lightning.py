@@ -5,15 +5,14 @@ import math
 
 import pytest
 import torch
+from helpers import SLOPES, rel_err
 from minimax_code import load
 from reference import alibi_slopes, lightning_layer_slopes, lightning_recurrence
 
 mm = load("modeling_minimax_text_01")
 la = load("lightning_attention")
 
-B, H, D = 2, 3, 8
-# one fast-decaying head, one medium, one nearly 1 (the last layer of the release has slopes ~1e-5 s_h)
-SLOPES = torch.tensor([0.5, 0.01, 2e-6])
+B, H, D = 2, 3, 8  # H matches the 3 heads of SLOPES
 
 
 def random_qkv(T, seed=0, requires_grad=False):
@@ -25,11 +24,6 @@ def random_qkv(T, seed=0, requires_grad=False):
 
 def random_state(seed=1):
     return torch.randn(B, H, D, D, generator=torch.Generator().manual_seed(seed))
-
-
-def rel_err(actual, expected):
-    """max |actual - expected| relative to max |expected| (the outputs grow with T near decay 1)."""
-    return ((actual.double() - expected).abs().max() / expected.abs().max()).item()
 
 
 # ------------------------------------------------------------------------------------------------ kernels

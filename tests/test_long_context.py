@@ -7,30 +7,10 @@ plain prefill's block is min(block_size, 2 * head_dim): 32 for the tiny heads, t
 
 import pytest
 import torch
-from make_tiny_checkpoint import tiny_text_config
+from helpers import VOCAB, l2_rel_err, random_ids, random_image, tiny_model
 from minimax_code import load
-from test_vl import THIN_WIDE, image, model as vl_model, processor  # noqa: F401 (fixtures)
 
 mm = load("modeling_minimax_text_01")
-VOCAB = 512
-
-
-def tiny_model(**overrides):
-    torch.manual_seed(0)
-    model = mm.MiniMaxText01ForCausalLM(tiny_text_config(vocab_size=VOCAB, **overrides))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            scale = 4.0 if name.endswith("gate.weight") else 1.0
-            p.copy_(1 + 0.2 * torch.randn_like(p) if p.dim() == 1 else scale * torch.randn_like(p) / p.shape[1] ** 0.5)
-    return model.eval()
-
-
-def rel(actual, expected):
-    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
-
-
-def random_ids(batch, length, seed=0):
-    return torch.randint(3, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +39,7 @@ def test_any_chunk_size_equals_the_whole_prompt(model, chunk, padded):
     with torch.no_grad():
         whole = model(input_ids=ids, attention_mask=mask).logits
         chunked = model(input_ids=ids, attention_mask=mask, prefill_chunk_size=chunk)
-    assert rel(chunked.logits[real], whole[real]) < 1e-5
+    assert l2_rel_err(chunked.logits[real], whole[real]) < 1e-5
     assert getattr(chunked, mm.CACHE_FIELD).get_seq_length() == T
 
 
@@ -70,7 +50,7 @@ def test_chunks_cross_the_released_256_token_lightning_block():
     with torch.no_grad():
         whole = model(input_ids=ids).logits
         chunked = model(input_ids=ids, prefill_chunk_size=100).logits
-    assert rel(chunked, whole) < 1e-5
+    assert l2_rel_err(chunked, whole) < 1e-5
 
 
 def test_unpadded_chunks_build_no_mask_and_attend_through_the_cache(model, monkeypatch):
@@ -86,7 +66,7 @@ def test_unpadded_chunks_build_no_mask_and_attend_through_the_cache(model, monke
         whole = model(input_ids=ids).logits
     assert [mask for mask, _ in masks] == [None] * 5  # 4 chunks + the whole-prompt run
     assert merged == [60, 60, 90, 90, 100, 100]  # keys seen by the 2 softmax layers in chunks 2, 3 and 4
-    assert rel(chunked, whole) < 1e-5
+    assert l2_rel_err(chunked, whole) < 1e-5
 
 
 def test_chunked_prefill_keeps_only_the_hidden_states_the_head_needs(model):
@@ -98,7 +78,7 @@ def test_chunked_prefill_keeps_only_the_hidden_states_the_head_needs(model):
         whole = model.model(input_ids=ids)
         logits = model(input_ids=ids, prefill_chunk_size=20, logits_to_keep=1).logits
     assert out.last_hidden_state.shape == (1, 1, 64)
-    assert rel(out.last_hidden_state, whole.last_hidden_state[:, -1:]) < 1e-5
+    assert l2_rel_err(out.last_hidden_state, whole.last_hidden_state[:, -1:]) < 1e-5
     assert logits.shape == (1, 1, VOCAB)
 
 
@@ -127,9 +107,9 @@ def test_generate_takes_transformers_prefill_chunk_size(model, passes):
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["one-prompt", "left-padded-batch"])
-def test_vl_image_straddling_a_chunk_boundary(vl_model, processor, padded):  # noqa: F811
+def test_vl_image_straddling_a_chunk_boundary(vl_model, vl_processor, padded):
     texts = ["Look <image> here, and say what it shows."] + (["A short one."] if padded else [])
-    inputs = processor(images=[image(THIN_WIDE, 7)], text=texts, return_tensors="pt")
+    inputs = vl_processor(images=[random_image(1000, 40, seed=7)], text=texts, return_tensors="pt")  # 722 tokens
     T = inputs["input_ids"].shape[1]
     image_positions = (inputs["input_ids"][0] == vl_model.config.image_token_index).nonzero().flatten()
     chunk = int(image_positions[0]) + 100  # a boundary inside the image's tokens
@@ -143,4 +123,4 @@ def test_vl_image_straddling_a_chunk_boundary(vl_model, processor, padded):  # n
             chunked = vl_model(**inputs).logits
         finally:
             vl_model.config.text_config.prefill_chunk_size = None
-    assert rel(chunked[real], whole[real]) < 1e-5
+    assert l2_rel_err(chunked[real], whole[real]) < 1e-5

@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 import generate as gen
 from chat_format import M1_RESPONSE_TEMPLATE, named_chat_templates
 from make_tiny_checkpoint import build_m1_checkpoint
-from prepare_hub_repo import is_m1_checkpoint, write_chat_format
+from prepare_hub_repo import model_family, write_chat_format
 from tiny_tokenizer import build_tiny_tokenizer
 
 pytestmark = pytest.mark.smoke
@@ -355,7 +355,7 @@ def test_tiny_m1_checkpoint_has_m1_identifiers(tiny_m1):
 
 
 def test_prepare_hub_repo_writes_the_chat_format(tiny_m1, tmp_path):
-    assert is_m1_checkpoint(tiny_m1)
+    assert model_family(tiny_m1, vl=False) == "m1"
     released = "{{ messages[0]['content'][0]['text'] }}"  # stands for the released template, inline as released
     tokenizer = AutoTokenizer.from_pretrained(tiny_m1, trust_remote_code=True)
     tokenizer.chat_template, tokenizer.response_template = released, None

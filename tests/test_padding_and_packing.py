@@ -8,36 +8,16 @@ block-diagonally, so they equal the sequences run separately, gradients included
 
 import pytest
 import torch
-from make_tiny_checkpoint import tiny_text_config
+from helpers import l2_rel_err, random_ids, tiny_model
 from minimax_code import load
 from reference import reference_text_logits
 
 mm = load("modeling_minimax_text_01")
-VOCAB = 512
-
-
-def tiny_model(dtype=torch.float32, **overrides):
-    """Unit-scale random weights (so every term shows), block_size 8 so short prompts cross lightning blocks."""
-    torch.manual_seed(0)
-    model = mm.MiniMaxText01ForCausalLM(tiny_text_config(vocab_size=VOCAB, block_size=8, **overrides))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            scale = 4.0 if name.endswith("gate.weight") else 1.0
-            p.copy_(1 + 0.2 * torch.randn_like(p) if p.dim() == 1 else scale * torch.randn_like(p) / p.shape[1] ** 0.5)
-    return model.to(dtype).eval()
 
 
 @pytest.fixture(scope="module")
 def model():
     return tiny_model()
-
-
-def ids_of(length, seed):
-    return torch.randint(3, VOCAB, (1, length), generator=torch.Generator().manual_seed(seed))
-
-
-def rel(actual, expected):
-    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
 
 
 def pad_rows(rows, layout):
@@ -66,34 +46,34 @@ def pad_rows(rows, layout):
 
 @pytest.mark.parametrize("layout", ["left", "right", "holes"])
 def test_any_padding_with_the_cache_on_equals_the_unpadded_rows(model, layout):
-    rows = [ids_of(21, 1)[0], ids_of(13, 2)[0], ids_of(17, 3)[0]]
+    rows = [random_ids(1, 21, 1)[0], random_ids(1, 13, 2)[0], random_ids(1, 17, 3)[0]]
     ids, mask, where = pad_rows(rows, layout)
     with torch.no_grad():
         padded = model(input_ids=ids, attention_mask=mask, use_cache=True).logits
         for b, row in enumerate(rows):
             alone = model(input_ids=row[None]).logits[0]
-            assert rel(padded[b, where[b]], alone) < 1e-5, (layout, b)
+            assert l2_rel_err(padded[b, where[b]], alone) < 1e-5, (layout, b)
 
 
 @pytest.mark.parametrize("layout", ["left", "right", "holes"])
 def test_padded_batch_matches_the_float64_reference(layout):
-    model = tiny_model(torch.float64)
-    ids, mask, where = pad_rows([ids_of(19, 4)[0], ids_of(11, 5)[0]], layout)
+    model = tiny_model(dtype=torch.float64)
+    ids, mask, where = pad_rows([random_ids(1, 19, 4)[0], random_ids(1, 11, 5)[0]], layout)
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask).logits
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     expected = reference_text_logits(model.state_dict(), model.config, input_ids=ids, attention_mask=mask,
                                      position_ids=positions)
     for b in range(2):
-        assert rel(out[b, where[b]], expected[b, where[b]]) < 1e-6  # RoPE tables are fp32 by design
+        assert l2_rel_err(out[b, where[b]], expected[b, where[b]]) < 1e-6  # RoPE tables are fp32 by design
 
 
 def test_right_padded_cache_continues_exactly_in_a_manual_loop(model):
     """Prefill a right-padded batch, then decode 4 tokens per row with the growing mask: every step's logits equal
     those of the row run alone (the state after the pads is the state after the last real token)."""
-    rows = [ids_of(15, 6)[0], ids_of(9, 7)[0]]
+    rows = [random_ids(1, 15, 6)[0], random_ids(1, 9, 7)[0]]
     ids, mask, _ = pad_rows(rows, "right")
-    steps = ids_of(8, 8).view(2, 4)
+    steps = random_ids(1, 8, 8).view(2, 4)
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask)
         cache = out.cache if hasattr(out, "cache") else out.past_key_values
@@ -102,11 +82,11 @@ def test_right_padded_cache_continues_exactly_in_a_manual_loop(model):
             step = model(input_ids=steps[:, t : t + 1], attention_mask=mask, **{mm.CACHE_FIELD: cache}).logits
             for b, row in enumerate(rows):
                 alone = model(input_ids=torch.cat([row, steps[b, : t + 1]])[None]).logits[0, -1]
-                assert rel(step[b, -1], alone) < 1e-5, (t, b)
+                assert l2_rel_err(step[b, -1], alone) < 1e-5, (t, b)
 
 
 def test_right_padded_cache_without_a_mask_is_refused_when_continued(model):
-    ids, mask, _ = pad_rows([ids_of(10, 9)[0], ids_of(6, 10)[0]], "right")
+    ids, mask, _ = pad_rows([random_ids(1, 10, 9)[0], random_ids(1, 6, 10)[0]], "right")
     with torch.no_grad():
         cache = getattr(model(input_ids=ids, attention_mask=mask), mm.CACHE_FIELD)
         with pytest.raises(ValueError, match="pass the attention_mask covering the cached and the new tokens"):
@@ -115,7 +95,7 @@ def test_right_padded_cache_without_a_mask_is_refused_when_continued(model):
 
 def test_generate_on_a_left_padded_batch_equals_each_prompt_alone(model):
     """(Right-padded prompts cannot work in generate() for any decoder: it samples after the last slot, a pad.)"""
-    rows = [ids_of(12, 11)[0], ids_of(7, 12)[0]]
+    rows = [random_ids(1, 12, 11)[0], random_ids(1, 7, 12)[0]]
     ids, mask, _ = pad_rows(rows, "left")
     settings = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
     batched = model.generate(input_ids=ids, attention_mask=mask, **settings)[:, ids.shape[1] :]
@@ -126,7 +106,7 @@ def test_generate_on_a_left_padded_batch_equals_each_prompt_alone(model):
 
 def test_a_prompt_ending_in_the_pad_id_still_generates(model):
     """transformers infers a right-padded mask when a prompt ends with the pad id; that must not fail."""
-    ids = ids_of(9, 13)
+    ids = random_ids(1, 9, 13)
     ids[0, -1] = 0
     out = model.generate(input_ids=ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
     assert out.shape == (1, 12)
@@ -151,7 +131,7 @@ def packed(rows_per_batch_row):
 
 def test_packed_sequences_equal_the_sequences_run_separately():
     model = tiny_model()
-    seqs = [[ids_of(11, 20)[0], ids_of(14, 21)[0], ids_of(5, 22)[0]], [ids_of(20, 23)[0], ids_of(9, 24)[0]]]
+    seqs = [[random_ids(1, 11, 20)[0], random_ids(1, 14, 21)[0], random_ids(1, 5, 22)[0]], [random_ids(1, 20, 23)[0], random_ids(1, 9, 24)[0]]]
     ids, positions, mask = packed(seqs)
     with torch.no_grad():
         out = model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=False).logits
@@ -159,25 +139,25 @@ def test_packed_sequences_equal_the_sequences_run_separately():
             t = 0
             for seq in row:
                 alone = model(input_ids=seq[None]).logits[0]
-                assert rel(out[b, t : t + len(seq)], alone) < 1e-5
+                assert l2_rel_err(out[b, t : t + len(seq)], alone) < 1e-5
                 t += len(seq)
 
 
 def test_packed_without_attention_mask_matches_the_float64_reference():
     """The padding-free layout TRL's flattening collators produce: one row, no mask, position_ids restarting."""
-    model = tiny_model(torch.float64)
-    ids, positions, _ = packed([[ids_of(9, 30)[0], ids_of(16, 31)[0], ids_of(6, 32)[0]]])
+    model = tiny_model(dtype=torch.float64)
+    ids, positions, _ = packed([[random_ids(1, 9, 30)[0], random_ids(1, 16, 31)[0], random_ids(1, 6, 32)[0]]])
     with torch.no_grad():
         out = model(input_ids=ids, position_ids=positions).logits
     expected = reference_text_logits(model.state_dict(), model.config, input_ids=ids, position_ids=positions)
-    assert rel(out, expected) < 1e-6  # RoPE tables are fp32 by design
+    assert l2_rel_err(out, expected) < 1e-6  # RoPE tables are fp32 by design
 
 
 def test_packed_gradients_equal_the_sum_over_separate_sequences():
     """Training on a packed row: loss and every parameter's gradient equal those of the sequences run one by one
     (fp32, rel <= 1e-5)."""
     model = tiny_model().train()
-    seqs = [ids_of(13, 40)[0], ids_of(10, 41)[0], ids_of(7, 42)[0]]
+    seqs = [random_ids(1, 13, 40)[0], random_ids(1, 10, 41)[0], random_ids(1, 7, 42)[0]]
     ids, positions, _ = packed([seqs])
 
     def loss_of(input_ids, position_ids=None):
@@ -197,15 +177,15 @@ def test_packed_gradients_equal_the_sum_over_separate_sequences():
     model.zero_grad()
     separate_loss = sum(loss_of(seq[None]) for seq in seqs)
     separate_loss.backward()
-    assert rel(packed_loss.detach(), separate_loss.detach()) < 1e-6
+    assert l2_rel_err(packed_loss.detach(), separate_loss.detach()) < 1e-6
     assert packed_grads.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
     for name, p in model.named_parameters():
         if p.grad is not None:
-            assert rel(packed_grads[name], p.grad) < 1e-5, name
+            assert l2_rel_err(packed_grads[name], p.grad) < 1e-5, name
 
 
 def test_a_cache_filled_from_packed_sequences_cannot_be_continued(model):
-    ids, positions, _ = packed([[ids_of(6, 50)[0], ids_of(5, 51)[0]]])
+    ids, positions, _ = packed([[random_ids(1, 6, 50)[0], random_ids(1, 5, 51)[0]]])
     with torch.no_grad():
         cache = getattr(model(input_ids=ids, position_ids=positions, use_cache=True), mm.CACHE_FIELD)
         with pytest.raises(ValueError, match="filled from packed sequences"):
@@ -214,8 +194,8 @@ def test_a_cache_filled_from_packed_sequences_cannot_be_continued(model):
 
 def test_packed_sequences_after_cached_tokens_are_refused(model):
     with torch.no_grad():
-        cache = getattr(model(input_ids=ids_of(4, 52)), mm.CACHE_FIELD)
-        ids, positions, _ = packed([[ids_of(3, 53)[0], ids_of(3, 54)[0]]])
+        cache = getattr(model(input_ids=random_ids(1, 4, 52)), mm.CACHE_FIELD)
+        ids, positions, _ = packed([[random_ids(1, 3, 53)[0], random_ids(1, 3, 54)[0]]])
         positions[:, :3] += 4  # the first sequence continues the cached one, the second is packed after it
         with pytest.raises(ValueError, match="cannot follow cached tokens"):
             model(input_ids=ids, position_ids=positions, **{mm.CACHE_FIELD: cache})

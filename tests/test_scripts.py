@@ -20,17 +20,10 @@ import device_map as dm
 import generate as gen
 import prepare_hub_repo as hub
 import quanto_config as qc
-from make_tiny_checkpoint import build_text_checkpoint
 from minimax_code import REPO_ROOT
 
-SPEC_CONFIGS = REPO_ROOT.parent / "shared" / "spec" / "released-configs"
-TEXT_CONFIG = SPEC_CONFIGS / "minimax-text-01.config.json"
-VL_CONFIG = SPEC_CONFIGS / "minimax-vl-01.config.json"
 GIB = 2**30
 OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-
-needs_released = pytest.mark.skipif(not TEXT_CONFIG.is_file(), reason=f"released configs absent ({SPEC_CONFIGS})")
-
 
 # ------------------------------------------------------------------------------------------------------------------
 # Fixtures
@@ -38,30 +31,18 @@ needs_released = pytest.mark.skipif(not TEXT_CONFIG.is_file(), reason=f"released
 
 
 @pytest.fixture(scope="module")
-def text_config():
-    return qc.load_config(TEXT_CONFIG)
+def text_config(released_configs):
+    return released_configs["text"]
 
 
 @pytest.fixture(scope="module")
-def text_meta(text_config):
-    return dm.build_meta_model(text_config)
+def text_meta(released_meta_models):
+    return released_meta_models["text"]
 
 
 @pytest.fixture(scope="module")
-def vl_config():
-    return qc.load_config(VL_CONFIG)
-
-
-@pytest.fixture(scope="module")
-def tiny_text(tmp_path_factory):
-    return build_text_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny-text")
-
-
-@pytest.fixture(scope="module")
-def tiny_vl(tmp_path_factory):
-    from make_tiny_checkpoint import build_vl_checkpoint
-
-    return build_vl_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny-vl")
+def vl_config(released_configs):
+    return released_configs["vl"]
 
 
 def load_tiny(path, **kwargs):
@@ -125,7 +106,6 @@ def check_whole_contiguous_layers(plan, n_layers):
 # ------------------------------------------------------------------------------------------------------------------
 
 
-@needs_released
 def test_released_text_int8_on_8x80(text_config, text_meta):
     c = text_config
     plan = dm.plan_device_map(c, gpus=8, gpu_memory="80GiB", dtype="int8", model=text_meta)
@@ -145,7 +125,6 @@ def test_released_text_int8_on_8x80(text_config, text_meta):
     assert max(weights) / min(weights) <= 1.25
 
 
-@needs_released
 def test_released_text_bf16_refused_on_8x80_and_fits_on_8x141(text_config, text_meta):
     c = text_config
     # 456.1 B parameters (spec section 1) at 2 bytes
@@ -159,7 +138,6 @@ def test_released_text_bf16_refused_on_8x80_and_fits_on_8x141(text_config, text_
     assert sum(s.weight_bytes for s in plan.shares) == embed + sum(layers) + head
 
 
-@needs_released
 def test_headroom_and_cache_are_reserved(text_config, text_meta):
     c = text_config
     # 1M tokens of K/V: 4 GiB per softmax layer; 10 GiB headroom
@@ -172,9 +150,8 @@ def test_headroom_and_cache_are_reserved(text_config, text_meta):
         dm.plan_device_map(c, 8, "141GiB", "bfloat16", headroom="40GiB", model=text_meta)
 
 
-@needs_released
-def test_released_vl_plan(vl_config):
-    model = dm.build_meta_model(vl_config)
+def test_released_vl_plan(vl_config, released_meta_models):
+    model = released_meta_models["vl"]
     plan = dm.plan_device_map(vl_config, gpus=8, gpu_memory="80GiB", dtype="int8", model=model)
     check_whole_contiguous_layers(plan, 80)
     device_map = plan.device_map
@@ -310,8 +287,7 @@ def test_quanto_int8_quantizes_experts_and_attention_only(tiny_text):
     assert out.shape == (1, ids.shape[1] + 4) and torch.equal(out[:, : ids.shape[1]], ids[:1])
 
 
-@needs_released
-def test_quanto_skip_lists_name_real_modules(text_config, text_meta, vl_config, capsys):
+def test_quanto_skip_lists_name_real_modules(text_config, text_meta, vl_config, released_config_files, capsys):
     skip = qc.modules_to_not_convert(text_config)
     assert skip[:2] == ["lm_head", "model.embed_tokens"] and len(skip) == 2 + 2 * 80
     assert "model.layers.79.coefficient" in skip and "model.layers.79.block_sparse_moe.gate" in skip
@@ -324,10 +300,38 @@ def test_quanto_skip_lists_name_real_modules(text_config, text_meta, vl_config, 
         "language_model.model.embed_tokens",
     ]  # fmt: skip
     assert "language_model.model.layers.0.block_sparse_moe.gate" in vl_skip
-    qc.main([str(VL_CONFIG), "--json"])
+    qc.main([str(released_config_files["vl"]), "--json"])
     assert json.loads(capsys.readouterr().out) == {"weights": "int8", "modules_to_not_convert": vl_skip}
     with pytest.raises(ValueError, match="Unknown quanto weight type 'int3'"):
         qc.quanto_config(text_config, weights="int3")
+
+
+def test_torchao_recipe_quantizes_what_quanto_does(tiny_text, capsys):
+    """scripts/torchao_config.py: the same modules kept as the quanto recipe; int8 weights (torchao Int8Tensor) on
+    exactly the expert and attention Linear layers; logits close to fp32."""
+    pytest.importorskip("torchao")
+    import torchao_config as tc
+
+    c = qc.load_config(tiny_text)
+    assert tc.torchao_config(c).modules_to_not_convert == qc.modules_to_not_convert(c)
+    model = load_tiny(tiny_text, quantization_config=tc.torchao_config(tiny_text))
+    quantized = {name.removesuffix(".weight"): p for name, p in model.named_parameters() if hasattr(p, "qdata")}
+    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert linears - set(quantized) == {"lm_head"} | {f"model.layers.{i}.block_sparse_moe.gate" for i in range(8)}
+    assert {p.qdata.dtype for p in quantized.values()} == {torch.int8}
+    plain = load_tiny(tiny_text)
+    ids = token_ids(c)
+    with torch.no_grad():
+        reference, int8 = plain(ids).logits, model(ids).logits
+    error = ((int8 - reference).norm() / reference.norm()).item()
+    assert 1e-5 < error < 1e-2, error  # quantized, per-row int8 weights
+
+    tc.main([str(tiny_text), "--json", "--weights", "int8-dynamic"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["quant_method"] == "torchao"
+    assert printed["quant_type"]["default"]["_type"] == "Int8DynamicActivationInt8WeightConfig"
+    with pytest.raises(ValueError, match="Unknown torchao weight type 'int4'"):
+        tc.torchao_config(c, weights="int4")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -340,6 +344,7 @@ def run_script(*args, timeout=120):
                           timeout=timeout, cwd=REPO_ROOT)
 
 
+@pytest.mark.slow
 def test_generate_cli_text(tiny_text):
     result = run_script("scripts/generate.py", tiny_text, "--prompt", "Tell me about lightning attention.",
                         "--system", "Be brief.", "--max-new-tokens", "6")
@@ -350,6 +355,7 @@ def test_generate_cli_text(tiny_text):
     assert "MiniMaxText01ForCausalLM" in result.stderr and "tokens/s" in result.stderr
 
 
+@pytest.mark.slow
 def test_generate_cli_image(tiny_vl, tmp_path):
     image = tmp_path / "red.png"
     Image.new("RGB", (64, 48), (255, 0, 0)).save(image)
@@ -403,6 +409,7 @@ LOAD_REPO = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_prepared_repos_load_offline(tiny_text, tiny_vl, tmp_path):
     text_repo = hub.prepare_repo(tiny_text, tmp_path / "text-repo")
     vl_repo = hub.prepare_repo(tiny_vl, tmp_path / "vl-repo")

@@ -2,17 +2,22 @@
 `torch.distributed.run`, each running tests/tp_worker.py (many checks per launch; see there), against the same
 checkpoint loaded whole in each rank.
 
-The tiny checkpoints have 8 heads and 4 KV heads, so both sizes split every layer; the prompts are left-padded to
-49 tokens, crossing the lightning block boundary (32 tokens at head_dim 16). The 2-rank run is also part of the
+The same launch loads the text and VL checkpoints with torchao 8-bit weights quantized while loading, sharded and in
+one process (`check_torchao_tensor_parallel`). The tiny checkpoints have 8 heads and 4 KV heads, so both sizes split
+every layer; the prompts are left-padded to 49 tokens, crossing the lightning block boundary (32 tokens at
+head_dim 16). The 2-rank run is also part of the
 oldest-version smoke run: transformers 5.17 has the same engine (and runs this plan unchanged).
 """
 
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from make_tiny_checkpoint import build_text_checkpoint, build_vl_checkpoint
 from minimax_code import REPO_ROOT, load
@@ -23,12 +28,12 @@ TOLERANCE = 1e-5  # fp32, relative to the largest logit
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
+def checkpoints(tmp_path_factory, tiny_text):
     root = tmp_path_factory.mktemp("tp")
     return {
         "text": build_text_checkpoint(root / "text", num_attention_heads=8, num_key_value_heads=4),
         "vl": build_vl_checkpoint(root / "vl", num_attention_heads=8, num_key_value_heads=4),
-        "small_kv": build_text_checkpoint(root / "small-kv"),  # the default tiny model: 2 KV heads
+        "small_kv": tiny_text,  # the default tiny model: 2 KV heads
     }
 
 
@@ -62,6 +67,7 @@ TEXT_SPLITS = {
 }  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world_size", [pytest.param(2, marks=pytest.mark.smoke), 4])  # 5.17 runs the 2-rank one
 def test_tensor_parallel_matches_single_process(world_size, checkpoints, tmp_path):
     result = launch(world_size, checkpoints, tmp_path / "result.json")
@@ -97,13 +103,53 @@ def test_tensor_parallel_matches_single_process(world_size, checkpoints, tmp_pat
         assert cli["rank0"].startswith("user: ") and "assistant: " in cli["rank0"], (name, cli)
 
     refused = result["refused"]
-    assert "quantized" in refused["int8"] and "int8" in refused["int8"]
+    assert "optimum-quanto" in refused["quanto"] and "torchao_config" in refused["quanto"]
     if "expert_parallel" in refused:
         assert f"ep_size={world_size}" in refused["expert_parallel"] and "nn.Linear" in refused["expert_parallel"]
     if world_size > 2:  # the default tiny model has 2 KV heads
         assert f"tp_size={world_size}" in refused["kv_heads"] and "num_key_value_heads=2" in refused["kv_heads"]
     else:
         assert refused["kv_heads"] is None
+
+
+    if importlib.util.find_spec("torchao") is not None:  # a requirement; absent only in the oldest-version venv
+        assert "text_torchao_int8" in result["generate_cli"]
+        assert "include_input_output_embeddings=True" in result["refused"]["torchao_embeddings"]
+        check_torchao_tensor_parallel(result, world_size)
+
+
+def check_torchao_tensor_parallel(result: dict, world_size: int) -> None:
+    """torchao 8-bit weights quantized while loading, tensor parallel vs the same quantization in one process."""
+    print(f"TP {world_size} torchao:", result["quantized"], "VL:", result["vl_int8"], "bytes:", result["int8_bytes"])
+    for weights, measured in result["quantized"].items():
+        # within the quantization's own error against the exact model (w2 / o_proj / out_proj are quantized per
+        # output channel over this rank's input columns only, so their scales differ from the whole model's)
+        assert measured["tp_vs_alone"] <= measured["alone_vs_exact"], (weights, measured)
+        assert 1e-4 < measured["alone_vs_exact"] < 1e-2, (weights, measured)  # quantized, and not broken
+        assert measured["identical_on_ranks"], weights
+    # greedy tokens: equal for the int8 variants; float8's 4e-3 error flips near-ties of this random tiny model
+    assert result["quantized"]["int8"]["generate_equal"] and result["quantized"]["int8-dynamic"]["generate_equal"]
+
+    # every quantized weight is stored in 8 bits and holds exactly 1/N of its full weight along its split dim
+    shards = result["int8_shards"]
+    assert shards and all(entry["ok"] and entry["dtype"] == "int8" for entry in shards.values()), shards
+    for name, entry in shards.items():
+        expected = next(dim for key, dim in TEXT_SPLITS.items() if key in name)
+        assert entry["split"] == expected, (name, entry)
+    kept = {".".join("*" if part.isdigit() else part for part in n.split(".")) for n in result["int8_unquantized"]}
+    assert kept == {"lm_head", "model.layers.*.block_sparse_moe.gate"}, kept  # the recipe's high-precision modules
+    sizes = result["int8_bytes"]
+    assert len(set(sizes["per_rank"])) == 1 and sizes["per_rank"][0] < sizes["alone"] / world_size * 1.1, sizes
+    assert sizes["alone"] < sizes["fp32"] / 2.5, sizes
+
+    # the lightning decay rates come from the rank's own heads (the quantized shards are no DTensors)
+    heads_per_rank = 8 // world_size
+    for rank, layers in enumerate(result["lightning_heads"]):
+        assert layers and all(h == list(range(rank * heads_per_rank, (rank + 1) * heads_per_rank)) for h in layers)
+
+    vl = result["vl_int8"]
+    assert vl["quantized_count"] > 0 and vl["quantized_outside_language_model"] == []  # the vision side stays whole
+    assert vl["tp_vs_alone"] <= result["quantized"]["int8"]["alone_vs_exact"] * 2 and vl["generate_equal"], vl
 
 
 @pytest.mark.smoke
@@ -129,6 +175,68 @@ def test_layout_check_names_the_numbers():
         tp.check_parallel_layout(vl_config, DistributedConfig(tp_size=4, pp_size=2))
 
 
+def test_lightning_heads_come_from_the_rank_place_in_the_plan():
+    """Recording rank r of N gives every lightning layer the global heads [r H/N, (r+1) H/N) and their decay rates,
+    whatever its weights look like (here plain, unsplit tensors, as torchao's quantized shards are)."""
+    modeling = load("modeling_minimax_text_01")
+    kernels = load("lightning_attention")
+    config = config_module.MiniMaxText01Config(
+        hidden_size=64, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4, head_dim=8, rotary_dim=4,
+        intermediate_size=32, num_local_experts=2, vocab_size=64, attn_type_list=[0, 0, 0, 1],
+    )  # fmt: skip
+    model = modeling.MiniMaxText01ForCausalLM(config)
+    tp.record_tensor_parallel_place(model, 2, 4)
+    for i, layer in enumerate(model.model.layers[:3]):
+        assert layer.self_attn.heads == range(4, 6)
+        expected = kernels.lightning_slopes(8, i, 4)[4:6]
+        assert torch.equal(layer.self_attn.slopes(torch.device("cpu")), expected)
+        assert not torch.equal(expected, kernels.lightning_slopes(8, i, 4)[:2])  # rank 0's rates differ
+    assert not hasattr(model.model.layers[3].self_attn, "heads")  # softmax layers: local head counts only
+
+
+def test_quantizers_other_than_torchao_are_refused_under_tensor_parallel():
+    """Tensor parallel quantizes each rank's slice while loading, which transformers does for torchao only: quanto
+    and the others are refused before loading, naming the torchao way; without tensor parallel they pass."""
+    from transformers.distributed import DistributedConfig
+
+    config = config_module.MiniMaxText01Config()
+    config.quantization_config = {"quant_method": "torchao", "include_input_output_embeddings": True}
+    with pytest.raises(ValueError, match="include_input_output_embeddings=True does not combine with tensor parallel"):
+        tp.check_parallel_layout(config, DistributedConfig(tp_size=8))
+    for method in ("torchao", "quanto", "bitsandbytes"):
+        config.quantization_config = {"quant_method": method}
+        tp.check_parallel_layout(config, DistributedConfig(tp_size=1, pp_size=2))
+        if method == "torchao":
+            tp.check_parallel_layout(config, DistributedConfig(tp_size=8))
+            continue
+        with pytest.raises(ValueError) as refused:
+            tp.check_parallel_layout(config, DistributedConfig(tp_size=8))
+        message = str(refused.value)
+        assert "tp_plan='auto', quantization_config=torchao_config(path)" in message, message
+        assert ("optimum-quanto" if method == "quanto" else f"{method} quantization is not supported") in message
+
+
+def test_checkpoint_saved_quantized_is_refused_under_tensor_parallel(checkpoints, tmp_path):
+    """A torchao int8 checkpoint saved already quantized loads in one process (same logits as the model it was saved
+    from), and is refused under tensor parallel before anything loads, naming quantization while loading."""
+    from transformers import AutoModelForCausalLM
+    from torchao_config import torchao_config
+
+    pytest.importorskip("torchao")
+    source = checkpoints["text"]
+    quantized = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=True, dtype=torch.float32,
+                                                     quantization_config=torchao_config(source))  # fmt: skip
+    quantized.save_pretrained(tmp_path / "int8")
+    saved = json.loads((tmp_path / "int8" / "config.json").read_text())
+    assert saved["quantization_config"]["quant_method"] == "torchao"
+    with pytest.raises(ValueError, match=r"saved already quantized \(torchao\).*quantization_config=torchao_config"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "int8", trust_remote_code=True, tp_plan="auto")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "int8", trust_remote_code=True)
+    ids = torch.arange(3, 40)[None]
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, quantized(ids).logits)
+
+
 @pytest.mark.smoke
 def test_plan_names_only_real_modules_and_registered_styles():
     """Every rule of the plan matches a module of the released layer types, and every style is registered."""
@@ -152,8 +260,6 @@ def test_plan_names_only_real_modules_and_registered_styles():
 # The tensor-parallel planner (scripts/device_map.py --tp), on the released configs
 # ------------------------------------------------------------------------------------------------------------------
 
-SPEC_CONFIGS = REPO_ROOT.parent / "shared" / "spec" / "released-configs"
-needs_released = pytest.mark.skipif(not SPEC_CONFIGS.is_dir(), reason=f"released configs absent ({SPEC_CONFIGS})")
 GIB = 2**30
 
 
@@ -173,36 +279,61 @@ def released_tp_weight_bytes(c, tp: int, layers: range, first: bool, last: bool)
     return 2 * (split // tp + replicated)
 
 
+def released_tp_int8_bytes(c, tp: int) -> tuple[int, int]:
+    """(weight bytes, scale bytes) per GPU of torchao int8 at TP `tp`, one stage, in closed form: every attention
+    and expert Linear 1 byte per weight, split `tp` ways, with one fp32 scale per output row of this rank's part
+    (a weight split by rows: 1/tp of its rows; by columns, the out_proj / o_proj / w2: all rows); the embedding,
+    lm_head, lightning norm (split), layer norms and router gates (whole) in bf16."""
+    D, hd, kvd, E, I = c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, \
+        c.num_local_experts, c.intermediate_size  # fmt: skip
+    int8 = bf16 = scale_rows = 0
+    for kind in c.attn_type_list:
+        if kind == 1:  # q, k, v by rows, o_proj by columns
+            int8 += (hd * D + 2 * kvd * D) // tp + D * hd // tp
+            scale_rows += (hd + 2 * kvd) // tp + D
+        else:  # qkv_proj, output_gate by rows, out_proj by columns; the lightning norm split in bf16
+            int8 += 4 * hd * D // tp + D * hd // tp
+            scale_rows += 4 * hd // tp + D
+            bf16 += hd // tp
+        int8 += E * 3 * I * D // tp  # w1, w3 by rows, w2 by columns
+        scale_rows += E * (2 * I // tp + D)
+        bf16 += 2 * D + E * D  # the two layer norms, the router gate
+    bf16 += 2 * c.vocab_size * D // tp + D  # embedding, lm_head, final norm
+    return int8 + 2 * bf16, 4 * scale_rows
+
+
 @pytest.fixture(scope="module")
-def released():
-    import quanto_config
+def released(released_configs, released_meta_models, released_config_files):
+    """The released Text-01 and VL-01 configs (VL-01: its language model is Text-01's), Text-01's config.json path
+    and meta model (the session's fixtures, under the names these planner tests use)."""
+    return {"text": released_configs["text"], "vl": released_configs["vl"],
+            "text_path": released_config_files["text"], "text_meta": released_meta_models["text"],
+            "vl_meta": released_meta_models["vl"]}  # fmt: skip
 
-    text = quanto_config.load_config(SPEC_CONFIGS / "minimax-text-01.config.json")
-    return {"text": text, "vl": quanto_config.load_config(SPEC_CONFIGS / "minimax-vl-01.config.json")}
 
-
-@needs_released
 def test_planner_text_tp8_fits_141gb_and_is_refused_on_80gb_with_what_fits(released):
     import device_map as dm
 
-    c = released["text"]
-    plan = dm.plan_tensor_parallel(c, 8, gpu_memory="141GB")
+    c, meta = released["text"], released["text_meta"]
+    plan = dm.plan_tensor_parallel(c, 8, gpu_memory="141GB", model=meta)
     (stage,) = plan.stages
-    assert stage.weight_bytes == released_tp_weight_bytes(c, 8, range(80), True, True)
+    assert stage.weight_bytes == released_tp_weight_bytes(c, 8, range(80), True, True) and stage.scale_bytes == 0
     assert abs(stage.weight_bytes / GIB - 106.2) < 0.05  # spec: 105.6 GiB + 0.6 GiB of split embedding / lm_head
     assert stage.kv_bytes == 10 * 2 * 1 * 128 * 32768 * 2  # 10 softmax layers, one KV head per GPU, bf16
     assert stage.state_bytes == 70 * 8 * 128 * 128 * 4  # 70 lightning layers, 8 heads per GPU, fp32
+    assert stage.activation_bytes == dm.prefill_chunk_activation_bytes(c, 8192, 8)  # a chunk of 8,192 tokens
     assert plan.fits and 20 * GIB < plan.gpu_memory - stage.total(plan.headroom) < 21 * GIB
 
     with pytest.raises(ValueError) as refused:
-        dm.plan_tensor_parallel(c, 8, gpu_memory="80GB")
+        dm.plan_tensor_parallel(c, 8, gpu_memory="80GB", model=meta)
     message = str(refused.value)
-    assert "does not fit GPUs of 74.5 GiB" in message and "needs 110.4 GiB" in message
+    assert "does not fit GPUs of 74.5 GiB" in message and "needs 111.0 GiB" in message
     assert "--tp 8 --pp 2 (16 GPUs, 2 node(s) of 8)" in message  # more nodes
     assert "not --tp 16" in message and "8 KV heads" in message
+    assert "--tp 8 --pp 1 --dtype int8 (torchao" in message  # int8 on one node, tensor parallel
     assert "--gpus 8 --dtype int8" in message  # int8 on one node, as a device map
 
-    two_nodes = dm.plan_tensor_parallel(c, 8, pp=2, gpu_memory="80GB")
+    two_nodes = dm.plan_tensor_parallel(c, 8, pp=2, gpu_memory="80GB", model=meta)
     assert [s.layers for s in two_nodes.stages] == [range(0, 40), range(40, 80)]
     assert [s.weight_bytes for s in two_nodes.stages] == [
         released_tp_weight_bytes(c, 8, range(0, 40), True, False),
@@ -210,39 +341,59 @@ def test_planner_text_tp8_fits_141gb_and_is_refused_on_80gb_with_what_fits(relea
     ]
 
 
-@needs_released
+def test_planner_int8_tp8_holds_text01_on_8x80gb_at_32k_128k_1m(released):
+    """torchao int8 at TP 8: the weights and scales per GPU equal the closed form, and 8 x 80 GB holds the model with
+    1M tokens of context; bf16 does not fit there at any length."""
+    import device_map as dm
+
+    c, meta = released["text"], released["text_meta"]
+    weights, scales = released_tp_int8_bytes(c, 8)
+    for context in (32768, 131072, 1048576):
+        plan = dm.plan_tensor_parallel(c, 8, gpu_memory="80GB", dtype="int8", context_length=context, model=meta)
+        (stage,) = plan.stages
+        assert (stage.weight_bytes, stage.scale_bytes) == (weights, scales)
+        assert stage.kv_bytes == 10 * 2 * 1 * 128 * context * 2 and stage.state_bytes == 70 * 8 * 128 * 128 * 4
+        assert plan.fits and not dm.plan_tensor_parallel(c, 8, gpu_memory="80GB", context_length=context,
+                                                         model=meta, check_fit=False).fits  # fmt: skip
+    assert 53 * GIB < weights < 54 * GIB and 80 * 2**20 < scales < 90 * 2**20  # about half of bf16's 106.2 GiB
+
+
 def test_planner_vl_keeps_the_vision_side_whole(released):
     import device_map as dm
 
-    vl, text = released["vl"], released["text"]
-    meta = dm.build_meta_model(vl)
+    vl, text, meta = released["vl"], released["text"], released["vl_meta"]
     vision = sum(p.numel() * 2 for n, p in meta.named_parameters() if not n.startswith("language_model."))
     vision += sum(b.numel() * b.element_size() for n, b in meta.named_buffers() if not n.startswith("language_model."))
-    (stage,) = dm.plan_tensor_parallel(vl, 8, gpu_memory="141GB").stages
+    (stage,) = dm.plan_tensor_parallel(vl, 8, gpu_memory="141GB", model=meta).stages
     assert stage.weight_bytes == released_tp_weight_bytes(vl.text_config, 8, range(80), True, True) + vision
     assert vl.text_config.num_hidden_layers == text.num_hidden_layers
+    (int8,) = dm.plan_tensor_parallel(vl, 8, gpu_memory="80GB", dtype="int8", model=meta).stages
+    weights, scales = released_tp_int8_bytes(text, 8)
+    assert (int8.weight_bytes, int8.scale_bytes) == (weights + vision, scales)  # the vision side stays bf16
 
 
-@needs_released
 def test_planner_refusals_and_cli(released, capsys):
     import device_map as dm
 
-    c = released["text"]
-    with pytest.raises(ValueError, match="int8 .* does not combine with tensor parallel"):
-        dm.plan_tensor_parallel(c, 8, dtype="int8")
+    c, path = released["text"], str(released["text_path"])
     with pytest.raises(ValueError, match="tp_size=16 does not divide num_key_value_heads=8"):
-        dm.plan_tensor_parallel(c, 16)
+        dm.plan_tensor_parallel(c, 16, model=released["text_meta"])
     with pytest.raises(ValueError, match="Pipeline parallel"):
         dm.plan_tensor_parallel(released["vl"], 8, pp=2)
-    dm.main([str(SPEC_CONFIGS / "minimax-text-01.config.json"), "--tp", "8", "--gpu-memory", "141GB"])
+    dm.main([path, "--tp", "8", "--gpu-memory", "141GB"])
     table = capsys.readouterr().out
     assert "tensor parallel 8 x 1 pipeline stage(s) = 8 GPUs of 131.3 GiB" in table and table.rstrip().endswith("Fits.")
+    dm.main([path, "--tp", "8", "--gpu-memory", "80GB", "--dtype", "int8", "--fit-table"])
+    rows = capsys.readouterr().out.splitlines()
+    assert "int8, tensor parallel 8 x 1 stage(s), GPUs of 74.5 GiB" in rows[0]
+    assert [row.split(" tokens:")[0].strip() for row in rows[1:]] == ["32,768", "131,072", "1,048,576"]
+    assert all(": fits, " in row for row in rows[1:]), rows
     with pytest.raises(SystemExit):
-        dm.main([str(SPEC_CONFIGS / "minimax-text-01.config.json"), "--tp", "8", "--json"])
+        dm.main([path, "--tp", "8", "--json"])
     assert "needs none" in capsys.readouterr().err
 
 
-def test_generate_script_layout_under_torchrun(monkeypatch, capsys, checkpoints):
+def test_generate_script_layout_under_torchrun(monkeypatch, capsys, tiny_text):
     """generate.py: no layout in one process, TP x PP from WORLD_SIZE and --pp, refusals before anything loads."""
     import generate
 
@@ -254,5 +405,5 @@ def test_generate_script_layout_under_torchrun(monkeypatch, capsys, checkpoints)
     monkeypatch.setenv("WORLD_SIZE", "2")
     for extra in (["--int8"], ["--device-map", "auto"], ["--pp", "3"]):
         with pytest.raises(SystemExit):
-            generate.main([str(checkpoints["small_kv"]), "--prompt", "hi", *extra])
+            generate.main([str(tiny_text), "--prompt", "hi", *extra])
         assert "error:" in capsys.readouterr().err

@@ -11,13 +11,14 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import VOCAB, cache_of, errors, random_ids, tiny_model
 from minimax_code import load
 from make_tiny_checkpoint import build_text_checkpoint, tiny_text_config
 from reference import lightning_layer_slopes, reference_text_logits, rope_inv_freq
+from released_configs import released_text_config
 from safetensors.torch import load_file, save_file
 
 # Also run on the oldest supported transformers (make test-oldest): generation, the cache and config
@@ -27,50 +28,11 @@ pytestmark = pytest.mark.smoke
 mm = load("modeling_minimax_text_01")
 mc = load("cache_minimax_text_01")
 MiniMaxText01Config = load("configuration_minimax_text_01").MiniMaxText01Config
-# the spec folder sits beside the repository: /work/shared/spec next to /work/main
-RELEASED_CONFIG = Path(__file__).resolve().parents[2] / "shared/spec/released-configs/minimax-text-01.config.json"
-VOCAB = 512
-
-
-def randomize_weights(model, seed=0):
-    """Unit-scale random weights, so every term of the math shows in the logits: norm weights 1 + 0.2 N(0, 1),
-    matrices N(0, 1/fan_in), and router gates 4x larger so top-k choices are decisive (no near-ties for rounding
-    to flip in bf16)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 1:
-                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
-            else:
-                scale = 4.0 if name.endswith("block_sparse_moe.gate.weight") else 1.0
-                p.copy_(scale * torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
-    return model
-
-
-def tiny_model(seed=0, **overrides):
-    """A tiny eval-mode model with random weights; block_size 8 so short prompts cross several lightning blocks."""
-    overrides.setdefault("block_size", 8)
-    return randomize_weights(mm.MiniMaxText01ForCausalLM(tiny_text_config(vocab_size=VOCAB, **overrides)), seed).eval()
-
-
-def random_ids(batch, length, seed=0):
-    return torch.randint(3, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
-
-
-def cache_of(output):
-    return getattr(output, mm.CACHE_FIELD)
 
 
 def logits(model, **inputs):
     with torch.no_grad():
         return model(**inputs).logits
-
-
-def errors(actual, expected):
-    """(max abs error, max abs error / max |expected|, relative L2 error) against a float64 reference."""
-    diff = actual.double() - expected
-    max_abs = diff.abs().max()
-    return max_abs.item(), (max_abs / expected.abs().max()).item(), (diff.norm() / expected.norm()).item()
 
 
 def assert_derived_tables_match_formulas(model):
@@ -350,6 +312,7 @@ FRESH_PROCESS_LOAD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_fresh_process_offline_load(tmp_path):
     folder = build_text_checkpoint(tmp_path / "tiny-text")
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"))
@@ -464,7 +427,7 @@ def test_config_accepts_one_element_shared_size_list():
 
 
 def test_legacy_model_type_is_accepted(tmp_path):
-    values = json.loads(RELEASED_CONFIG.read_text()) if RELEASED_CONFIG.exists() else {}
+    values = released_text_config()
     values.update(model_type="MiniMaxText01", num_hidden_layers=8, attn_type_list=[0, 0, 0, 1, 0, 0, 0, 1])
     (tmp_path / "config.json").write_text(json.dumps(values))
     config = MiniMaxText01Config.from_pretrained(tmp_path)
@@ -477,9 +440,7 @@ def test_legacy_model_type_is_accepted(tmp_path):
 
 @pytest.fixture(scope="module")
 def released_meta_model():
-    if not RELEASED_CONFIG.exists():
-        pytest.skip(f"released config not found at {RELEASED_CONFIG} (the spec folder sits beside the repository)")
-    config = MiniMaxText01Config.from_dict(json.loads(RELEASED_CONFIG.read_text()))
+    config = MiniMaxText01Config.from_dict(released_text_config())
     with torch.device("meta"):
         return mm.MiniMaxText01ForCausalLM(config)
 

@@ -225,6 +225,7 @@ _LOADER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_save_load_round_trip_fresh_process(tok, tmp_path):
     save_dir = tmp_path / "tiny_tokenizer"
     tok.save_pretrained(str(save_dir))

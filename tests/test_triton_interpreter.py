@@ -18,12 +18,11 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 import triton_interpreter  # noqa: E402, F401  (the interpreter's workarounds; they act when a kernel first runs)
 from fla.ops.simple_gla import chunk_simple_gla  # noqa: E402, F401  (installed, or this run fails)
 
-import gpu_check  # noqa: E402
+import gpu_checks  # noqa: E402
 import torch  # noqa: E402
 from minimax_code import load  # noqa: E402
 from reference import lightning_recurrence  # noqa: E402
-from test_fast_paths import tiny_model  # noqa: E402
-from test_lightning import SLOPES, rel_err  # noqa: E402
+from helpers import SLOPES, rel_err, tiny_model  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
@@ -116,13 +115,13 @@ def test_fla_prefill_gradients_match_float64_recurrence(T, packed, report_error)
 
 def test_model_with_fla_prefill_equals_plain_path_padded_and_cached(monkeypatch, report_error):
     """The tiny model (fp32) with its lightning prefill through fla (`lightning_impl="fla"`, which CPU tensors take
-    too, here in Triton's interpreter) vs the plain chunked path (`lightning_impl="chunked"`): a left-padded batch prefilled with a
-    cache, a 28-token cached continuation (fla from the cached state), then 2 decode steps (scripts/gpu_check.py
-    runs the same comparison on a GPU)."""
-    model = tiny_model().float()
+    too, here in Triton's interpreter) vs the plain chunked path (`lightning_impl="chunked"`): a left-padded batch
+    prefilled with a cache, a 28-token cached continuation (fla from the cached state), then 2 decode steps
+    (scripts/gpu_checks.py runs the same comparison on a GPU)."""
+    model = tiny_model()
     model.config.lightning_impl = "chunked"
-    ids, mask = gpu_check.padded_batch(torch.device("cpu"))  # 70 tokens, row 0 left-padded
-    plain_logits, plain_states = gpu_check.padded_prefill_continuation_decode(model, ids, mask, prefill=40)
+    ids, mask = gpu_checks.padded_batch(torch.device("cpu"))  # 70 tokens, row 0 left-padded
+    plain_logits, plain_states = gpu_checks.padded_prefill_continuation_decode(model, ids, mask, prefill=40)
     fla_calls = []
 
     def counted_fla(*args):
@@ -131,7 +130,7 @@ def test_model_with_fla_prefill_equals_plain_path_padded_and_cached(monkeypatch,
 
     monkeypatch.setitem(la.LIGHTNING_KERNELS, "fla", counted_fla)  # a spy: the setting below picks the kernel
     model.config.lightning_impl = "fla"
-    fla_logits, fla_states = gpu_check.padded_prefill_continuation_decode(model, ids, mask, prefill=40)
+    fla_logits, fla_states = gpu_checks.padded_prefill_continuation_decode(model, ids, mask, prefill=40)
 
     lightning_layers = len(plain_states)
     assert fla_calls == [40] * lightning_layers + [28] * lightning_layers  # prefill and continuation took fla
@@ -147,10 +146,10 @@ def test_model_with_fla_prefill_equals_plain_path_padded_and_cached(monkeypatch,
 def test_model_with_fla_prefill_equals_plain_path_on_packed_sequences(monkeypatch, report_error):
     """Packed rows (position_ids restarting, right-padded): fla's segments (`cu_seqlens`) inside the model vs the
     plain path's sequence starts, logits and the gradient w.r.t. the input embeddings (the backward through fla)."""
-    model = tiny_model().float()
+    model = tiny_model()
     model.config.lightning_impl = "chunked"
-    packed = gpu_check.packed_batch(torch.device("cpu"))  # rows of 3 and 2 sequences, 66 tokens
-    plain_logits, plain_grad = gpu_check.packed_logits_and_input_gradient(model, *packed)
+    packed = gpu_checks.packed_batch(torch.device("cpu"))  # rows of 3 and 2 sequences, 66 tokens
+    plain_logits, plain_grad = gpu_checks.packed_logits_and_input_gradient(model, *packed)
     starts_seen = []
 
     def counted_fla(q, k, v, log_decay, state, sequence_starts, block_size):
@@ -159,7 +158,7 @@ def test_model_with_fla_prefill_equals_plain_path_on_packed_sequences(monkeypatc
 
     monkeypatch.setitem(la.LIGHTNING_KERNELS, "fla", counted_fla)  # a spy: the setting below picks the kernel
     model.config.lightning_impl = "fla"
-    fla_logits, fla_grad = gpu_check.packed_logits_and_input_gradient(model, *packed)
+    fla_logits, fla_grad = gpu_checks.packed_logits_and_input_gradient(model, *packed)
     assert starts_seen == [3] * len(starts_seen) and starts_seen  # 2 + 1 sequence starts after each row's first
     keep = packed[2].bool()
     errors = {"logits": rel_err(fla_logits[keep], plain_logits[keep]), "input gradient": rel_err(fla_grad, plain_grad)}

@@ -8,7 +8,6 @@ same weights in float64, the projector written as explicit formulas, the anyres 
 spec 4.4, and the text model from tests/reference.py.
 """
 
-import json
 import math
 import os
 import subprocess
@@ -17,13 +16,12 @@ import textwrap
 
 import pytest
 import torch
-from PIL import Image
 from transformers import CLIPVisionModel
 
-from make_tiny_checkpoint import build_vl_checkpoint, tiny_vl_config
-from minimax_code import REPO_ROOT, load
+from helpers import random_image
+from minimax_code import load
 from reference import reference_text_logits
-from tiny_tokenizer import build_tiny_tokenizer, special_token_ids
+from released_configs import released_vl_config
 
 # The whole file is a smoke test: config sub-configs, generation and ProcessorMixin differ between transformers versions.
 pytestmark = pytest.mark.smoke
@@ -33,7 +31,6 @@ modeling = load("modeling_minimax_vl_01")
 processing = load("processing_minimax_vl_01")
 image_processing = load("image_processing_minimax_vl_01")
 
-RELEASED_VL_CONFIG = REPO_ROOT.parent / "shared/spec/released-configs/minimax-vl-01.config.json"
 TILE, PATCH, GRID = 336, 14, 24  # crop size, patch size, patches per crop side
 
 # Images (width x height) and their spec 4.4 geometry, worked out by hand:
@@ -53,37 +50,11 @@ TOKENS = {
 CROPS = {WIDE: 4, TALL: 4, SQUARE: 2, PHOTO: 7, THIN_WIDE: 4, THIN_TALL: 4, STRIP: 2, NARROW: 2}
 
 
-def image(size, seed):
-    """A random RGB image of (width, height) `size`."""
-    generator = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (size[1], size[0], 3), dtype=torch.uint8, generator=generator)
-    return Image.fromarray(pixels.numpy())
-
-
-@pytest.fixture(scope="module")
-def processor():
-    tokenizer = build_tiny_tokenizer(with_image_token=True)
-    return processing.MiniMaxVL01Processor(image_processing.MiniMaxVL01ImageProcessor(), tokenizer)
-
-
-@pytest.fixture(scope="module")
-def model(processor):
-    tokenizer = processor.tokenizer
-    config = tiny_vl_config(image_token_index=special_token_ids(tokenizer)["image"], vocab_size=len(tokenizer))
-    torch.manual_seed(0)
-    model = modeling.MiniMaxVL01ForConditionalGeneration(config).eval()
-    with torch.no_grad():  # biases start at 0 and norms at 1: perturb everything outside the LM so all of it counts
-        for name, param in model.named_parameters():
-            if not name.startswith("language_model."):
-                param.add_(0.05 * torch.randn_like(param))
-    return model
-
-
 # ------------------------------------------------------------------------------------------------ config
 
 
 def test_released_config_loads_unchanged_and_round_trips(tmp_path):
-    released = json.loads(RELEASED_VL_CONFIG.read_text())
+    released = released_vl_config()
     config = config_module.MiniMaxVL01Config(**released)
     assert config.text_config.shared_intermediate_size == [0] and config.text_config.hidden_size == 6144
     assert config.text_config.max_position_embeddings == 8192
@@ -121,7 +92,7 @@ def test_config_rejects_unsupported_values(overrides, match):
 
 
 def test_released_config_on_meta_device_has_the_released_keys():
-    config = config_module.MiniMaxVL01Config(**json.loads(RELEASED_VL_CONFIG.read_text()))
+    config = config_module.MiniMaxVL01Config(**released_vl_config())
     with torch.device("meta"):
         model = modeling.MiniMaxVL01ForConditionalGeneration(config)
     shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
@@ -209,24 +180,24 @@ def reference_vl_logits(model, inputs, sizes):
     )  # fmt: skip
 
 
-def test_image_features_match_float64_reference(model, processor):
+def test_image_features_match_float64_reference(vl_model, vl_processor):
     sizes = [WIDE, TALL, SQUARE]
-    pixels = processor.image_processor([image(s, i) for i, s in enumerate(sizes)], return_tensors="pt")
+    pixels = vl_processor.image_processor([random_image(*s, i) for i, s in enumerate(sizes)], return_tensors="pt")
     with torch.no_grad():
-        features = model.get_image_features(pixels["pixel_values"], pixels["image_sizes"])
-    expected = reference_image_features(model, pixels["pixel_values"], sizes)
+        features = vl_model.get_image_features(pixels["pixel_values"], pixels["image_sizes"])
+    expected = reference_image_features(vl_model, pixels["pixel_values"], sizes)
     assert [f.shape[0] for f in features] == [TOKENS[s] for s in sizes]
     for got, want in zip(features, expected):
         torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-4)
 
 
-def test_vl_logits_match_float64_reference(model, processor):
+def test_vl_logits_match_float64_reference(vl_model, vl_processor):
     """A left-padded batch: a wide image (3 tiles in a row) and a tall one (3 tiles in a column) with text."""
     texts = ["<image>A wide picture of the sea.", "Look: <image> and tell me what stands there, please."]
-    inputs = processor(images=[image(THIN_WIDE, 1), image(THIN_TALL, 2)], text=texts, return_tensors="pt")
+    inputs = vl_processor(images=[random_image(*THIN_WIDE, 1), random_image(*THIN_TALL, 2)], text=texts, return_tensors="pt")
     with torch.no_grad():
-        logits = model(**inputs).logits.double()
-    expected = reference_vl_logits(model, inputs, [THIN_WIDE, THIN_TALL])
+        logits = vl_model(**inputs).logits.double()
+    expected = reference_vl_logits(vl_model, inputs, [THIN_WIDE, THIN_TALL])
     real = inputs["attention_mask"].bool()
     err = (logits - expected)[real].abs().max().item()
     rel = err / expected[real].abs().max().item()
@@ -234,18 +205,18 @@ def test_vl_logits_match_float64_reference(model, processor):
     assert err < 1e-5 and rel < 1e-5
 
 
-def test_earlier_vision_feature_layer(model, processor):
-    pixels = processor.image_processor([image(SQUARE, 3)], return_tensors="pt")["pixel_values"]
-    clip = CLIPVisionModel(model.config.vision_config)
-    missing, _ = clip.load_state_dict(model.vision_tower.vision_model.state_dict(), strict=False)
+def test_earlier_vision_feature_layer(vl_model, vl_processor):
+    pixels = vl_processor.image_processor([random_image(*SQUARE, 3)], return_tensors="pt")["pixel_values"]
+    clip = CLIPVisionModel(vl_model.config.vision_config)
+    missing, _ = clip.load_state_dict(vl_model.vision_tower.vision_model.state_dict(), strict=False)
     assert sorted(missing) == ["post_layernorm.bias", "post_layernorm.weight"]
     with torch.no_grad():
         expected = clip.eval()(pixels, output_hidden_states=True).hidden_states
-        model.config.vision_feature_layer = -2
+        vl_model.config.vision_feature_layer = -2
         try:
-            got = model._crop_features(pixels)
+            got = vl_model._crop_features(pixels)
         finally:
-            model.config.vision_feature_layer = -1
+            vl_model.config.vision_feature_layer = -1
     torch.testing.assert_close(got, expected[-2][:, 1:])
 
 
@@ -261,42 +232,42 @@ def greedy(model, inputs, use_cache=True, steps=3):
     return out.sequences[:, inputs["input_ids"].shape[1] :], torch.stack(out.logits)
 
 
-def test_generate_with_and_without_cache_give_the_same_tokens(model, processor):
+def test_generate_with_and_without_cache_give_the_same_tokens(vl_model, vl_processor):
     text = "First <image> then <image>: which one is wider?"
-    inputs = processor(images=[image(STRIP, 4), image(NARROW, 5)], text=text, return_tensors="pt")
-    assert (inputs["input_ids"] == model.config.image_token_index).sum() == TOKENS[STRIP] + TOKENS[NARROW]
-    cached, cached_logits = greedy(model, inputs, use_cache=True)
-    uncached, uncached_logits = greedy(model, inputs, use_cache=False)
+    inputs = vl_processor(images=[random_image(*STRIP, 4), random_image(*NARROW, 5)], text=text, return_tensors="pt")
+    assert (inputs["input_ids"] == vl_model.config.image_token_index).sum() == TOKENS[STRIP] + TOKENS[NARROW]
+    cached, cached_logits = greedy(vl_model, inputs, use_cache=True)
+    uncached, uncached_logits = greedy(vl_model, inputs, use_cache=False)
     assert torch.equal(cached, uncached)
     torch.testing.assert_close(cached_logits, uncached_logits, atol=1e-4, rtol=1e-4)
 
 
-def test_batched_generation_matches_single_prompts(model, processor):
+def test_batched_generation_matches_single_prompts(vl_model, vl_processor):
     """Different image sizes, a text-only prompt, left padding (several images per prompt: the test above)."""
     prompts = [
-        ("<image>: describe it.", [image(NARROW, 6)]),
+        ("<image>: describe it.", [random_image(*NARROW, 6)]),
         ("A prompt without any image at all.", []),
-        ("Only <image>.", [image(STRIP, 8)]),
+        ("Only <image>.", [random_image(*STRIP, 8)]),
     ]
     images = [im for _, ims in prompts for im in ims]
-    batch = processor(images=images, text=[text for text, _ in prompts], return_tensors="pt")
+    batch = vl_processor(images=images, text=[text for text, _ in prompts], return_tensors="pt")
     assert batch["image_sizes"].tolist() == [[336, 20], [20, 336]] and batch["pixel_values"].shape[0] == 4
     assert batch["attention_mask"][:, -1].all() and batch["attention_mask"][1, 0] == 0  # left padded
-    batch_tokens, batch_logits = greedy(model, batch)
+    batch_tokens, batch_logits = greedy(vl_model, batch)
     for i, (text, images) in enumerate(prompts):
-        tokens, logits = greedy(model, processor(images=images or None, text=text, return_tensors="pt"))
+        tokens, logits = greedy(vl_model, vl_processor(images=images or None, text=text, return_tensors="pt"))
         assert torch.equal(batch_tokens[i], tokens[0])
         torch.testing.assert_close(batch_logits[:, i], logits[:, 0], atol=1e-4, rtol=1e-4)
 
 
-def test_beam_search_repeats_each_prompts_images(model, processor):
+def test_beam_search_repeats_each_prompts_images(vl_model, vl_processor):
     """num_beams / num_return_sequences repeat batch rows; the flat crop tensor must follow its rows."""
-    prompts = [("<image> and <image>", [image(NARROW, 14), image(STRIP, 15)]), ("Only <image>.", [image(STRIP, 16)])]
+    prompts = [("<image> and <image>", [random_image(*NARROW, 14), random_image(*STRIP, 15)]), ("Only <image>.", [random_image(*STRIP, 16)])]
 
     def beams(images, text):
         """(tokens [rows * 2, 2], prefill logits [rows * 2, vocab])"""
-        inputs = processor(images=images, text=text, return_tensors="pt")
-        out = model.generate(
+        inputs = vl_processor(images=images, text=text, return_tensors="pt")
+        out = vl_model.generate(
             **inputs, max_new_tokens=2, min_new_tokens=2, num_beams=2, num_return_sequences=2,
             output_logits=True, return_dict_in_generate=True,
         )  # fmt: skip
@@ -305,19 +276,19 @@ def test_beam_search_repeats_each_prompts_images(model, processor):
     batch_tokens, batch_logits = beams([im for _, ims in prompts for im in ims], [text for text, _ in prompts])
     assert torch.equal(batch_tokens, torch.cat([beams(images, text)[0] for text, images in prompts]))
     with torch.no_grad():  # every beam starts from its prompt's plain forward
-        plain = [model(**processor(images=ims, text=text, return_tensors="pt")).logits[0, -1] for text, ims in prompts]
+        plain = [vl_model(**vl_processor(images=ims, text=text, return_tensors="pt")).logits[0, -1] for text, ims in prompts]
     torch.testing.assert_close(batch_logits, torch.stack(plain).repeat_interleave(2, dim=0), atol=1e-4, rtol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------------ processor
 
 
-def test_processor_expands_each_placeholder_to_its_image_tokens(processor):
-    image_id = processor.image_token_id
+def test_processor_expands_each_placeholder_to_its_image_tokens(vl_processor):
+    image_id = vl_processor.image_token_id
     texts = ["<image> photo then <image> square", "no image here", "<image>"]
     sizes = [PHOTO, SQUARE, TALL]
-    images = [[image(PHOTO, 9), image(SQUARE, 10)], [], [image(TALL, 11)]]  # one list per prompt
-    out = processor(images=images, text=texts, return_tensors="pt")
+    images = [[random_image(*PHOTO, 9), random_image(*SQUARE, 10)], [], [random_image(*TALL, 11)]]  # one list per prompt
+    out = vl_processor(images=images, text=texts, return_tensors="pt")
     assert out["pixel_values"].shape == (sum(CROPS[s] for s in sizes), 3, 336, 336)
     assert out["image_sizes"].tolist() == [[h, w] for w, h in sizes]
     per_prompt = (out["input_ids"] == image_id).sum(-1).tolist()
@@ -328,23 +299,23 @@ def test_processor_expands_each_placeholder_to_its_image_tokens(processor):
     assert out["attention_mask"][1, 0] == 0 and out["attention_mask"][:, -1].all()  # left padding
 
 
-def test_processor_chat_template_with_image_items_and_plain_strings(processor):
+def test_processor_chat_template_with_image_items_and_plain_strings(vl_processor):
     messages = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]},
     ]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    prompt = vl_processor.apply_chat_template(messages, add_generation_prompt=True)
     assert prompt == (
         "<beginning_of_sentence>system ai_setting=assistant\nBe brief.<end_of_sentence>\n"
         "<beginning_of_sentence>user name=user\n<image>What is this?<end_of_sentence>\n"
         "<beginning_of_sentence>ai name=assistant\n"
     )
-    messages[1]["content"][0]["image"] = image(SQUARE, 12)  # the image travels inside the conversation
-    out = processor.apply_chat_template(
+    messages[1]["content"][0]["image"] = random_image(*SQUARE, 12)  # the image travels inside the conversation
+    out = vl_processor.apply_chat_template(
         messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
     )
-    assert (out["input_ids"] == processor.image_token_id).sum() == 1176 and out["pixel_values"].shape[0] == 2
-    assert processor.tokenizer.decode(out["input_ids"][0]) == prompt.replace("<image>", "<image>" * 1176)
+    assert (out["input_ids"] == vl_processor.image_token_id).sum() == 1176 and out["pixel_values"].shape[0] == 2
+    assert vl_processor.tokenizer.decode(out["input_ids"][0]) == prompt.replace("<image>", "<image>" * 1176)
 
 
 @pytest.mark.parametrize(
@@ -356,65 +327,61 @@ def test_processor_chat_template_with_image_items_and_plain_strings(processor):
         ("<image>", 0, "1 <image> placeholders .* but 0 images"),
     ],
 )
-def test_processor_rejects_placeholder_image_mismatch(processor, text, n_images, match):
-    images = [image(SQUARE, i) for i in range(n_images)] or None
+def test_processor_rejects_placeholder_image_mismatch(vl_processor, text, n_images, match):
+    images = [random_image(*SQUARE, i) for i in range(n_images)] or None
     with pytest.raises(ValueError, match=match):
-        processor(images=images, text=text)
+        vl_processor(images=images, text=text)
 
 
-def test_processor_rejects_per_prompt_mismatch_and_corrupt_images(processor, tmp_path):
+def test_processor_rejects_per_prompt_mismatch_and_corrupt_images(vl_processor, tmp_path):
     with pytest.raises(ValueError, match=r"Per prompt, the text has \[1, 0\] .* hold \[0, 1\]"):
-        processor(images=[[], [image(SQUARE, 0)]], text=["<image>", "text"])
+        vl_processor(images=[[], [random_image(*SQUARE, 0)]], text=["<image>", "text"])
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     with pytest.raises(ValueError, match="Could not read an image"):
-        processor(images=[str(corrupt)], text="<image>")
+        vl_processor(images=[str(corrupt)], text="<image>")
 
 
 # ------------------------------------------------------------------------------------------------ model bad inputs
 
 
-def test_model_rejects_inconsistent_image_inputs(model, processor):
-    inputs = processor(images=[image(SQUARE, 0)], text="<image> hello", return_tensors="pt")
+def test_model_rejects_inconsistent_image_inputs(vl_model, vl_processor):
+    inputs = vl_processor(images=[random_image(*SQUARE, 0)], text="<image> hello", return_tensors="pt")
     ids, pixels, sizes = inputs["input_ids"], inputs["pixel_values"], inputs["image_sizes"]
-    image_id = model.config.image_token_index
+    image_id = vl_model.config.image_token_index
     with pytest.raises(ValueError, match="holds 1 crops, but image_sizes .* need 2"):
-        model(input_ids=ids, pixel_values=pixels[:1], image_sizes=sizes)
+        vl_model(input_ids=ids, pixel_values=pixels[:1], image_sizes=sizes)
     with pytest.raises(ValueError, match="holds 2 crops, but image_sizes .* need 4"):
-        model(input_ids=ids, pixel_values=pixels, image_sizes=torch.tensor([[336, 336], [336, 336]]))
+        vl_model(input_ids=ids, pixel_values=pixels, image_sizes=torch.tensor([[336, 336], [336, 336]]))
     with pytest.raises(ValueError, match="no image token"):
-        model(input_ids=ids[ids != image_id][None], pixel_values=pixels, image_sizes=sizes)
+        vl_model(input_ids=ids[ids != image_id][None], pixel_values=pixels, image_sizes=sizes)
     with pytest.raises(ValueError, match="contain 1175 image tokens, but the 1 images give 1176"):
-        model(input_ids=ids[:, 1:], pixel_values=pixels, image_sizes=sizes)
+        vl_model(input_ids=ids[:, 1:], pixel_values=pixels, image_sizes=sizes)
     with pytest.raises(ValueError, match="need image_sizes"):
-        model(input_ids=ids, pixel_values=pixels)
+        vl_model(input_ids=ids, pixel_values=pixels)
     with pytest.raises(ValueError, match=r"shape \[total_crops, 3, 336, 336\]"):
-        model(input_ids=ids, pixel_values=pixels[:, :, :224, :224], image_sizes=sizes)
+        vl_model(input_ids=ids, pixel_values=pixels[:, :, :224, :224], image_sizes=sizes)
     with pytest.raises(ValueError, match="pass input_ids instead of inputs_embeds"):
-        model(inputs_embeds=torch.zeros(1, 3, 64), pixel_values=pixels, image_sizes=sizes)
+        vl_model(inputs_embeds=torch.zeros(1, 3, 64), pixel_values=pixels, image_sizes=sizes)
 
 
 # ------------------------------------------------------------------------------------------------ tiny checkpoint
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return build_vl_checkpoint(tmp_path_factory.mktemp("tiny-vl"), seed=0)
-
-
-def test_tiny_checkpoint_loads_offline_in_a_fresh_process(checkpoint, tmp_path):
+@pytest.mark.slow
+def test_tiny_checkpoint_loads_offline_in_a_fresh_process(tiny_vl, tmp_path):
     from safetensors import safe_open
 
-    keys = list(safe_open(str(checkpoint / "model.safetensors"), "pt").keys())
+    keys = list(safe_open(str(tiny_vl / "model.safetensors"), "pt").keys())
     assert sum(k.startswith("vision_tower.vision_model.") for k in keys) == 3 + 2 + 2 * 16
     assert {"image_newline", "multi_modal_projector.linear_2.bias", "language_model.lm_head.weight"} <= set(keys)
     script = textwrap.dedent(
         f"""
         from PIL import Image
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
-        processor = AutoProcessor.from_pretrained({str(checkpoint)!r}, trust_remote_code=True)
-        model = AutoModelForCausalLM.from_pretrained({str(checkpoint)!r}, trust_remote_code=True)
-        same = AutoModelForImageTextToText.from_pretrained({str(checkpoint)!r}, trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained({str(tiny_vl)!r}, trust_remote_code=True)
+        model = AutoModelForCausalLM.from_pretrained({str(tiny_vl)!r}, trust_remote_code=True)
+        same = AutoModelForImageTextToText.from_pretrained({str(tiny_vl)!r}, trust_remote_code=True)
         assert type(same).__name__ == type(model).__name__
         messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "Hi"}}]}}]
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
@@ -433,19 +400,19 @@ def test_tiny_checkpoint_loads_offline_in_a_fresh_process(checkpoint, tmp_path):
 
 # accelerate looks for a submodule named like each key; `image_newline` is a parameter of the root module
 @pytest.mark.filterwarnings("ignore:The following device_map keys do not match any submodules")
-def test_accelerate_device_map_with_disk_offload(checkpoint, processor, tmp_path):
+def test_accelerate_device_map_with_disk_offload(tiny_vl, vl_processor, tmp_path):
     """Offloaded modules are only reached through module calls (accelerate's hooks load their weights)."""
     from transformers import AutoModelForCausalLM
 
-    inputs = processor(images=image(STRIP, 13), text="<image> offloaded?", return_tensors="pt")
-    reference = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True)
+    inputs = vl_processor(images=random_image(*STRIP, 13), text="<image> offloaded?", return_tensors="pt")
+    reference = AutoModelForCausalLM.from_pretrained(tiny_vl, trust_remote_code=True)
     device_map = {
         "vision_tower": "cpu", "image_newline": "cpu", "multi_modal_projector": "disk",
         "language_model.model.embed_tokens": "disk",
         "language_model.model.layers": "cpu", "language_model.model.norm": "cpu", "language_model.lm_head": "disk",
     }  # fmt: skip
     offloaded = AutoModelForCausalLM.from_pretrained(
-        checkpoint, trust_remote_code=True, device_map=device_map, offload_folder=str(tmp_path)
+        tiny_vl, trust_remote_code=True, device_map=device_map, offload_folder=str(tmp_path)
     )
     with torch.no_grad():
         torch.testing.assert_close(offloaded(**inputs).logits, reference(**inputs).logits)

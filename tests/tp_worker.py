@@ -4,11 +4,13 @@
 
 TEXT and VL are tiny checkpoints whose heads split N ways. Every rank loads each twice, whole (the reference) and
 sharded (`tp_plan="auto"`, gloo on CPU), runs the same checks on both, and rank 0 writes the measurements to
-OUT.json for the test to assert on; SMALL_KV (fewer KV heads than N, or None) and a quantized load must be refused.
+OUT.json for the test to assert on; the same with torchao 8-bit weights quantized while loading; SMALL_KV (fewer KV
+heads than N, or None) and an optimum-quanto load must be refused.
 Many checks per launch: starting N processes costs far more than the checks themselves.
 """
 
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -30,13 +32,13 @@ torch.set_num_threads(1)
 TEXT, VL, SMALL_KV, OUT = sys.argv[1:5]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import generate as generate_script  # noqa: E402  (scripts/generate.py)
+from helpers import rel_err  # noqa: E402  (tests/helpers.py: this folder is sys.path[0])
+from torchao_config import torchao_config  # noqa: E402  (scripts/torchao_config.py)
+
+HAS_TORCHAO = importlib.util.find_spec("torchao") is not None  # a requirement; absent in the oldest-version venv
 
 PROMPTS = ["Lightning attention keeps a running state per head, so decoding costs the same at every length.",
            "Softmax layers keep K and V."]  # fmt: skip
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
 
 
 def identical_on_all_ranks(x: torch.Tensor) -> bool:
@@ -160,21 +162,111 @@ def pipeline_checks(results: dict) -> None:
                            "layers_here": layers, "layers": len(staged.model.layers)}  # fmt: skip
 
 
+def weight_bytes(model) -> int:
+    """Bytes of this process's share of the parameters: a quantized weight's 8-bit data and scales, a DTensor's local
+    part, every other parameter whole."""
+    total = 0
+    for param in model.parameters():
+        param = param.to_local() if hasattr(param, "to_local") else param
+        parts = [getattr(param, name) for name in ("qdata", "scale") if hasattr(param, name)] or [param]
+        total += sum(part.numel() * part.element_size() for part in parts)
+    return total
+
+
+def quantized_shards(whole, sharded, world: int) -> dict:
+    """Every torchao-quantized weight this rank holds: its storage dtype, the dim it is split on (where its shape
+    differs from the full weight's) and whether it holds exactly 1/N of that dim."""
+    full = dict(whole.named_parameters())
+    report = {}
+    for name, param in sharded.named_parameters():
+        if not hasattr(param, "qdata"):
+            continue
+        local, expected = tuple(param.qdata.shape), tuple(full[name].shape)
+        split = [dim for dim in range(len(expected)) if local[dim] != expected[dim]]
+        ok = len(split) == 1 and local[split[0]] * world == expected[split[0]]
+        report[name] = {"dtype": str(param.qdata.dtype).removeprefix("torch."), "split": split[0] if ok else None,
+                        "ok": ok}  # fmt: skip
+    return report
+
+
+def quantized_checks(results: dict) -> None:
+    """torchao 8-bit weights, quantized while loading: the tensor-parallel model (every rank quantizing its slice of
+    the fp32 checkpoint) against the single-process quantized model and the exact one; int8 weight-only in full
+    (text and VL), the int8-activation and float8 variants on the text model."""
+    world = dist.get_world_size()
+    tokenizer = AutoTokenizer.from_pretrained(TEXT, trust_remote_code=True)
+    tokenizer.padding_side = "left"
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    exact = AutoModelForCausalLM.from_pretrained(TEXT, trust_remote_code=True, dtype=torch.float32).eval()
+    with torch.no_grad():
+        reference = exact(**batch, use_cache=False).logits
+    greedy = dict(max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    measured = {}
+    for weights in ("int8", "int8-dynamic", "float8"):
+        pair = [AutoModelForCausalLM.from_pretrained(TEXT, trust_remote_code=True, dtype=torch.float32,
+                                                     quantization_config=torchao_config(TEXT, weights), **extra).eval()
+                for extra in ({}, {"tp_plan": "auto"})]  # fmt: skip
+        with torch.no_grad():
+            alone, sharded = (model(**batch, use_cache=False).logits for model in pair)
+        tokens = [model.generate(**batch, **greedy) for model in pair]
+        measured[weights] = {
+            "alone_vs_exact": rel_err(alone, reference), "tp_vs_alone": rel_err(sharded, alone),
+            "tp_vs_exact": rel_err(sharded, reference), "generate_equal": torch.equal(*tokens),
+            "identical_on_ranks": identical_on_all_ranks(sharded),
+        }  # fmt: skip
+        if weights == "int8":
+            results["int8_shards"] = quantized_shards(exact, pair[1], world)
+            results["int8_unquantized"] = sorted(
+                name for name, module in pair[1].named_modules()
+                if isinstance(module, torch.nn.Linear) and not hasattr(module.weight, "qdata")
+            )  # fmt: skip
+            heads = [None] * world
+            dist.all_gather_object(heads, [list(layer.self_attn.heads) for layer in pair[1].model.layers
+                                           if hasattr(layer.self_attn, "heads")])  # fmt: skip
+            results["lightning_heads"] = heads
+            sizes = [None] * world
+            dist.all_gather_object(sizes, weight_bytes(pair[1]))
+            results["int8_bytes"] = {"per_rank": sizes, "alone": weight_bytes(pair[0]), "fp32": weight_bytes(exact)}
+    results["quantized"] = measured
+
+    # VL-01: the language model quantized and split, the vision side in full precision and whole
+    vl = [AutoModelForCausalLM.from_pretrained(VL, trust_remote_code=True, dtype=torch.float32,
+                                               quantization_config=torchao_config(VL), **extra).eval()
+          for extra in ({}, {"tp_plan": "auto"})]  # fmt: skip
+    processor = AutoProcessor.from_pretrained(VL, trust_remote_code=True)
+    picture = Image.fromarray(torch.full((30, 336, 3), 120, dtype=torch.uint8).numpy())
+    inputs = processor(text="<image>Describe the picture.", images=[picture], return_tensors="pt")
+    with torch.no_grad():
+        alone, sharded = (model(**inputs).logits for model in vl)
+    tokens = [model.generate(**inputs, max_new_tokens=6, do_sample=False) for model in vl]
+    quantized = [name for name, param in vl[1].named_parameters() if hasattr(param, "qdata")]
+    results["vl_int8"] = {
+        "tp_vs_alone": rel_err(sharded, alone), "generate_equal": torch.equal(*tokens),
+        "quantized_outside_language_model": [n for n in quantized if not n.startswith("language_model.")],
+        "quantized_count": len(quantized),
+    }  # fmt: skip
+
+
 def generate_cli(results: dict) -> None:
     """scripts/generate.py under torchrun (tensor parallel over all ranks) prints on rank 0 what the same script's
-    functions print in one process, and nothing on the other ranks; text and VL."""
+    functions print in one process, and nothing on the other ranks; text, VL, and text with torchao int8 weights."""
     image = Path(OUT).parent / "picture.png"
     Image.fromarray(torch.full((40, 336, 3), 90, dtype=torch.uint8).numpy()).save(image)
     outputs = {}
-    for name, path, extra in (("text", TEXT, []), ("vl", VL, ["--image", str(image)])):
+    cases = [("text", TEXT, [], None), ("vl", VL, [str(image)], None)]
+    cases += [("text_torchao_int8", TEXT, [], "int8")] if HAS_TORCHAO else []
+    for name, path, images, torchao in cases:
+        extra = [arg for picture in images for arg in ("--image", picture)]
+        extra += ["--torchao", torchao] if torchao else []
         stdout = io.StringIO()
         with contextlib.redirect_stdout(stdout):
             generate_script.main([str(path), "--prompt", "Hello there", "--max-new-tokens", "6", *extra])
         printed = [None] * dist.get_world_size()
         dist.all_gather_object(printed, stdout.getvalue())
-        model, reader = generate_script.load_model(Path(path), "float32")  # one process, whole model
-        images = generate_script.read_images(extra[1:])
-        inputs = generate_script.build_inputs(reader, generate_script.chat_messages("Hello there", len(images)), images)
+        model, reader = generate_script.load_model(Path(path), "float32", torchao=torchao)  # one process, whole model
+        pictures = generate_script.read_images(images)
+        messages = generate_script.chat_messages("Hello there", len(pictures))
+        inputs = generate_script.build_inputs(reader, messages, pictures)
         alone = io.StringIO()
         with contextlib.redirect_stdout(alone):
             generate_script.generate(model, reader, inputs, 6)
@@ -185,11 +277,15 @@ def generate_cli(results: dict) -> None:
 def refusals(results: dict) -> None:
     """Layouts refused before any weight is read: the error messages, or None where loading went through."""
     world = dist.get_world_size()
-    cases = {"int8": (TEXT, dict(tp_plan="auto", quantization_config=QuantoConfig(weights="int8")))}
+    cases = {"quanto": (TEXT, dict(tp_plan="auto", quantization_config=QuantoConfig(weights="int8")))}
     if "ep_size" in DistributedConfig.__dataclass_fields__:  # transformers >= 5.2x
         cases["expert_parallel"] = (TEXT, dict(distributed_config=DistributedConfig(tp_size=world, ep_size=world)))
     if SMALL_KV != "None":
         cases["kv_heads"] = (SMALL_KV, dict(tp_plan="auto"))
+    if HAS_TORCHAO:  # quantized embeddings cannot be split by vocabulary
+        embeddings = torchao_config(TEXT)
+        embeddings.include_input_output_embeddings = True
+        cases["torchao_embeddings"] = (TEXT, dict(tp_plan="auto", quantization_config=embeddings))
     errors = {}
     for name, (path, kwargs) in cases.items():
         try:
@@ -204,6 +300,8 @@ def main():
     results = {"world_size": int(os.environ["WORLD_SIZE"])}  # the process group starts with the first sharded load
     text_checks(results)
     vl_checks(results)
+    if HAS_TORCHAO:
+        quantized_checks(results)
     pipeline_checks(results)
     generate_cli(results)
     refusals(results)

@@ -1,0 +1,1 @@
+../../cache_minimax_text_01.py

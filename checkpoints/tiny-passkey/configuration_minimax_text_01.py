@@ -1,0 +1,1 @@
+../../configuration_minimax_text_01.py

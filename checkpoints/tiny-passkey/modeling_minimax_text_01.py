@@ -1,0 +1,1 @@
+../../modeling_minimax_text_01.py

@@ -1,0 +1,1 @@
+../../tensor_parallel_minimax_text_01.py
