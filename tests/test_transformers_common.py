@@ -9,7 +9,8 @@ checkout of the same version to use that instead. The sdist ships tests/test_mod
 tests/generation/ nor tests/exporters/, which it imports: without them the generation and export mixins are
 empty placeholders (written into the cache, never into the repository) and their tests do not run.
 
-The tests this architecture cannot pass are skipped below, each with its reason. The module is slow (minutes):
+The tests this architecture cannot pass are overridden below, each with its reason. The module is slow (about
+30 s once fetched, on 2 cores):
 
     python -m pytest -m slow tests/test_transformers_common.py
 """
@@ -32,10 +33,9 @@ pytestmark = pytest.mark.slow
 
 VERSION = transformers.__version__
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "minimax-01" / f"transformers-tests-{VERSION}"
-PACKAGE = "transformers_common_tests"  # the name the cached tests/ folder is imported under
-NEEDED = ("test_modeling_common.py", "generation/test_utils.py", "generation/__init__.py",
-          "exporters/test_export.py", "exporters/__init__.py", "__init__.py")
-# stand-ins for the files the sdist lacks: mixins without tests, so that test_modeling_common.py imports
+PACKAGE = "transformers_common_tests"  # the name the copied tests/ folder is imported under
+SUBFOLDERS = ("generation", "exporters")  # imported by test_modeling_common.py; not in the sdist
+# stand-ins for the subfolders the sdist lacks: mixins without tests, so that test_modeling_common.py imports
 PLACEHOLDERS = {
     "generation/test_utils.py": "class GenerationTesterMixin:\n    PLACEHOLDER = True\n",
     "exporters/test_export.py": "class ExportTesterMixin:\n    PLACEHOLDER = True\n",
@@ -43,33 +43,44 @@ PLACEHOLDERS = {
 
 
 def fetch_tests() -> Path | None:
-    """The folder holding transformers' tests/ files as package PACKAGE, fetched once; None if they cannot be had."""
-    package = CACHE / PACKAGE
-    if (package / "test_modeling_common.py").exists():
-        return CACHE
-    source = os.environ.get("TRANSFORMERS_TESTS_DIR")
-    with tempfile.TemporaryDirectory() as tmp:
-        if source is None:
-            download = subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
-                 f"transformers=={VERSION}", "-d", tmp], capture_output=True, text=True, timeout=600)
-            sdists = list(Path(tmp).glob("transformers-*.tar.gz"))
-            if download.returncode or not sdists:
+    """The folder holding transformers' tests/ files as package PACKAGE (copied once from TRANSFORMERS_TESTS_DIR, or
+    else from the sdist); None if they cannot be had."""
+    checkout = os.environ.get("TRANSFORMERS_TESTS_DIR")
+    cache = CACHE / ("checkout" if checkout else "sdist")
+    if not (cache / PACKAGE / "test_modeling_common.py").exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            source = Path(checkout) if checkout else sdist_tests(Path(tmp))
+            if source is None or not (source / "test_modeling_common.py").exists():
                 return None
-            with tarfile.open(sdists[0]) as sdist:
-                members = [m for m in sdist.getmembers()
-                           if m.isfile() and m.name.split("/", 2)[-1].removeprefix("tests/") in NEEDED
-                           and m.name.split("/")[1] == "tests"]
-                sdist.extractall(tmp, members=members, filter="data")
-            source = Path(tmp) / f"transformers-{VERSION}" / "tests"
-        for name in NEEDED:
-            target = package / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if (Path(source) / name).exists():
-                target.write_bytes((Path(source) / name).read_bytes())
-            elif name in PLACEHOLDERS or name.endswith("__init__.py"):
-                target.write_text(PLACEHOLDERS.get(name, ""))
-    return CACHE if (package / "test_modeling_common.py").exists() else None
+            copy_tests(source, cache / PACKAGE)
+    return cache
+
+
+def sdist_tests(tmp: Path) -> Path | None:
+    """Download the sdist of the installed transformers into `tmp` and unpack its tests/*.py there."""
+    download = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
+         f"transformers=={VERSION}", "-d", str(tmp)], capture_output=True, text=True, timeout=600)
+    sdists = list(tmp.glob("transformers-*.tar.gz"))
+    if download.returncode or not sdists:
+        return None
+    with tarfile.open(sdists[0]) as sdist:
+        members = [m for m in sdist.getmembers() if m.isfile() and m.name.endswith(".py")
+                   and m.name.split("/")[1:2] == ["tests"]]
+        sdist.extractall(tmp, members=members, filter="data")
+    return tmp / f"transformers-{VERSION}" / "tests"
+
+
+def copy_tests(source: Path, package: Path) -> None:
+    """tests/*.py and the SUBFOLDERS' *.py of `source` into `package`, placeholders where a subfolder is absent."""
+    for folder in ("", *SUBFOLDERS):
+        (package / folder).mkdir(parents=True, exist_ok=True)
+        (package / folder / "__init__.py").touch()
+        for file in (source / folder).glob("*.py") if (source / folder).is_dir() else ():
+            (package / folder / file.name).write_bytes(file.read_bytes())
+    for name, text in PLACEHOLDERS.items():
+        if not (package / name).exists():
+            (package / name).write_text(text)
 
 
 def import_mixins():
@@ -81,7 +92,7 @@ def import_mixins():
     with warnings.catch_warnings():  # transformers' own markers (flash_attn_test, ...) are not registered here
         warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)
         common = importlib.import_module(f"{PACKAGE}.test_modeling_common")
-    generation = importlib.import_module(f"{PACKAGE}.generation.test_utils")
+        generation = importlib.import_module(f"{PACKAGE}.generation.test_utils")
     return common, generation
 
 
