@@ -22,6 +22,7 @@ import sys
 import tarfile
 import tempfile
 import unittest
+import unittest.mock
 import warnings
 from pathlib import Path
 
@@ -138,19 +139,24 @@ class MiniMaxText01ModelTester:
 class MiniMaxText01CommonTest(common.ModelTesterMixin, generation.GenerationTesterMixin, unittest.TestCase):
     all_model_classes = (MiniMaxText01Model, MiniMaxText01ForCausalLM)
 
+    @classmethod
+    def setUpClass(cls):
+        # Named in transformers' model-mapping tables, as its own models are: its tests pick the base model and the
+        # causal-LM head from these names (labels for the head, training of heads only, the shift_labels and RoPE
+        # tests)
+        cls.mappings = [unittest.mock.patch.dict(table, {MiniMaxText01Config.model_type: model_class.__name__})
+                        for table, model_class in ((common.MODEL_MAPPING_NAMES, MiniMaxText01Model),
+                                                   (common.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MiniMaxText01ForCausalLM))]
+        for mapping in cls.mappings:
+            mapping.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        for mapping in cls.mappings:
+            mapping.stop()
+
     def setUp(self):
         self.model_tester = MiniMaxText01ModelTester(self)
-        if self._testMethodName.startswith("test_training"):
-            # transformers trains only the heads (it skips the base models named in its MODEL_MAPPING, which a
-            # remote-code model is not in)
-            self.all_model_classes = (MiniMaxText01ForCausalLM,)
-
-    def _prepare_for_class(self, inputs_dict, model_class, return_labels=False):
-        inputs = super()._prepare_for_class(inputs_dict, model_class, return_labels)
-        if return_labels and model_class is MiniMaxText01ForCausalLM:
-            # what transformers' MODEL_FOR_CAUSAL_LM_MAPPING gives its own causal LMs
-            inputs["labels"] = inputs["input_ids"].clone()
-        return inputs
 
     def test_attention_outputs(self):
         """Overridden: lightning layers compute no attention matrix, so `attentions` holds one [B, H, T, T] tensor
