@@ -608,7 +608,11 @@ class MiniMaxPreTrainedMixin:
             model, info = super().from_pretrained(*args, ignore_mismatched_sizes=True, output_loading_info=True,
                                                   **kwargs)
         forget_native_conversions(model)
-        check_loading_info(model, info, ignore_mismatched_sizes, output_loading_info)
+        # `from_pretrained(None, config=..., state_dict=...)`: the caller's own tensors, no checkpoint folder; what
+        # they leave out is initialised by `_init_weights` (transformers' documented way to build a model from them)
+        own_tensors = (args[0] if args else kwargs.get("pretrained_model_name_or_path")) is None
+        check_loading_info(model, info, ignore_mismatched_sizes, allow_missing=output_loading_info or own_tensors,
+                           allow_unused=output_loading_info)
         return (model, info) if output_loading_info else model
 
     @classmethod

@@ -756,7 +756,8 @@ def test_null_sliding_window_is_dropped_and_not_written_back(tmp_path):
 
 def test_output_loading_info_hands_back_missing_and_unused_tensors_instead_of_raising(tiny_text, tmp_path):
     missing = "model.layers.5.block_sparse_moe.experts.2.w3.weight"
-    folder = edited_checkpoint(tiny_text, tmp_path / "ckpt", tensors={missing: None, "model.extra.weight": torch.ones(3)})
+    tensors = {missing: None, "model.extra.weight": torch.ones(3)}
+    folder = edited_checkpoint(tiny_text, tmp_path / "ckpt", tensors=tensors)
     model, info = mm.MiniMaxText01ForCausalLM.from_pretrained(folder, output_loading_info=True)
     assert sorted(info["missing_keys"]) == [missing] and sorted(info["unexpected_keys"]) == ["model.extra.weight"]
     kept = "model.layers.5.block_sparse_moe.experts.2.w1.weight"  # the tensors present are the checkpoint's
@@ -767,3 +768,17 @@ def test_output_loading_info_still_refuses_wrong_shapes(tiny_text, tmp_path):
     folder = edited_checkpoint(tiny_text, tmp_path / "ckpt", config={"intermediate_size": 32})
     with pytest.raises(ValueError, match=r"experts\.0\.w1\.weight: checkpoint \(64, 64\) vs model \(32, 64\)"):
         mm.MiniMaxText01ForCausalLM.from_pretrained(folder, output_loading_info=True)
+
+
+def test_own_state_dict_without_a_checkpoint_leaves_the_rest_to_init_weights():
+    """transformers' `from_pretrained(None, config=..., state_dict=...)`: the given tensors are used, the others
+    initialised by `_init_weights` (RMSNorm weights to 1); a tensor the model does not use still raises."""
+    config = tiny_text_config()
+    embed = torch.randn(config.vocab_size, config.hidden_size, generator=torch.Generator().manual_seed(0))
+    given = {"model.embed_tokens.weight": embed}
+    model = mm.MiniMaxText01ForCausalLM.from_pretrained(None, config=config, state_dict=given)
+    torch.testing.assert_close(model.model.embed_tokens.weight.detach(), embed, rtol=0, atol=0)
+    assert torch.equal(model.model.norm.weight.detach(), torch.ones(config.hidden_size))
+    assert model.lm_head.weight.abs().max() > 0 and torch.isfinite(model.lm_head.weight).all()
+    with pytest.raises(ValueError, match=r"does not use: model\.extra\.weight"):
+        mm.MiniMaxText01ForCausalLM.from_pretrained(None, config=config, state_dict={"model.extra.weight": embed})

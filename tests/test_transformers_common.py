@@ -138,15 +138,18 @@ class MiniMaxText01ModelTester:
 
 class MiniMaxText01CommonTest(common.ModelTesterMixin, generation.GenerationTesterMixin, unittest.TestCase):
     all_model_classes = (MiniMaxText01Model, MiniMaxText01ForCausalLM)
+    # transformers runs its `_init_weights` coverage test only for models whose files carry a copyright year >= 2023
+    test_can_init_all_missing_weights_before_2023 = True
 
     @classmethod
     def setUpClass(cls):
         # Named in transformers' model-mapping tables, as its own models are: its tests pick the base model and the
         # causal-LM head from these names (labels for the head, training of heads only, the shift_labels and RoPE
         # tests)
+        tables = ((common.MODEL_MAPPING_NAMES, MiniMaxText01Model),
+                  (common.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MiniMaxText01ForCausalLM))
         cls.mappings = [unittest.mock.patch.dict(table, {MiniMaxText01Config.model_type: model_class.__name__})
-                        for table, model_class in ((common.MODEL_MAPPING_NAMES, MiniMaxText01Model),
-                                                   (common.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MiniMaxText01ForCausalLM))]
+                        for table, model_class in tables]
         for mapping in cls.mappings:
             mapping.start()
 
