@@ -387,11 +387,12 @@ class MiniMaxGenerationMixin:
             generation_config, model_kwargs, generation_mode, batch_size, max_cache_length, *args, **kwargs
         )
 
-    def prepare_inputs_for_generation(self, *args, **kwargs):
+    def prepare_inputs_for_generation(self, *args, inputs_embeds=None, **kwargs):
         """generate() continues positions by one from each row's last position, pads included; after a right-padded
         prompt (or one that ends in the pad id, which transformers then masks) that skips the row's real tokens, so
-        there the model derives the positions from the attention mask instead."""
-        inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        there the model derives the positions from the attention mask instead. (`inputs_embeds` is named: generate()
+        reads this signature to decide whether the model accepts embeddings as the prompt.)"""
+        inputs = super().prepare_inputs_for_generation(*args, inputs_embeds=inputs_embeds, **kwargs)
         if getattr(inputs.get(CACHE_FIELD), "has_padding_holes", False):
             inputs["position_ids"] = None
         return inputs

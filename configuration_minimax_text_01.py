@@ -68,8 +68,8 @@ class MiniMaxText01Config(PreTrainedConfig):
     model_type = "minimax_text_01"
     keys_to_ignore_at_inference = ["past_key_values"]
     attribute_map = {"num_experts": "num_local_experts"}
-    # Tensor parallel (`from_pretrained(..., tp_plan="auto")` under torchrun): every layer split by heads, every
-    # expert split in its intermediate width. The `minimax_*` styles are registered by
+    # Tensor parallel (`from_pretrained(..., distributed_config=DistributedConfig(tp_size=N))` under torchrun): every
+    # layer split by heads, every expert split in its intermediate width. The `minimax_*` styles are registered by
     # tensor_parallel_minimax_text_01.py, which also checks the layout against the head counts before loading.
     base_model_tp_plan = {
         "embed_tokens": "embedding_rowwise",  # by vocabulary

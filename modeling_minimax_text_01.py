@@ -1215,7 +1215,7 @@ class MiniMaxText01ForCausalLM(MiniMaxGenerationMixin, MiniMaxText01PreTrainedMo
         num_tokens = tokens.shape[1] if isinstance(tokens, torch.Tensor) and tokens.dim() >= 2 else 0
         check_logits_to_keep(logits_to_keep, labels, num_tokens)
         if labels is not None and num_tokens:
-            check_labels(labels, tokens.shape[0], num_tokens, self.vocab_size, kwargs.get("ignore_index", -100))
+            check_labels(labels, tokens.shape[0], num_tokens, self.config.vocab_size, kwargs.get("ignore_index", -100))
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -1238,7 +1238,8 @@ class MiniMaxText01ForCausalLM(MiniMaxGenerationMixin, MiniMaxText01PreTrainedMo
 
         loss = aux_loss = None
         if labels is not None:
-            loss = causal_lm_loss(self.loss_function, logits, labels, self.vocab_size, **kwargs)
+            # the config's vocabulary size, which resize_token_embeddings keeps up to date
+            loss = causal_lm_loss(self.loss_function, logits, labels, self.config.vocab_size, **kwargs)
         if output_router_logits:
             aux_loss = load_balancing_loss_func(
                 outputs.router_logits, self.config.num_local_experts, self.config.num_experts_per_tok, attention_mask

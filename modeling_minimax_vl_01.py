@@ -289,7 +289,8 @@ class MiniMaxVL01Model(MiniMaxVL01PreTrainedModel):
             if input_ids is None or inputs_embeds is not None:
                 raise ValueError(
                     "pixel_values need input_ids (the image tokens mark where the features go); pass input_ids "
-                    "instead of inputs_embeds."
+                    "instead of inputs_embeds, or inputs_embeds that already hold the image features (written at "
+                    "the image tokens from get_image_features) and no pixel_values."
                 )
             # the language model's input checks would only see embeddings: they run here on the ids
             checked = ("attention_mask", "position_ids", "past_key_values", "cache")
@@ -345,6 +346,9 @@ class MiniMaxVL01ForConditionalGeneration(MiniMaxGenerationMixin, MiniMaxVL01Mod
 
     def get_output_embeddings(self):
         return self.language_model.lm_head
+
+    def set_output_embeddings(self, new_embeddings):  # resize_token_embeddings resizes the head here
+        self.language_model.lm_head = new_embeddings
 
     # -- generation ---------------------------------------------------------------------------------------------
 

@@ -1,16 +1,17 @@
 """Tensor parallelism for MiniMax-Text-01 / VL-01 on transformers' distributed engine.
 
-    torchrun --nproc-per-node 8 scripts/generate.py CHECKPOINT --prompt "..."   # loads with tp_plan="auto"
-    # in code, under torchrun: AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, tp_plan="auto")
+    torchrun --nproc-per-node 8 scripts/generate.py CHECKPOINT --prompt "..."   # tensor parallel over 8 ranks
+    # in code, under torchrun (DistributedConfig from transformers.distributed):
+    AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True,
+                                         distributed_config=DistributedConfig(tp_size=8))
 
 The plan is `MiniMaxText01Config.base_model_tp_plan` (plus `lm_head` in the causal-LM class): Megatron-style, every
 rank holds whole heads of every attention layer and a slice of every expert, so all ranks work on every token.
 transformers' stock styles cover the linear layers; three things they cannot express are registered here:
 
 - `minimax_lightning_norm`: the lightning RMSNorm normalises over all H * d channels of a token, across heads. Each
-  rank holds its heads' channels and weights; the per-token sum of squares is all-reduced ([B, T, 1] per layer) with
-  `torch.distributed.nn.functional.all_reduce`, whose backward sums the gradients too (the plain collective has no
-  autograd).
+  rank holds its heads' channels and weights; the per-token sum of squares is all-reduced ([B, T, 1] per layer), and
+  so is its gradient (every rank's channels were normalised by the total).
 - `minimax_rowwise_partial`: an expert's w2, split by input columns (its w1 / w3 are split by rows), whose output
   stays this rank's partial sum, and `minimax_moe_sum`, which sums the MoE block's output over ranks once: one
   all-reduce per layer instead of one per active expert.
@@ -38,7 +39,6 @@ MOE_SUM = "minimax_moe_sum"
 ROUTER = "minimax_router"
 
 if dist.is_available():
-    from torch.distributed.nn.functional import all_reduce as all_reduce_with_grad
     from torch.distributed.tensor import DTensor, Shard, distribute_tensor
     from transformers.distributed.pipeline_parallel import PipelineIdentityLayer, apply_pipeline_parallelism
     from transformers.distributed.tensor_parallel import ALL_PARALLEL_STYLES, TensorParallelLayer
@@ -100,13 +100,13 @@ def check_parallel_layout(config, distributed_config) -> None:
         raise ValueError(
             f"Pipeline parallel (pp_size={distributed_config.pp_size}) covers MiniMax-Text-01 only: transformers "
             "splits the decoder layers of a causal LM, not a model with a vision tower. Use tensor parallel "
-            "(tp_plan='auto') for MiniMax-VL-01."
+            "(distributed_config=DistributedConfig(tp_size=N)) for MiniMax-VL-01."
         )
     if ep_size > 1:
         raise ValueError(
             f"Expert parallel (ep_size={ep_size}) is not supported by MiniMax-01: its experts are separate nn.Linear "
             "layers (so that int8 quantizers see them), while transformers' expert-parallel styles need the experts "
-            "stacked in one module. Use tensor parallel (tp_plan='auto' / tp_size): it splits every expert across "
+            "stacked in one module. Use tensor parallel (DistributedConfig(tp_size=N)): it splits every expert across "
             "the ranks, which keeps all GPUs busy at batch 1."
         )
     if tp_size == 1:
@@ -128,7 +128,8 @@ def check_parallel_layout(config, distributed_config) -> None:
 
 
 QUANTIZE_WHILE_LOADING = (
-    "from_pretrained(<the bf16 checkpoint>, tp_plan='auto', quantization_config=torchao_config(path)) "
+    "from_pretrained(<the bf16 checkpoint>, distributed_config=DistributedConfig(tp_size=N), "
+    "quantization_config=torchao_config(path)) "
     "(scripts/torchao_config.py: torchao int8 weight-only, each rank reading its slice and quantizing it while "
     "loading)"
 )
@@ -257,7 +258,8 @@ if TensorParallelLayer is not None:
             group, width = mesh.get_group(), module.weight.shape[0]  # a DTensor's shape is the full one
 
             def mean_square(x32: torch.Tensor) -> torch.Tensor:
-                return all_reduce_with_grad(x32.pow(2).sum(-1, keepdim=True), group=group) / width
+                total = sum_over_ranks(x32.pow(2).sum(-1, keepdim=True), group)  # [B, T, 1]
+                return sum_grad_over_ranks(total, group) / width
 
             module.mean_square = mean_square
             return super().install_forward(module, mesh, **kwargs)

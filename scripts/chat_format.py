@@ -126,19 +126,17 @@ MACROS = r"""
 {%- endfor -%}
 """
 
-# MiniMax-Text-01 / VL-01 (reference spec section 5). System turns stay in place; the tools, one turn each, come
-# right after the system turn when the conversation starts with one, else before the first message (a choice of the
-# tiny template; the released Text-01 template, which real Text-01 repositories keep, is reported to append them after
-# all messages). Assistant text and its closing
-# <end_of_sentence> are the `{% generation %}` part (TRL's assistant-only loss reads it).
+# MiniMax-Text-01 / VL-01, laid out as the chat template released with MiniMax-Text-01 lays it out: no
+# <begin_of_document>; system turns in place; a tool (or function) result as
+# `<beginning_of_sentence>system function_response=functions\n{"name": "<name>", "response": <result>}<end_of_sentence>\n`
+# with the result text inserted as it is, not JSON-quoted (the released template inserts its first text part; this
+# one joins all text parts, and writes a dict result, an extension, as JSON); the tools after all messages, one
+# `<beginning_of_sentence>system function_setting=functions\n<tool as JSON><end_of_sentence>\n` each, then the
+# generation prompt. Assistant text and its closing <end_of_sentence> are the `{% generation %}` part (TRL's
+# assistant-only loss reads it).
 # Tool calls: `<function_call>` and a typescript block `functions.NAME({...})` per call (Text-01's function-call
 # format; the whitespace around the block is this template's choice).
 MINIMAX_01_BODY = r"""
-{%- macro render_tools() -%}
-{%- for tool in tools or [] -%}
-{{- '<beginning_of_sentence>system function_setting=functions\n' + (tool | tojson) + '<end_of_sentence>\n' -}}
-{%- endfor -%}
-{%- endmacro -%}
 {%- macro assistant_text(message, index) -%}
 {%- if reasoning_of(message) -%}
 {{- raise_exception(where(message, index) + ': ' + model + ' has no reasoning format; leave out "reasoning_content", or put it in the content') -}}
@@ -149,14 +147,8 @@ MINIMAX_01_BODY = r"""
 {{- '<function_call>```typescript\nfunctions.' + (call['function'] if call['function'] is mapping else call)['name'] + '(' + arguments + ')\n```' -}}
 {%- endfor -%}
 {%- endmacro -%}
-{%- if messages | length == 0 -%}
-{{- render_tools() -}}
-{%- endif -%}
 {%- for message in messages -%}
 {%- set role = {'developer': 'system', 'function': 'tool'}.get(message['role'], message['role']) -%}
-{%- if loop.first and role != 'system' -%}
-{{- render_tools() -}}
-{%- endif -%}
 {%- if role == 'system' -%}
 {{- '<beginning_of_sentence>system ai_setting=assistant\n' + render_content(message, loop.index0) + '<end_of_sentence>\n' -}}
 {%- elif role == 'user' -%}
@@ -168,13 +160,13 @@ MINIMAX_01_BODY = r"""
 {%- endgeneration -%}
 {{- '\n' -}}
 {%- elif role == 'tool' -%}
-{%- set response = message['content'] if message['content'] is mapping else render_content(message, loop.index0) -%}
+{%- set response = message['content'] | tojson if message['content'] is mapping else render_content(message, loop.index0) -%}
 {%- set name = tool_name(message, none, loop.index0) -%}
-{{- '<beginning_of_sentence>system function_response=functions\n' + ({'name': name, 'response': response} | tojson) + '<end_of_sentence>\n' -}}
+{{- '<beginning_of_sentence>system function_response=functions\n{"name": ' + (name | tojson) + ', "response": ' + response + '}<end_of_sentence>\n' -}}
 {%- endif -%}
-{%- if loop.first and role == 'system' -%}
-{{- render_tools() -}}
-{%- endif -%}
+{%- endfor -%}
+{%- for tool in tools or [] -%}
+{{- '<beginning_of_sentence>system function_setting=functions\n' + (tool | tojson) + '<end_of_sentence>\n' -}}
 {%- endfor -%}
 {%- if add_generation_prompt -%}
 {{- '<beginning_of_sentence>ai name=assistant\n' -}}

@@ -523,7 +523,7 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true", help="print {module name: GPU index} as JSON")
     args = parser.parse_args(argv)
     if args.tp is not None and args.json:
-        parser.error("--json prints a device map; a tensor-parallel layout needs none (torchrun + tp_plan='auto').")
+        parser.error("--json prints a device map; a tensor-parallel layout needs none (torchrun + DistributedConfig(tp_size=N)).")
     if args.fit_table and args.tp is None:
         parser.error("--fit-table goes with --tp.")
     try:

@@ -22,7 +22,7 @@ with torchao while loading (`scripts/torchao_config.py`), in one process or unde
 stderr, the conversation to stdout.
 
 Under torchrun (WORLD_SIZE > 1) the model is loaded sharded by transformers' distributed engine: tensor parallel
-over WORLD_SIZE / --pp ranks (`tp_plan="auto"`), times --pp pipeline stages (text only); NCCL on GPUs, gloo on CPU.
+over WORLD_SIZE / --pp ranks (`DistributedConfig(tp_size=...)`), times --pp pipeline stages (text only); NCCL on GPUs, gloo on CPU.
 Every rank runs the same generation; only rank 0 prints. `--device-map` and `--int8` do not combine with it; 8-bit
 weights under torchrun come from `--torchao int8` on the full-precision checkpoint (each rank quantizes its slice).
 """

@@ -536,9 +536,11 @@ The weights are the source's, unchanged. Besides the remote code and this card:
 
 ## Limitations
 
-- `transformers serve` and `transformers chat` cannot load this model: they look the model class up by its name
-  among transformers' own classes (`architectures` in config.json), which a remote-code class is not. Use
-  `generate()` or the `pipeline` (`trust_remote_code=True`) instead.
+- Plain `transformers serve` cannot load this model: its loader looks the model class up by its name among
+  transformers' own classes (`architectures` in config.json), which a remote-code class is not.
+  `python scripts/serve.py CHECKPOINT` (in the repository this code comes from) registers the class, then runs that
+  same OpenAI-compatible server. Continuous batching is unavailable: transformers' paged cache has no
+  linear-attention layers.
 - Assisted generation and prompt lookup are refused (transformers' message for stateful models): a lightning
   state cannot be rolled back to drop rejected draft tokens.
 - `output_attentions=True` (with `attn_implementation="eager"`) returns the weights of the softmax layers only;

@@ -4,7 +4,8 @@
 
     from torchao_config import torchao_config
     # under torchrun --nproc-per-node 8: each rank reads its slice of every bf16 weight and quantizes it while loading
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype="bfloat16", tp_plan="auto",
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype="bfloat16",
+                                                 distributed_config=DistributedConfig(tp_size=8),
                                                  quantization_config=torchao_config(path))
 
 The same modules as in the quanto recipe (scripts/quanto_config.py) stay in the checkpoint dtype: the router gates,

@@ -4,11 +4,12 @@
     python -m torch.distributed.run --standalone --nproc-per-node N scripts/tp_decode.py CHECKPOINT --out tp.json
     ... scripts/tp_decode.py CHECKPOINT --out int8.json --quantize int8     # torchao int8, also under torchrun
 
-Under torchrun the model is loaded with transformers' engine (`tp_plan="auto"`: NCCL on GPUs, one per rank; gloo on
-CPU). A `--prompt`-token prefill is followed by `--steps` greedy single-token steps, each timed after a device sync
-and the slowest rank's time kept; rank 0 writes {"world_size", "ms_per_token", "steps"} to `--out`. `--quantize`
-quantizes while loading: `int8` with torchao (scripts/torchao_config.py), `fp8` with transformers'
-FineGrainedFP8Config (a GPU with FP8, one process), both with the recipe's modules kept in high precision.
+Under torchrun the model is loaded with transformers' engine (`DistributedConfig(tp_size=WORLD_SIZE)`: NCCL on GPUs,
+one per rank; gloo on CPU). A `--prompt`-token prefill is followed by `--steps` greedy single-token steps, each timed
+after a device sync and the slowest rank's time kept; rank 0 writes {"world_size", "ms_per_token", "steps"} to
+`--out`. `--quantize` quantizes while loading: `int8` with torchao (scripts/torchao_config.py), `fp8` with
+transformers' FineGrainedFP8Config (a GPU with FP8, one process), both with the recipe's modules kept in high
+precision.
 `scripts/gpu_check.py` runs it on a 2-layer model at the released widths when the machine has several GPUs.
 """
 
@@ -17,12 +18,12 @@ import json
 import os
 import statistics
 import time
-import warnings
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM, FineGrainedFP8Config
+from transformers.distributed import DistributedConfig
 from transformers.utils import logging as hf_logging
 from cli_args import positive_int
 
@@ -49,13 +50,12 @@ def main(argv=None):
     parser.add_argument("--quantize", choices=["int8", "fp8"], help="torchao int8 or FineGrainedFP8 weights")
     args = parser.parse_args(argv)
 
-    warnings.filterwarnings("ignore", category=FutureWarning)  # `tp_plan=` is deprecated in favour of DistributedConfig
     hf_logging.set_verbosity_error()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     kwargs = {"trust_remote_code": True, "dtype": getattr(torch, args.dtype),
               "quantization_config": quantization_config(args.checkpoint, args.quantize)}  # fmt: skip
     if world > 1:
-        kwargs["tp_plan"] = "auto"
+        kwargs["distributed_config"] = DistributedConfig(tp_size=world)
     else:
         kwargs["device_map"] = "cuda:0" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(args.checkpoint, **kwargs).eval()

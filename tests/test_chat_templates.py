@@ -76,7 +76,7 @@ def test_roles(text_tok):
     assert render(text_tok, developer) == render(text_tok, as_system)
     function = [{"role": "function", "name": "now", "content": "12:00"}]
     assert render(text_tok, function) == render(text_tok, [{**function[0], "role": "tool"}]) == (
-        '<beginning_of_sentence>system function_response=functions\n{"name": "now", "response": "12:00"}' + EOS
+        '<beginning_of_sentence>system function_response=functions\n{"name": "now", "response": 12:00}' + EOS
     )
     with pytest.raises(TemplateError, match=r"message 1 \(ipython\): unsupported role; MiniMax-Text-01 knows system"):
         render(text_tok, [{"role": "user", "content": "x"}, {"role": "ipython", "content": "x"}])
@@ -110,6 +110,42 @@ def test_openai_tool_calls_as_function_call_blocks(text_tok):
     assert text_tok.decode(marked) == rendered[len(USER + "Weather in Paris and Oslo?" + EOS + AI) : -1]
 
 
+def test_text01_tool_conversation_byte_for_byte(text_tok):
+    # Text-01's layout: system turn in place; the call in the assistant's `{% generation %}` part; the function
+    # result text inserted unquoted; every tool after the last message; then the generation prompt
+    tools = [{"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "function", "name": "get_weather", "content": [{"type": "text", "text": '{"sky": "rain", "c": 4}'}]},
+    ]
+    expected = (
+        "<beginning_of_sentence>system ai_setting=assistant\nBe brief.<end_of_sentence>\n"
+        "<beginning_of_sentence>user name=user\nWeather in Oslo?<end_of_sentence>\n"
+        "<beginning_of_sentence>ai name=assistant\n"
+        '<function_call>```typescript\nfunctions.get_weather({"city": "Oslo"})\n```<end_of_sentence>\n'
+        "<beginning_of_sentence>system function_response=functions\n"
+        '{"name": "get_weather", "response": {"sky": "rain", "c": 4}}<end_of_sentence>\n'
+        "<beginning_of_sentence>system function_setting=functions\n"
+        '{"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}'
+        "<end_of_sentence>\n"
+        "<beginning_of_sentence>ai name=assistant\n"
+    )
+    assert render(text_tok, messages, tools=tools, add_generation_prompt=True) == expected
+    # the role `tool` is the same turn as `function`
+    as_tool = [*messages[:3], {**messages[3], "role": "tool"}]
+    assert render(text_tok, as_tool, tools=tools, add_generation_prompt=True) == expected
+    # the assistant-tokens mask marks the call and its <end_of_sentence>, nothing of the turns after it
+    encoded = text_tok.apply_chat_template(messages, tools=tools, add_generation_prompt=True,
+                                           return_assistant_tokens_mask=True, return_dict=True)  # fmt: skip
+    marked = [i for i, m in zip(encoded["input_ids"], encoded["assistant_masks"]) if m]
+    assert text_tok.decode(marked) == (
+        '<function_call>```typescript\nfunctions.get_weather({"city": "Oslo"})\n```<end_of_sentence>'
+    )
+
+
 def test_text01_refuses_reasoning(text_tok):
     with pytest.raises(TemplateError, match="MiniMax-Text-01 has no reasoning format"):
         render(text_tok, [{"role": "assistant", "content": "4", "reasoning_content": "Easy."}])
@@ -121,7 +157,9 @@ def test_tool_use_template_by_name(text_tok, vl_tok):
     for tok in (text_tok, vl_tok):
         rendered = render(tok, messages, tools=[tool], chat_template="tool_use")
         assert rendered == render(tok, messages, tools=[tool])
-        assert rendered.startswith('<beginning_of_sentence>system function_setting=functions\n{"name": "now"')
+        assert rendered == USER + "Time?" + EOS + (
+            '<beginning_of_sentence>system function_setting=functions\n{"name": "now", "parameters": {}}' + EOS
+        )
 
 
 def test_vl_processor_uses_the_named_templates(vl_tok):

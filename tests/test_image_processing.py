@@ -410,8 +410,10 @@ def test_clip_style_shortest_edge_size_is_the_square_tile(tmp_path):
 
 
 def copy_image_processor_code(folder):
-    """The image processor module and the sibling config modules it imports, as in a Hub repo."""
-    for name in ("image_processing_minimax_vl_01.py", "configuration_minimax_vl_01.py", "configuration_minimax_text_01.py"):
+    """The image processor module and the sibling modules it imports (the configurations, and the checkpoint-layout
+    table the text configuration reads), as in a Hub repo."""
+    for name in ("image_processing_minimax_vl_01.py", "configuration_minimax_vl_01.py",
+                 "configuration_minimax_text_01.py", "checkpoint_layouts.py"):
         shutil.copy(REPO_ROOT / name, folder)
 
 

@@ -212,7 +212,7 @@ def test_quantizers_other_than_torchao_are_refused_under_tensor_parallel():
         with pytest.raises(ValueError) as refused:
             tp.check_parallel_layout(config, DistributedConfig(tp_size=8))
         message = str(refused.value)
-        assert "tp_plan='auto', quantization_config=torchao_config(path)" in message, message
+        assert "DistributedConfig(tp_size=N), quantization_config=torchao_config(path)" in message, message
         assert ("optimum-quanto" if method == "quanto" else f"{method} quantization is not supported") in message
 
 
@@ -220,6 +220,7 @@ def test_checkpoint_saved_quantized_is_refused_under_tensor_parallel(checkpoints
     """A torchao int8 checkpoint saved already quantized loads in one process (same logits as the model it was saved
     from), and is refused under tensor parallel before anything loads, naming quantization while loading."""
     from transformers import AutoModelForCausalLM
+    from transformers.distributed import DistributedConfig
     from torchao_config import torchao_config
 
     pytest.importorskip("torchao")
@@ -230,7 +231,8 @@ def test_checkpoint_saved_quantized_is_refused_under_tensor_parallel(checkpoints
     saved = json.loads((tmp_path / "int8" / "config.json").read_text())
     assert saved["quantization_config"]["quant_method"] == "torchao"
     with pytest.raises(ValueError, match=r"saved already quantized \(torchao\).*quantization_config=torchao_config"):
-        AutoModelForCausalLM.from_pretrained(tmp_path / "int8", trust_remote_code=True, tp_plan="auto")
+        AutoModelForCausalLM.from_pretrained(tmp_path / "int8", trust_remote_code=True,
+                                             distributed_config=DistributedConfig(tp_size=2))
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "int8", trust_remote_code=True)
     ids = torch.arange(3, 40)[None]
     with torch.no_grad():

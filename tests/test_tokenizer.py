@@ -101,7 +101,9 @@ def test_image_items(tok):
     )
 
 
-def test_tools_after_system_turn(tok):
+def test_tools_after_all_messages(tok):
+    # Text-01's layout: system turn in place, the tool result text inserted unquoted, the tools after the last
+    # message and before the generation prompt
     messages = [
         {"role": "system", "content": "You are a helpful assistant."},
         {"role": "user", "content": "Weather in Oslo?"},
@@ -109,29 +111,30 @@ def test_tools_after_system_turn(tok):
     ]
     assert render(tok, messages, tools=[WEATHER_TOOL], add_generation_prompt=True) == (
         SYSTEM_TURN
-        + "<beginning_of_sentence>system function_setting=functions\n" + WEATHER_TOOL_JSON + "<end_of_sentence>\n"
         + "<beginning_of_sentence>user name=user\nWeather in Oslo?<end_of_sentence>\n"
-        + '<beginning_of_sentence>system function_response=functions\n{"name": "get_weather", "response": "rain, 4 C"}'
+        + '<beginning_of_sentence>system function_response=functions\n{"name": "get_weather", "response": rain, 4 C}'
         + "<end_of_sentence>\n"
+        + "<beginning_of_sentence>system function_setting=functions\n" + WEATHER_TOOL_JSON + "<end_of_sentence>\n"
         + GEN_PROMPT
     )
 
 
-def test_tools_without_system_turn_come_first(tok):
+def test_one_turn_per_tool(tok):
     other = {"name": "now", "parameters": {}}
     messages = [{"role": "user", "content": "hi"}]
     assert render(tok, messages, tools=[WEATHER_TOOL, other]) == (
-        "<beginning_of_sentence>system function_setting=functions\n" + WEATHER_TOOL_JSON + "<end_of_sentence>\n"
+        "<beginning_of_sentence>user name=user\nhi<end_of_sentence>\n"
+        + "<beginning_of_sentence>system function_setting=functions\n" + WEATHER_TOOL_JSON + "<end_of_sentence>\n"
         + '<beginning_of_sentence>system function_setting=functions\n{"name": "now", "parameters": {}}'
         + "<end_of_sentence>\n"
-        + "<beginning_of_sentence>user name=user\nhi<end_of_sentence>\n"
     )
 
 
 def test_tool_response_with_list_content(tok):
-    messages = [{"role": "tool", "name": "now", "content": [{"type": "text", "text": "12:00 \"noon\""}]}]
+    # the text goes in as written, not JSON-quoted: its quotes stay unescaped
+    messages = [{"role": "tool", "name": "now", "content": [{"type": "text", "text": '12:00 "noon"'}]}]
     assert render(tok, messages) == (
-        '<beginning_of_sentence>system function_response=functions\n{"name": "now", "response": "12:00 \\"noon\\""}'
+        '<beginning_of_sentence>system function_response=functions\n{"name": "now", "response": 12:00 "noon"}'
         "<end_of_sentence>\n"
     )
 

@@ -3,10 +3,10 @@
     python -m torch.distributed.run --standalone --nproc-per-node N tests/tp_worker.py TEXT VL SMALL_KV OUT.json
 
 TEXT and VL are tiny checkpoints whose heads split N ways. Every rank loads each twice, whole (the reference) and
-sharded (`tp_plan="auto"`, gloo on CPU), runs the same checks on both, and rank 0 writes the measurements to
-OUT.json for the test to assert on; the same with torchao 8-bit weights quantized while loading; SMALL_KV (fewer KV
-heads than N, or None) and an optimum-quanto load must be refused.
-Many checks per launch: starting N processes costs far more than the checks themselves.
+sharded (`distributed_config=DistributedConfig(tp_plan="auto")`, gloo on CPU), runs the same checks on both, and
+rank 0 writes the measurements to OUT.json for the test to assert on; the same with torchao 8-bit weights quantized
+while loading; SMALL_KV (fewer KV heads than N, or None) and an optimum-quanto load must be refused. Many checks per
+launch: starting N processes costs far more than the checks themselves.
 """
 
 import contextlib
@@ -25,7 +25,12 @@ from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer, Qua
 from transformers.distributed import DistributedConfig
 from transformers.utils import logging as hf_logging
 
-warnings.filterwarnings("ignore", category=FutureWarning)  # `tp_plan=` on from_pretrained is deprecated in 5.2x
+# A deprecation the project's own code triggers fails the run: warnings attributed to this worker, scripts/generate.py
+# or a remote-code module (imported as transformers_modules.<checkpoint>.<file>, or minimax01.<file> from scripts).
+PROJECT_MODULES = (r"(__main__|generate|.*\.(configuration|modeling|cache|tensor_parallel|processing|image_processing)"
+                   r"_minimax_\w+|.*\.lightning_attention|.*\.loading_checks)$")  # fmt: skip
+for category in (DeprecationWarning, FutureWarning):
+    warnings.filterwarnings("error", category=category, module=PROJECT_MODULES)
 hf_logging.set_verbosity_error()
 torch.set_num_threads(1)
 
@@ -47,10 +52,16 @@ def identical_on_all_ranks(x: torch.Tensor) -> bool:
     return all(torch.equal(g, gathered[0]) for g in gathered)
 
 
+def tensor_parallel() -> DistributedConfig:
+    """The non-deprecated way to ask for tensor parallel: the config's plan over all ranks (tp_size = WORLD_SIZE)."""
+    return DistributedConfig(tp_plan="auto")
+
+
 def load_pair(path):
     """(whole model, tensor-parallel model), fp32, eval."""
     whole = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch.float32).eval()
-    sharded = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch.float32, tp_plan="auto")
+    sharded = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch.float32,
+                                                   distributed_config=tensor_parallel())  # fmt: skip
     return whole, sharded.eval()
 
 
@@ -205,7 +216,7 @@ def quantized_checks(results: dict) -> None:
     for weights in ("int8", "int8-dynamic", "float8"):
         pair = [AutoModelForCausalLM.from_pretrained(TEXT, trust_remote_code=True, dtype=torch.float32,
                                                      quantization_config=torchao_config(TEXT, weights), **extra).eval()
-                for extra in ({}, {"tp_plan": "auto"})]  # fmt: skip
+                for extra in ({}, {"distributed_config": tensor_parallel()})]  # fmt: skip
         with torch.no_grad():
             alone, sharded = (model(**batch, use_cache=False).logits for model in pair)
         tokens = [model.generate(**batch, **greedy) for model in pair]
@@ -232,7 +243,7 @@ def quantized_checks(results: dict) -> None:
     # VL-01: the language model quantized and split, the vision side in full precision and whole
     vl = [AutoModelForCausalLM.from_pretrained(VL, trust_remote_code=True, dtype=torch.float32,
                                                quantization_config=torchao_config(VL), **extra).eval()
-          for extra in ({}, {"tp_plan": "auto"})]  # fmt: skip
+          for extra in ({}, {"distributed_config": tensor_parallel()})]  # fmt: skip
     processor = AutoProcessor.from_pretrained(VL, trust_remote_code=True)
     picture = Image.fromarray(torch.full((30, 336, 3), 120, dtype=torch.uint8).numpy())
     inputs = processor(text="<image>Describe the picture.", images=[picture], return_tensors="pt")
@@ -277,15 +288,16 @@ def generate_cli(results: dict) -> None:
 def refusals(results: dict) -> None:
     """Layouts refused before any weight is read: the error messages, or None where loading went through."""
     world = dist.get_world_size()
-    cases = {"quanto": (TEXT, dict(tp_plan="auto", quantization_config=QuantoConfig(weights="int8")))}
+    quanto = QuantoConfig(weights="int8")
+    cases = {"quanto": (TEXT, dict(distributed_config=tensor_parallel(), quantization_config=quanto))}
     if "ep_size" in DistributedConfig.__dataclass_fields__:  # transformers >= 5.2x
         cases["expert_parallel"] = (TEXT, dict(distributed_config=DistributedConfig(tp_size=world, ep_size=world)))
     if SMALL_KV != "None":
-        cases["kv_heads"] = (SMALL_KV, dict(tp_plan="auto"))
+        cases["kv_heads"] = (SMALL_KV, dict(distributed_config=tensor_parallel()))
     if HAS_TORCHAO:  # quantized embeddings cannot be split by vocabulary
         embeddings = torchao_config(TEXT)
         embeddings.include_input_output_embeddings = True
-        cases["torchao_embeddings"] = (TEXT, dict(tp_plan="auto", quantization_config=embeddings))
+        cases["torchao_embeddings"] = (TEXT, dict(distributed_config=tensor_parallel(), quantization_config=embeddings))
     errors = {}
     for name, (path, kwargs) in cases.items():
         try:
