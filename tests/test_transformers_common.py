@@ -60,7 +60,7 @@ def fetch_tests() -> Path | None:
 def sdist_tests(tmp: Path) -> Path | None:
     """Download the sdist of the installed transformers into `tmp` and unpack its tests/*.py there."""
     download = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
          f"transformers=={VERSION}", "-d", str(tmp)], capture_output=True, text=True, timeout=600)
     sdists = list(tmp.glob("transformers-*.tar.gz"))
     if download.returncode or not sdists:
