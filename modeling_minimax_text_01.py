@@ -1089,6 +1089,14 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         chunk_length = prefill_chunk_size or self.config.prefill_chunk_size or new_tokens
         if chunk_length <= 0:
             raise ValueError(f"prefill_chunk_size must be a positive token count, got {chunk_length}.")
+        if chunk_length < new_tokens and torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            # Chunks write the cache in place, which autograd cannot backpropagate through, and autograd keeps every
+            # chunk's activations anyway: the whole prompt at once gives the same result and gradients.
+            logger.warning_once(
+                "prefill_chunk_size is not applied while autograd records (training, or a forward outside "
+                "torch.no_grad()): the prompt runs whole. Run inference under torch.no_grad() to feed it in chunks."
+            )
+            return new_tokens
         return chunk_length
 
     def _prepared_cache(self, cache, layout: TokenLayout, new_tokens: int, reserve: bool) -> MiniMaxText01Cache:
