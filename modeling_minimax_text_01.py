@@ -921,6 +921,7 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         r"""
         prefill_chunk_size (`int`, *optional*): run prompts longer than this through the cache in chunks of this
             many tokens (default `config.prefill_chunk_size`); memory is then bounded by the chunk plus the cache.
+            Not while autograd records: the prompt then runs whole (with a warning).
         hidden_states_to_keep (`int`, defaults to 0): return the last hidden state of only the last this many
             tokens (0 = all); with chunking, the others are never held at once.
         """
