@@ -187,3 +187,19 @@ class MiniMaxText01CommonTest(common.ModelTesterMixin, generation.GenerationTest
             self.skipTest("transformers' sdist lacks tests/generation/test_utils.py: GenerationTesterMixin is a "
                           "placeholder here")
         super().test_generation_tester_mixin_inheritance()
+
+
+class ChunkedPrefillModelTester(MiniMaxText01ModelTester):
+    """The same, with prompts fed through the cache 3 tokens at a time (`prefill_chunk_size`)."""
+
+    def get_config(self):
+        config = super().get_config()
+        config.prefill_chunk_size = 3
+        return config
+
+
+class MiniMaxText01ChunkedPrefillCommonTest(MiniMaxText01CommonTest):
+    """Every common test again on the chunked-prefill path (whole prompts while autograd records)."""
+
+    def setUp(self):
+        self.model_tester = ChunkedPrefillModelTester(self)
