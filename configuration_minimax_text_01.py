@@ -25,8 +25,6 @@ LIGHTNING, SOFTMAX = 0, 1
 # the values of `lightning_impl` (lightning_attention.py's LIGHTNING_KERNELS, plus "auto"); kept here so that the
 # configuration file stands alone, and checked against the kernel table by the tests
 LIGHTNING_IMPLS = ("auto", "chunked", "recurrent", "fla")
-SLIDING_WINDOW_FIX = ("MiniMax-Text-01 has no sliding-window attention (its softmax layers see the whole context); set "
-                      "it to null.")
 # model_type values of the family's config files, all read by this class: Text-01's older files, MiniMax-M1
 # (config.json and the class attribute), transformers' native `minimax`
 OTHER_MODEL_TYPES = ("MiniMaxText01", "minimax_m1", "MiniMaxM1", "minimax")
@@ -142,11 +140,10 @@ class MiniMaxText01Config(PreTrainedConfig):
         # `layer_types` is derived; a config that carries it (e.g. converted from transformers' native `minimax`)
         # must agree with `attn_type_list`, or define it when `attn_type_list` is absent.
         layer_types = kwargs.pop("layer_types", None)
-        if "sliding_window" in kwargs and kwargs["sliding_window"] is None:  # the released files write null
-            del kwargs["sliding_window"]  # (any other value is refused by __setattr__ when the base class sets it)
         self._read_native_spellings(kwargs)
         self._read_rope_settings(kwargs.pop("rope_parameters", None), kwargs.pop("rope_scaling", None))
         _refuse_misspelt_keys(kwargs, type(self))
+        refuse_sliding_window(kwargs.pop("sliding_window", None))
         if self.attn_type_list is None and layer_types is not None:
             self.attn_type_list = [_layer_type_to_int(t) for t in layer_types]
         if self.attn_type_list is None:
@@ -203,14 +200,6 @@ class MiniMaxText01Config(PreTrainedConfig):
         if self.rope_theta is None:
             self.rope_theta = RELEASED_ROPE_THETA
 
-    def __setattr__(self, key, value):
-        """`sliding_window` is not a field: left out (or null, as released) it does not exist, so generic code that
-        probes `hasattr(config, "sliding_window")` (transformers' common tests) sees a model without one; any other
-        value is refused here at once, on assignment as in the constructor and `from_dict` / `from_pretrained`."""
-        if key == "sliding_window" and value is not None:
-            raise ValueError(f"MiniMaxText01Config: `sliding_window` is {value}. {SLIDING_WINDOW_FIX}")
-        super().__setattr__(key, value)
-
     @classmethod
     def get_config_dict(cls, *args, **kwargs):
         """Read the family's other model types (older Text-01 files, MiniMax-M1, native `minimax`) as this class,
@@ -259,8 +248,7 @@ class MiniMaxText01Config(PreTrainedConfig):
         if self.tie_word_embeddings:
             fail("tie_word_embeddings", "is true", "MiniMax-Text-01 keeps separate input-embedding and lm_head weights "
                  "(both are in the checkpoint); set it to false.")
-        if getattr(self, "sliding_window", None) is not None:
-            fail("sliding_window", f"is {self.sliding_window}", SLIDING_WINDOW_FIX)
+        refuse_sliding_window(getattr(self, "sliding_window", None))  # set on the config after it was built
         for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, key)
             ids = value if isinstance(value, list) else [value]
@@ -300,6 +288,15 @@ class MiniMaxText01Config(PreTrainedConfig):
                  f"Use one of {', '.join(map(repr, LIGHTNING_IMPLS))} ('auto' picks the fastest available).")
         if self.block_size <= 0:
             fail("block_size", f"is {self.block_size}", "Use a positive block length (256 in the release).")
+
+
+def refuse_sliding_window(sliding_window) -> None:
+    """There is no sliding-window attention, so `sliding_window` is no field: a null one (as transformers' native
+    `minimax` config writes) is dropped, any other value refused, alike from the constructor, `from_dict` and
+    `from_pretrained`, and when set on a config afterwards (by `save_pretrained` and the model's constructor)."""
+    if sliding_window is not None:
+        raise ValueError(f"MiniMaxText01Config: `sliding_window` is {sliding_window}. MiniMax-Text-01 has no "
+                         "sliding-window attention (its softmax layers see the whole context); set it to null.")
 
 
 def _refuse_misspelt_keys(extra_keys, config_class) -> None:

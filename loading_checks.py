@@ -165,12 +165,15 @@ def _same_tensor(folder: Path, key: str, shard_a: str, shard_b: str) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
 
 
-def check_loading_info(model: PreTrainedModel, info: dict, ignore_mismatched_sizes: bool) -> None:
+def check_loading_info(model: PreTrainedModel, info: dict, ignore_mismatched_sizes: bool, allow_missing: bool,
+                       allow_unused: bool) -> None:
     """Raise unless every weight of `model` came from the checkpoint and every checkpoint tensor was used.
 
     `info` is transformers' loading info (already free of what quantizers add and of what tensor- or
     pipeline-parallel loading skips on purpose). Tolerated: wrong shapes with `ignore_mismatched_sizes` (those are
-    re-initialised, as the flag asks), and a model head's tensors when only the base model is loaded.
+    re-initialised, as the flag asks), a model head's tensors when only the base model is loaded, and missing /
+    unused tensors where the caller allows them (`from_pretrained(output_loading_info=True)` asks to be handed both;
+    `from_pretrained(None, config=..., state_dict=...)` leaves the weights it lacks to `_init_weights`).
     """
     fix = (
         "Check that config.json belongs to these weights: num_hidden_layers, attn_type_list, num_local_experts and "
@@ -194,7 +197,7 @@ def check_loading_info(model: PreTrainedModel, info: dict, ignore_mismatched_siz
             "(or pass ignore_mismatched_sizes=True to re-initialise them)."
         )
     missing = sorted(info["missing_keys"])
-    if missing:
+    if missing and not allow_missing:
         hint = ""
         if absent := _absent_layers(model, missing):
             hint += (f" Decoder layers {_ranges(absent)} are absent altogether: the config has more layers "
@@ -206,7 +209,7 @@ def check_loading_info(model: PreTrainedModel, info: dict, ignore_mismatched_siz
             f"start at random): {summarize_keys(missing)}.{hint} {fix}"
         )
     unexpected = sorted(key for key in info["unexpected_keys"] if not _is_head_tensor(model, key))
-    if unexpected:
+    if unexpected and not allow_unused:
         raise ValueError(
             f"The checkpoint holds {len(unexpected)} tensor{'s' * (len(unexpected) > 1)} this model does not use: "
             f"{summarize_keys(unexpected)}. {fix}"

@@ -37,7 +37,7 @@ from .cache_minimax_text_01 import (
     static_cache_padding_mask,
 )
 from .checkpoint_layouts import NATIVE_DERIVED_BUFFERS, forget_native_conversions, native_layout_conversions
-from .configuration_minimax_text_01 import SOFTMAX, MiniMaxText01Config
+from .configuration_minimax_text_01 import SOFTMAX, MiniMaxText01Config, refuse_sliding_window
 from .lightning_attention import lightning_attention_step, lightning_kernel, lightning_slopes
 from .loading_checks import check_checkpoint_folder, check_loading_info
 from .tensor_parallel_minimax_text_01 import (
@@ -606,12 +606,10 @@ class MiniMaxPreTrainedMixin:
     @classmethod
     def from_pretrained(cls, *args, ignore_mismatched_sizes: bool = False, output_loading_info: bool = False, **kwargs):
         """As transformers', but a checkpoint that does not fit the config raises an error naming the keys (see
-        `check_loading_info`) instead of leaving weights at random behind a logged report. With
-        `output_loading_info=True` the caller gets transformers' report and the error as a warning. The folder is
-        checked first (`check_checkpoint_folder`: model kind, JSON files, dtype name, shards, device map).
-        Checkpoints in transformers' native `minimax` layout load too (converted per tensor, see
-        checkpoint_layouts.py), except fused experts with a `quantization_config`: quanto quantizes each tensor as it
-        is read, before any split."""
+        `check_loading_info`) instead of leaving weights at random behind a logged report. The folder is checked
+        first (`check_checkpoint_folder`: model kind, JSON files, dtype name, shards, device map). Checkpoints in
+        transformers' native `minimax` layout load too (converted per tensor, see checkpoint_layouts.py), except
+        fused experts with a `quantization_config`: quanto quantizes each tensor as it is read, before any split."""
         check_checkpoint_folder(cls, args, kwargs)
         check_checkpoint_for_tensor_parallel(cls.config_class, args, kwargs)
         converted = [] if "quantization_config" in kwargs else [cls.__name__, MiniMaxText01Model.__name__]
@@ -619,14 +617,12 @@ class MiniMaxPreTrainedMixin:
             model, info = super().from_pretrained(*args, ignore_mismatched_sizes=True, output_loading_info=True,
                                                   **kwargs)
         forget_native_conversions(model)
-        if not output_loading_info:
-            check_loading_info(model, info, ignore_mismatched_sizes)
-            return model
-        try:  # the caller asked for the loading info to judge it: the problem is logged, not raised
-            check_loading_info(model, info, ignore_mismatched_sizes)
-        except ValueError as problem:
-            logger.warning(str(problem))
-        return model, info
+        # `from_pretrained(None, config=..., state_dict=...)`: the caller's own tensors, no checkpoint folder; what
+        # they leave out is initialised by `_init_weights` (transformers' documented way to build a model from them)
+        own_tensors = (args[0] if args else kwargs.get("pretrained_model_name_or_path")) is None
+        check_loading_info(model, info, ignore_mismatched_sizes, allow_missing=output_loading_info or own_tensors,
+                           allow_unused=output_loading_info)
+        return (model, info) if output_loading_info else model
 
     @classmethod
     def maybe_distribute_model(cls, model, distributed_config, *args, **kwargs):
@@ -899,6 +895,7 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
 
     def __init__(self, config: MiniMaxText01Config):
         super().__init__(config)
+        refuse_sliding_window(getattr(config, "sliding_window", None))  # set after the config was built
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         self.layers = nn.ModuleList(MiniMaxText01DecoderLayer(config, i) for i in range(config.num_hidden_layers))
@@ -933,6 +930,7 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         r"""
         prefill_chunk_size (`int`, *optional*): run prompts longer than this through the cache in chunks of this
             many tokens (default `config.prefill_chunk_size`); memory is then bounded by the chunk plus the cache.
+            Not while autograd records: the prompt then runs whole (with a warning).
         hidden_states_to_keep (`int`, defaults to 0): return the last hidden state of only the last this many
             tokens (0 = all); with chunking, the others are never held at once.
         """
@@ -1101,6 +1099,14 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         chunk_length = prefill_chunk_size or self.config.prefill_chunk_size or new_tokens
         if chunk_length <= 0:
             raise ValueError(f"prefill_chunk_size must be a positive token count, got {chunk_length}.")
+        if chunk_length < new_tokens and torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            # Chunks write the cache in place, which autograd cannot backpropagate through, and autograd keeps every
+            # chunk's activations anyway: the whole prompt at once gives the same result and gradients.
+            logger.warning_once(
+                "prefill_chunk_size is not applied while autograd records (training, or a forward outside "
+                "torch.no_grad()): the prompt runs whole. Run inference under torch.no_grad() to feed it in chunks."
+            )
+            return new_tokens
         return chunk_length
 
     def _prepared_cache(self, cache, layout: TokenLayout, new_tokens: int, reserve: bool) -> MiniMaxText01Cache:

@@ -124,3 +124,13 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("measured errors (max |error| / max |reference|)")
         for line in MEASURED_ERRORS:
             terminalreporter.write_line(line)
+
+
+def pytest_ignore_collect(collection_path, config):
+    """tests/test_transformers_common.py fetches transformers' test files when it is imported: it is collected only
+    where slow tests are selected (not by `make test` nor `make test-oldest`)."""
+    if collection_path.name != "test_transformers_common.py":
+        return None
+    markexpr = config.getoption("markexpr") or ""
+    selects_slow = not markexpr or ("slow" in markexpr and "not slow" not in markexpr)
+    return None if selects_slow else True

@@ -734,3 +734,60 @@ def test_vl_weights_with_an_unused_tensor_are_refused(tiny_vl, tmp_path):
     folder = edited_checkpoint(tiny_vl, tmp_path / "ckpt", tensors={"extra.weight": torch.ones(2)})
     with pytest.raises(ValueError, match=r"1 tensor the model does not use: extra\.weight"):
         hub.prepare_repo(folder, tmp_path / "repo")
+
+
+# ============================================ a field the model cannot honour, asked-for loading info
+
+
+def test_sliding_window_is_refused_on_every_path(tiny_text, tmp_path):
+    """Constructor (above), from_dict, from_pretrained of config and model, and a value set on a built config."""
+    values = json.loads((tiny_text / "config.json").read_text())
+    with pytest.raises(ValueError, match=r"`sliding_window` is 4\. .*set it to null"):
+        text_config_module.MiniMaxText01Config.from_dict({**values, "sliding_window": 4})
+    folder = edited_checkpoint(tiny_text, tmp_path / "ckpt", config={"sliding_window": 4})
+    for from_pretrained in (text_config_module.MiniMaxText01Config.from_pretrained,
+                            mm.MiniMaxText01ForCausalLM.from_pretrained):
+        with pytest.raises(ValueError, match=r"`sliding_window` is 4\."):
+            from_pretrained(folder)
+    config = tiny_text_config()
+    config.sliding_window = 4
+    with pytest.raises(ValueError, match=r"`sliding_window` is 4\."):
+        mm.MiniMaxText01ForCausalLM(config)
+
+
+def test_null_sliding_window_is_dropped_and_not_written_back(tmp_path):
+    """transformers' native `minimax` config writes `sliding_window: null`: read, then neither kept nor saved."""
+    config = text_config_module.MiniMaxText01Config.from_dict({**tiny_text_config().to_dict(), "sliding_window": None})
+    assert not hasattr(config, "sliding_window")
+    config.save_pretrained(tmp_path)
+    assert "sliding_window" not in json.loads((tmp_path / "config.json").read_text())
+
+
+def test_output_loading_info_hands_back_missing_and_unused_tensors_instead_of_raising(tiny_text, tmp_path):
+    missing = "model.layers.5.block_sparse_moe.experts.2.w3.weight"
+    tensors = {missing: None, "model.extra.weight": torch.ones(3)}
+    folder = edited_checkpoint(tiny_text, tmp_path / "ckpt", tensors=tensors)
+    model, info = mm.MiniMaxText01ForCausalLM.from_pretrained(folder, output_loading_info=True)
+    assert sorted(info["missing_keys"]) == [missing] and sorted(info["unexpected_keys"]) == ["model.extra.weight"]
+    kept = "model.layers.5.block_sparse_moe.experts.2.w1.weight"  # the tensors present are the checkpoint's
+    torch.testing.assert_close(model.state_dict()[kept], load_file(folder / "model.safetensors")[kept])
+
+
+def test_output_loading_info_still_refuses_wrong_shapes(tiny_text, tmp_path):
+    folder = edited_checkpoint(tiny_text, tmp_path / "ckpt", config={"intermediate_size": 32})
+    with pytest.raises(ValueError, match=r"experts\.0\.w1\.weight: checkpoint \(64, 64\) vs model \(32, 64\)"):
+        mm.MiniMaxText01ForCausalLM.from_pretrained(folder, output_loading_info=True)
+
+
+def test_own_state_dict_without_a_checkpoint_leaves_the_rest_to_init_weights():
+    """transformers' `from_pretrained(None, config=..., state_dict=...)`: the given tensors are used, the others
+    initialised by `_init_weights` (RMSNorm weights to 1); a tensor the model does not use still raises."""
+    config = tiny_text_config()
+    embed = torch.randn(config.vocab_size, config.hidden_size, generator=torch.Generator().manual_seed(0))
+    given = {"model.embed_tokens.weight": embed}
+    model = mm.MiniMaxText01ForCausalLM.from_pretrained(None, config=config, state_dict=given)
+    torch.testing.assert_close(model.model.embed_tokens.weight.detach(), embed, rtol=0, atol=0)
+    assert torch.equal(model.model.norm.weight.detach(), torch.ones(config.hidden_size))
+    assert model.lm_head.weight.abs().max() > 0 and torch.isfinite(model.lm_head.weight).all()
+    with pytest.raises(ValueError, match=r"does not use: model\.extra\.weight"):
+        mm.MiniMaxText01ForCausalLM.from_pretrained(None, config=config, state_dict={"model.extra.weight": embed})

@@ -124,3 +124,23 @@ def test_vl_image_straddling_a_chunk_boundary(vl_model, vl_processor, padded):
         finally:
             vl_model.config.text_config.prefill_chunk_size = None
     assert l2_rel_err(chunked[real], whole[real]) < 1e-5
+
+
+def test_training_with_a_chunk_size_in_the_config_runs_whole_and_backpropagates():
+    """Chunks write the cache in place, which autograd cannot go back through (it raised "modified by an inplace
+    operation"): while autograd records, the prompt runs whole, so gradients and the hidden states' own gradients
+    (retain_grad) equal the unchunked run's."""
+    ids = random_ids(2, 11)
+    runs = []
+    for chunk in (None, 4):
+        model = tiny_model(dtype=torch.float64, prefill_chunk_size=chunk).train()
+        out = model(ids, labels=ids, output_hidden_states=True)
+        first_hidden = out.hidden_states[1]
+        first_hidden.retain_grad()
+        out.loss.backward()
+        runs.append((out.loss.detach(), first_hidden.grad, model.model.embed_tokens.weight.grad))
+    (loss, hidden_grad, embed_grad), (chunked_loss, chunked_hidden_grad, chunked_embed_grad) = runs
+    assert chunked_hidden_grad is not None and chunked_hidden_grad.abs().sum() > 0
+    torch.testing.assert_close(chunked_loss, loss, rtol=1e-12, atol=0)
+    torch.testing.assert_close(chunked_hidden_grad, hidden_grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(chunked_embed_grad, embed_grad, rtol=1e-10, atol=1e-12)
