@@ -541,8 +541,8 @@ The weights are the source's, unchanged. Besides the remote code and this card:
   `python scripts/serve.py CHECKPOINT` (in the repository this code comes from) registers the class, then runs that
   same OpenAI-compatible server. Continuous batching is unavailable: transformers' paged cache has no
   linear-attention layers.
-- Assisted generation and prompt lookup are refused (transformers' message for stateful models): a lightning
-  state cannot be rolled back to drop rejected draft tokens.
+- Assisted generation and prompt lookup need the default dynamic cache (they give the tokens of plain greedy
+  decoding); the static cache cannot roll its lightning states back to drop rejected draft tokens.
 - `output_attentions=True` (with `attn_implementation="eager"`) returns the weights of the softmax layers only;
   the lightning layers have no attention matrix.
 
