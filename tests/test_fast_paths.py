@@ -361,3 +361,17 @@ def test_cache_uses_growing_kv_layers_and_generate_equals_plain_dynamic_layers(m
     for a, b in zip(ours, plain):
         assert torch.equal(a.sequences, b.sequences)
         torch.testing.assert_close(torch.stack(a.scores), torch.stack(b.scores), rtol=1e-5, atol=1e-5)
+
+
+def test_fp32_rms_norm_fast_path_equals_the_float64_formula_and_yields_to_a_replaced_mean_square():
+    """fp32 takes F.rms_norm (one op, for decode's dispatch cost); the float64 formula is the reference. A norm whose
+    `mean_square` is replaced (tensor parallel sums it over ranks) keeps the explicit path, which calls it."""
+    norm = mm.MiniMaxText01RMSNorm(64, 1e-5)
+    with torch.no_grad():
+        norm.weight.normal_(generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(1)) * 3
+    x64 = x.double()
+    expected = x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-5) * norm.weight.double()
+    torch.testing.assert_close(norm(x).double(), expected, rtol=1e-6, atol=1e-6)
+    norm.mean_square = lambda x32: 4 * x32.pow(2).mean(-1, keepdim=True)  # as if over 4 equal ranks' squares
+    torch.testing.assert_close(norm(x).double(), expected / 2, rtol=1e-6, atol=1e-6)
