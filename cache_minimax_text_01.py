@@ -158,8 +158,12 @@ class LightningStateLayer(LinearAttentionLayer):
     def record(self, state_before: torch.Tensor | None, k, v, log_decay, whole_forward: bool) -> None:
         """Note the last tokens of a forward (called before its state is set): their (k, v [B, H, T, d], log_decay
         [B, T, H]) and the state before them. A forward whose earlier tokens go unrecorded (`whole_forward` False)
-        restarts the record: a crop cannot reach past them."""
-        if not (whole_forward and self.recorded_tokens and state_before is self.state):
+        restarts the record: a crop cannot reach past them. So does a record that would outgrow the most a crop may
+        remove (decoding on without crops keeps memory bounded)."""
+        recorded = sum(tokens[0].shape[2] for tokens in self.recorded_tokens)
+        longest = max(RECORDED_TOKENS_MIN, self.recurrent_states_to_keep or 0)
+        continues = whole_forward and self.recorded_tokens and state_before is self.state
+        if not continues or recorded + k.shape[2] > longest:
             self.state_before_record, self.recorded_tokens = state_before, []
         self.recorded_tokens.append((k, v, log_decay))
 

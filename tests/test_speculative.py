@@ -164,3 +164,22 @@ def test_assisted_generation_equals_greedy(copying_model):
     assisted = greedy(copying_model, ids, assistant_model=copy.eval())
     assert torch.equal(assisted, plain)
     assert len(calls) < plain_forwards, (plain_forwards, calls)
+
+
+def test_record_stays_bounded_when_decoding_on_without_crops(monkeypatch):
+    """A recording cache used for plain decoding keeps at most RECORDED_TOKENS_MIN tokens per lightning layer; a
+    crop within them is still exact."""
+    monkeypatch.setattr(mc, "RECORDED_TOKENS_MIN", 4)
+    model = tiny_model(num_hidden_layers=2, attn_type_list=[0, 1]).double()
+    ids = random_ids(1, 14, seed=6)
+    cache = mc.MiniMaxText01Cache(model.config)
+    cache.activate_past_recording()
+    run(model, ids[:, :6], cache)
+    for t in range(6, 14):
+        run(model, ids[:, t : t + 1], cache)
+        recorded = sum(k.shape[2] for k, _, _ in cache.layers[0].recorded_tokens)
+        assert 1 <= recorded <= 4
+    cache.crop(-recorded)
+    reference = mc.MiniMaxText01Cache(model.config)
+    run(model, ids[:, : 14 - recorded], reference)
+    assert_same_cache(cache, reference)
