@@ -530,8 +530,12 @@ class MiniMaxGenerationMixin:
             return cache
         if cache is not None and cache.max_batch_size == rows:
             max_cache_len = max(max_cache_len, cache.max_cache_len)
+        # under tensor parallel each rank holds only its heads: the buffers are then allocated at the first forward,
+        # from the shapes the layers compute, instead of here from the config's global head counts
+        sharded = (getattr(self, "tp_size", None) or 1) > 1
         cache = MiniMaxText01StaticCache(
-            text_config, max_cache_len=max_cache_len, max_batch_size=rows, device=self.device, dtype=self.dtype
+            text_config, max_cache_len=max_cache_len, max_batch_size=rows, device=None if sharded else self.device,
+            dtype=self.dtype,
         )
         self._minimax_static_cache = cache
         return cache

@@ -113,6 +113,7 @@ def text_checks(results: dict) -> None:
     generated = {}
     for mode, kwargs in {
         "greedy": dict(do_sample=False),
+        "greedy, static cache": dict(do_sample=False, cache_implementation="static"),  # buffers of the local heads
         "sample": dict(do_sample=True, top_k=20, temperature=0.8),
         "beam": dict(do_sample=False, num_beams=3),
     }.items():
