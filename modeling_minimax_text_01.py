@@ -398,6 +398,18 @@ class ExpertWeights:
     def _expert_params(moe) -> list[nn.Parameter]:
         return [getattr(expert, name).weight for name in ("w1", "w3", "w2") for expert in moe.experts]
 
+    def views_for(self, expert: nn.Module, e: int):
+        """The stacks when they were built and expert `e`'s three weights still view them, else None. For the eager
+        one-token decode: checks only the chosen experts (no restacking, no full check per step)."""
+        if self._views is None:
+            return None
+        E = len(self._viewed_by) // 3
+        for i, layer in enumerate((expert.w1, expert.w3, expert.w2)):
+            p, (q, ptr) = layer.weight, self._viewed_by[i * E + e]
+            if p is not q or p.data_ptr() != ptr:
+                return None
+        return self._views
+
     def _views_in_use(self, moe) -> bool:
         """Every expert weight is still the Parameter that was stacked, still viewing its slot of the stack."""
         return all(p is q and p.data_ptr() == ptr for p, (q, ptr) in zip(self._expert_params(moe), self._viewed_by))
@@ -421,6 +433,12 @@ def grouped_experts_forward(x_sorted, counts, w13, w2, act):
     offsets = counts.cumsum(0).to(torch.int32)
     gate, up = _grouped_mm(x_sorted, w13, offs=offsets).chunk(2, dim=-1)
     return _grouped_mm(act(gate) * up, w2, offs=offsets)
+
+
+def one_token_expert_on_stacks(x, e: int, w1, w3, w2, act):
+    """Expert e on x [1, D] from the stacked weights (w1 / w3 [E, I, D], w2 [E, D, I]): MiniMaxText01Expert's
+    inference math, w2(act(w1 x) * w3 x), read straight from the stacks."""
+    return F.linear(act(F.linear(x, w1[e])).mul_(F.linear(x, w3[e])), w2[e])
 
 
 def gathered_experts_forward(x, weights, experts, w1, w3, w2, act):
@@ -509,10 +527,15 @@ class MiniMaxText01SparseMoeBlock(nn.Module):
         return self._experts_by_group(x, weights, experts, grouped_mm=path == "grouped mm")
 
     def _one_token_experts(self, x, weights, experts):
-        """x [1, D]: its k experts one after the other, weighted by Python scalars (no 0-dim tensor ops)."""
+        """x [1, D]: its k experts one after the other, weighted by Python scalars (no 0-dim tensor ops). When the
+        stacked views are current (built by an eager prompt), the chosen experts' weights are read from them by
+        `one_token_expert_on_stacks`, without the modules' call overhead (a decode step runs 2 k of them per
+        layer); otherwise each expert module runs (`self.experts[e]`, the reference it is tested against)."""
         out = None
         for w, e in zip(weights[0].tolist(), experts[0].tolist()):
-            y = self.experts[e](x)
+            expert = self.experts[e]
+            stacks = self.expert_weights.views_for(expert, e)
+            y = expert(x) if stacks is None else one_token_expert_on_stacks(x, e, *stacks, expert.act)
             out = y * w if out is None else torch.add(out, y, alpha=w)
         return out
 

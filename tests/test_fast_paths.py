@@ -53,6 +53,25 @@ def test_moe_dispatch_matches_per_token_loop(tokens):
     torch.testing.assert_close(logits, x[0] @ moe.gate.weight.T)
 
 
+def test_one_token_moe_reads_current_stacks_and_falls_back_to_the_modules():
+    """The eager one-token decode reads the chosen experts from the stacked views once an eager prompt built them;
+    an expert whose weight was replaced since is run through its modules. Both equal the per-token reference."""
+    moe = tiny_model(dtype=torch.float64).model.layers[0].block_sparse_moe
+    D = moe.gate.in_features
+    with torch.no_grad():
+        moe(torch.randn(1, 3, D, dtype=torch.float64))  # a prompt: builds the stacks
+        assert moe.expert_weights._views is not None
+        for seed in range(4):
+            x = torch.randn(1, 1, D, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+            e = moe.route(x[0])[2][0, 0].item()
+            assert moe.expert_weights.views_for(moe.experts[e], e) is not None  # the stacked path runs
+            torch.testing.assert_close(moe(x)[0][0], moe_reference(moe, x[0]), rtol=1e-10, atol=1e-12)
+        expert = moe.experts[e]
+        expert.w2.weight = nn.Parameter(expert.w2.weight.detach() * 2)  # no longer a view of the stack
+        assert moe.expert_weights.views_for(expert, e) is None
+        torch.testing.assert_close(moe(x)[0][0], moe_reference(moe, x[0]), rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("tokens", [1, 13])
 def test_moe_dispatch_with_autograd_matches_reference_gradients(tokens):
     """With autograd on, the dispatch takes its out-of-place branches: outputs and gradients (input and router)
