@@ -57,16 +57,22 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
+def as_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x.to(dtype), without a dispatched call when x has it already (a decode step runs dozens of these)."""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 def lightning_attention_step(q, k, v, log_decay, state, sequence_starts=None):
     """O(1) decode: one recurrence step. q, k, v [B, H, 1, d]; log_decay [H] or [B, 1, H]; state [B, H, d, d]."""
     dtype = compute_dtype(q)
     B, H, _, d = q.shape
-    decay = torch.exp(log_decay.to(dtype)).view(-1, H, 1, 1)  # [1 or B, H, 1, 1]
+    decay = torch.exp(as_dtype(log_decay, dtype)).view(-1, H, 1, 1)  # [1 or B, H, 1, 1]
     if sequence_starts is not None:
         decay = decay * ~sequence_starts.view(B, 1, 1, 1)
-    q, k, v = (x.to(dtype).reshape(B * H, 1, -1) for x in (q, k, v))
-    # S = decay S + k^T v as one batched outer-product-accumulate over B * H
-    state = torch.baddbmm((decay * state.to(dtype)).view(B * H, d, -1), k.transpose(1, 2), v)
+    # S = decay S + k^T v as one batched outer-product-accumulate over B * H (one token: k^T is k as a column)
+    k = as_dtype(k, dtype).reshape(B * H, d, 1)
+    q, v = (as_dtype(x, dtype).reshape(B * H, 1, -1) for x in (q, v))
+    state = torch.baddbmm((decay * as_dtype(state, dtype)).view(B * H, d, -1), k, v)
     return torch.bmm(q, state).view(B, H, 1, -1), state.view(B, H, d, -1)
 
 

@@ -38,7 +38,7 @@ from .cache_minimax_text_01 import (
 )
 from .checkpoint_layouts import NATIVE_DERIVED_BUFFERS, forget_native_conversions, native_layout_conversions
 from .configuration_minimax_text_01 import SOFTMAX, MiniMaxText01Config, refuse_sliding_window
-from .lightning_attention import lightning_attention_step, lightning_kernel, lightning_slopes
+from .lightning_attention import as_dtype, lightning_attention_step, lightning_kernel, lightning_slopes
 from .loading_checks import check_checkpoint_folder, check_loading_info
 from .tensor_parallel_minimax_text_01 import (
     check_checkpoint_for_tensor_parallel,
@@ -164,7 +164,7 @@ class MiniMaxText01LightningAttention(nn.Module):
         out = out.transpose(1, 2).reshape(B, T, -1)  # [B, T, H d] heads concatenated, fp32
         gate = self.output_gate(x)
         gate = gate.sigmoid_() if inplace else gate.sigmoid()
-        out = self.norm(out).to(x.dtype)
+        out = as_dtype(self.norm(out), x.dtype)
         return self.out_proj(out.mul_(gate) if inplace else out * gate), state, (k, v, log_decay)
 
 
@@ -176,8 +176,8 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_partial_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """NeoX-style RoPE in fp32 on the first cos.shape[-1] channels of x [B, H, T, d]; the rest pass through."""
     r = cos.shape[-1]
-    rot = x[..., :r].float()
-    rot = torch.addcmul(rotate_half(rot).mul_(sin), rot, cos).to(x.dtype)  # rot * cos + rotate_half(rot) * sin
+    rot = as_dtype(x[..., :r], torch.float32)
+    rot = as_dtype(torch.addcmul(rotate_half(rot).mul_(sin), rot, cos), x.dtype)  # rot * cos + rotate_half(rot) * sin
     return rot if r == x.shape[-1] else torch.cat((rot, x[..., r:]), dim=-1)
 
 
@@ -398,17 +398,19 @@ class ExpertWeights:
     def _expert_params(moe) -> list[nn.Parameter]:
         return [getattr(expert, name).weight for name in ("w1", "w3", "w2") for expert in moe.experts]
 
-    def views_for(self, expert: nn.Module, e: int):
-        """The stacks when they were built and expert `e`'s three weights still view them, else None. For the eager
-        one-token decode: checks only the chosen experts (no restacking, no full check per step)."""
+    def stacked_weights_of(self, expert: nn.Module, e: int) -> tuple[torch.Tensor, ...] | None:
+        """Expert e's weights (w1, w3, w2) when the stacks were built and these are still the stacked Parameters
+        viewing their slots (so: plain, real, unsharded nn.Linear weights), else None. For the eager one-token
+        decode: checks only the chosen experts, never restacks."""
         if self._views is None:
             return None
         E = len(self._viewed_by) // 3
-        for i, layer in enumerate((expert.w1, expert.w3, expert.w2)):
-            p, (q, ptr) = layer.weight, self._viewed_by[i * E + e]
+        weights = (expert.w1.weight, expert.w3.weight, expert.w2.weight)
+        for i, p in enumerate(weights):
+            q, ptr = self._viewed_by[i * E + e]
             if p is not q or p.data_ptr() != ptr:
                 return None
-        return self._views
+        return weights
 
     def _views_in_use(self, moe) -> bool:
         """Every expert weight is still the Parameter that was stacked, still viewing its slot of the stack."""
@@ -435,10 +437,10 @@ def grouped_experts_forward(x_sorted, counts, w13, w2, act):
     return _grouped_mm(act(gate) * up, w2, offs=offsets)
 
 
-def one_token_expert_on_stacks(x, e: int, w1, w3, w2, act):
-    """Expert e on x [1, D] from the stacked weights (w1 / w3 [E, I, D], w2 [E, D, I]): MiniMaxText01Expert's
-    inference math, w2(act(w1 x) * w3 x), read straight from the stacks."""
-    return F.linear(act(F.linear(x, w1[e])).mul_(F.linear(x, w3[e])), w2[e])
+def one_token_expert(x, w1, w3, w2, act):
+    """MiniMaxText01Expert's inference math, w2(act(w1 x) * w3 x), on x [1, D] with its weights passed directly
+    (w1 / w3 [I, D], w2 [D, I]): no module calls."""
+    return F.linear(act(F.linear(x, w1)).mul_(F.linear(x, w3)), w2)
 
 
 def gathered_experts_forward(x, weights, experts, w1, w3, w2, act):
@@ -491,9 +493,9 @@ class MiniMaxText01SparseMoeBlock(nn.Module):
     def route(self, x):
         """x [N, D] -> (router logits [N, E], routing weights [N, k] in x's dtype, expert indices [N, k])."""
         router_logits = self.gate(x)  # [N, E]
-        probs = torch.softmax(router_logits.float(), dim=-1)
+        probs = torch.softmax(as_dtype(router_logits, torch.float32), dim=-1)
         weights, experts = probs.topk(self.top_k, dim=-1)  # [N, k]
-        return router_logits, (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype), experts
+        return router_logits, as_dtype(weights / weights.sum(dim=-1, keepdim=True), x.dtype), experts
 
     def dispatch_path(self, x) -> str:
         """How the experts run on x [N, D]:
@@ -527,15 +529,15 @@ class MiniMaxText01SparseMoeBlock(nn.Module):
         return self._experts_by_group(x, weights, experts, grouped_mm=path == "grouped mm")
 
     def _one_token_experts(self, x, weights, experts):
-        """x [1, D]: its k experts one after the other, weighted by Python scalars (no 0-dim tensor ops). When the
-        stacked views are current (built by an eager prompt), the chosen experts' weights are read from them by
-        `one_token_expert_on_stacks`, without the modules' call overhead (a decode step runs 2 k of them per
-        layer); otherwise each expert module runs (`self.experts[e]`, the reference it is tested against)."""
+        """x [1, D]: its k experts one after the other, weighted by Python scalars (no 0-dim tensor ops). While the
+        expert weights are the stacked views an eager prompt built (plain, real weights), `one_token_expert` runs
+        on them without the modules' call overhead (a decode step runs 3 k linear layers per MoE block); otherwise
+        each expert module runs (`self.experts[e]`, the reference it is tested against)."""
         out = None
-        for w, e in zip(weights[0].tolist(), experts[0].tolist()):
+        for w, e in zip(weights.tolist()[0], experts.tolist()[0]):
             expert = self.experts[e]
-            stacks = self.expert_weights.views_for(expert, e)
-            y = expert(x) if stacks is None else one_token_expert_on_stacks(x, e, *stacks, expert.act)
+            stacked = self.expert_weights.stacked_weights_of(expert, e)
+            y = expert(x) if stacked is None else one_token_expert(x, *stacked, expert.act)
             out = y * w if out is None else torch.add(out, y, alpha=w)
         return out
 

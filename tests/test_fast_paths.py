@@ -64,11 +64,11 @@ def test_one_token_moe_reads_current_stacks_and_falls_back_to_the_modules():
         for seed in range(4):
             x = torch.randn(1, 1, D, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
             e = moe.route(x[0])[2][0, 0].item()
-            assert moe.expert_weights.views_for(moe.experts[e], e) is not None  # the stacked path runs
+            assert moe.expert_weights.stacked_weights_of(moe.experts[e], e) is not None  # the fast path runs
             torch.testing.assert_close(moe(x)[0][0], moe_reference(moe, x[0]), rtol=1e-10, atol=1e-12)
         expert = moe.experts[e]
         expert.w2.weight = nn.Parameter(expert.w2.weight.detach() * 2)  # no longer a view of the stack
-        assert moe.expert_weights.views_for(expert, e) is None
+        assert moe.expert_weights.stacked_weights_of(expert, e) is None
         torch.testing.assert_close(moe(x)[0][0], moe_reference(moe, x[0]), rtol=1e-10, atol=1e-12)
 
 
