@@ -130,9 +130,12 @@ class MiniMaxText01LightningAttention(nn.Module):
         for start, end in zip(cuts, cuts[1:] + [T]):
             sl = slice(start, end)
             state_before = state
-            piece_out, state, tokens = self._forward_tokens(
-                x[:, sl], *(m[:, sl] if m is not None else None for m in (token_mask, sequence_starts)), state
-            )
+            if end - start == T:  # one piece (every decode step): the inputs as they are, no slicing ops
+                piece_out, state, tokens = self._forward_tokens(x, token_mask, sequence_starts, state)
+            else:
+                piece_out, state, tokens = self._forward_tokens(
+                    x[:, sl], *(m[:, sl] if m is not None else None for m in (token_mask, sequence_starts)), state
+                )
             if out is None:
                 out = piece_out
             else:
@@ -1281,7 +1284,7 @@ class MiniMaxText01ForCausalLM(MiniMaxGenerationMixin, MiniMaxText01PreTrainedMo
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :]).float()  # fp32 logits, as released
+        logits = as_dtype(self.lm_head(hidden_states[:, keep, :]), torch.float32)  # fp32 logits, as released
 
         loss = aux_loss = None
         if labels is not None:
