@@ -60,9 +60,9 @@ def swiglu(x, gate_w, up_w, down_w):
     return linear(torch.nn.functional.silu(linear(x, gate_w)) * linear(x, up_w), down_w)
 
 
-def lightning_recurrence(q, k, v, log_decay, state=None, resets=None):
+def lightning_recurrence(q, k, v, log_decay, state=None, sequence_starts=None):
     """Per head, token by token: S_t = exp(g_t) S_{t-1} + k_t^T v_t, o_t = q_t S_t, with S_{t-1} taken as zero
-    where resets[b, t] is True (the first token of a packed sequence). q, k, v [B, H, T, d]; log_decay g is [H]
+    where sequence_starts[b, t] is True (the first token of a packed sequence). q, k, v [B, H, T, d]; log_decay g is [H]
     (the same for every token: -slope) or per token [B, T, H].
 
     Returns (o [B, H, T, d], S_T [B, H, d, d]) in float64. Out-of-place, so autograd flows through it.
@@ -74,8 +74,8 @@ def lightning_recurrence(q, k, v, log_decay, state=None, resets=None):
     outputs = []
     for t in range(T):
         decay = torch.exp(g[:, t]).view(B, H, 1, 1)
-        if resets is not None:
-            decay = decay * (~resets[:, t]).double().view(B, 1, 1, 1)
+        if sequence_starts is not None:
+            decay = decay * (~sequence_starts[:, t]).double().view(B, 1, 1, 1)
         S = decay * S + k[:, :, t, :, None] * v[:, :, t, None, :]  # outer product k_t^T v_t
         outputs.append((q[:, :, t, :, None] * S).sum(-2))  # q_t S_t
     return torch.stack(outputs, dim=2), S
@@ -114,7 +114,7 @@ def lightning_attention(W, prefix, x, real, starts, slopes, c):
     q, k, v = (qkv[..., i * d : (i + 1) * d].transpose(1, 2) for i in range(3))  # [B, H, T, d] each
     v = v * real[:, None, :, None]  # padded tokens add nothing to the state ...
     log_decay = -slopes.view(1, 1, H) * real[..., None]  # ... and do not decay it (spec of the padding contract)
-    o, _ = lightning_recurrence(q, k, v, log_decay, resets=starts)
+    o, _ = lightning_recurrence(q, k, v, log_decay, sequence_starts=starts)
     o = o.transpose(1, 2).reshape(B, T, H * d)
     o = rms_norm(o, W(prefix + "norm.weight"), LIGHTNING_NORM_EPS)
     o = o * torch.sigmoid(linear(x, W(prefix + "output_gate.weight")))

@@ -179,10 +179,10 @@ def fake_chunk_simple_gla(q, k, v, g=None, g_gamma=None, scale=None, initial_sta
 
 
 @pytest.mark.parametrize("per_token", [False, True], ids=["per-head-decay", "per-token-decay"])
-@pytest.mark.parametrize("with_resets", [False, True], ids=["no-resets", "resets"])
-def test_fla_wrapper_passes_layout_decay_states_and_segments(monkeypatch, per_token, with_resets):
+@pytest.mark.parametrize("with_sequence_starts", [False, True], ids=["no-starts", "starts"])
+def test_fla_wrapper_passes_layout_decay_states_and_segments(monkeypatch, per_token, with_sequence_starts):
     """With a stand-in kernel: the wrapper's layout, decay argument, and packed-sequence plumbing (rows flattened
-    into segments at row starts and resets, initial state into each row's first segment unless it resets at token
+    into segments at row and sequence starts, initial state into each row's first segment unless it resets at token
     0, final state from each row's last segment) give the contract's recurrence."""
     monkeypatch.setattr(la, "chunk_simple_gla", fake_chunk_simple_gla)
     B, H, T, d = 3, 2, 9, 4
@@ -190,12 +190,12 @@ def test_fla_wrapper_passes_layout_decay_states_and_segments(monkeypatch, per_to
     state = torch.randn(B, H, d, d, dtype=torch.float64)
     slopes = torch.tensor([0.5, 0.05])
     log_decay = -slopes * torch.rand(B, T, H) if per_token else -slopes
-    resets = None
-    if with_resets:  # row 0: two resets; row 1: none; row 2: at token 0 (drops its initial state) and later
-        resets = torch.zeros(B, T, dtype=torch.bool)
-        resets[0, [3, 4]] = resets[2, [0, 6]] = True
-    out, final = la.lightning_attention_fla(q, k, v, log_decay, state, resets)
-    ref_out, ref_final = lightning_recurrence(q, k, v, log_decay, state, resets)
+    sequence_starts = None
+    if with_sequence_starts:  # row 0: two starts; row 1: none; row 2: at token 0 (drops its initial state) and later
+        sequence_starts = torch.zeros(B, T, dtype=torch.bool)
+        sequence_starts[0, [3, 4]] = sequence_starts[2, [0, 6]] = True
+    out, final = la.lightning_attention_fla(q, k, v, log_decay, state, sequence_starts)
+    ref_out, ref_final = lightning_recurrence(q, k, v, log_decay, state, sequence_starts)
     torch.testing.assert_close(out.double(), ref_out, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(final.double(), ref_final, rtol=1e-6, atol=1e-6)
     assert out.dtype == final.dtype == torch.float32

@@ -1,5 +1,5 @@
 """Lightning-attention kernels (chunked prefill, recurrent reference, decode step), with a constant or per-token
-log-decay and packed-sequence resets, and slopes against float64 recurrences and the spec's slope recipe, written in tests/reference.py without the modeling code."""
+log-decay and packed-sequence starts, and slopes against float64 recurrences and the spec's slope recipe, written in tests/reference.py without the modeling code."""
 
 import math
 
@@ -107,36 +107,38 @@ def test_chunked_gradients_match_float64_autograd_recurrence():
 
 def padded_and_packed(T, seed=3):
     """A per-token layout for B = 2 rows: row 0 has pads scattered anywhere (left, inside, right) and two packed
-    sequences; row 1 is right-padded. Returns (token_mask [B, T], log_decay [B, T, H], resets [B, T])."""
+    sequences; row 1 is right-padded. Returns (token_mask [B, T], log_decay [B, T, H], sequence_starts [B, T])."""
     g = torch.Generator().manual_seed(seed)
     mask = torch.rand(B, T, generator=g) > 0.25
     mask[1, T // 2 :] = False
-    resets = torch.zeros(B, T, dtype=torch.bool)
-    resets[0, T // 3] = resets[0, (2 * T) // 3] = True
+    sequence_starts = torch.zeros(B, T, dtype=torch.bool)
+    sequence_starts[0, T // 3] = sequence_starts[0, (2 * T) // 3] = True
     log_decay = -SLOPES.view(1, 1, H) * mask[..., None]  # pads: log-decay 0
-    return mask, log_decay, resets
+    return mask, log_decay, sequence_starts
 
 
 @pytest.mark.parametrize("block_size", [256, 16, 7])
 @pytest.mark.parametrize("T", [2, 100, 300])
-def test_chunked_per_token_decay_and_resets_match_float64_recurrence(T, block_size):
-    """Pads anywhere (g = 0, v = 0) and packed-sequence resets, from an initial state, across block boundaries."""
+def test_chunked_per_token_decay_and_sequence_starts_match_float64_recurrence(T, block_size):
+    """Pads anywhere (g = 0, v = 0) and packed-sequence starts, from an initial state, across block boundaries."""
     q, k, v = random_qkv(T)
-    mask, log_decay, resets = padded_and_packed(T)
+    mask, log_decay, sequence_starts = padded_and_packed(T)
     v = v * mask[:, None, :, None]
     state = random_state()
-    out, final = la.lightning_attention_chunked(q, k, v, log_decay, state, resets, block_size=block_size, blocks_per_group=4)
-    ref_out, ref_final = lightning_recurrence(q, k, v, log_decay, state, resets)
+    out, final = la.lightning_attention_chunked(
+        q, k, v, log_decay, state, sequence_starts, block_size=block_size, blocks_per_group=4
+    )
+    ref_out, ref_final = lightning_recurrence(q, k, v, log_decay, state, sequence_starts)
     assert rel_err(out, ref_out) < 2e-6
     assert rel_err(final, ref_final) < 2e-6
 
 
-def test_recurrent_and_step_take_per_token_decay_and_resets():
+def test_recurrent_and_step_take_per_token_decay_and_sequence_starts():
     q, k, v = random_qkv(40)
-    mask, log_decay, resets = padded_and_packed(40)
+    mask, log_decay, sequence_starts = padded_and_packed(40)
     v = v * mask[:, None, :, None]
-    out, final = la.lightning_attention_recurrent(q, k, v, log_decay, random_state(), resets)
-    ref_out, ref_final = lightning_recurrence(q, k, v, log_decay, random_state(), resets)
+    out, final = la.lightning_attention_recurrent(q, k, v, log_decay, random_state(), sequence_starts)
+    ref_out, ref_final = lightning_recurrence(q, k, v, log_decay, random_state(), sequence_starts)
     assert rel_err(out, ref_out) < 1e-6 and rel_err(final, ref_final) < 1e-6
 
 
@@ -155,9 +157,9 @@ def test_pads_leave_the_state_exactly_as_after_the_last_real_token():
 
 def test_reset_equals_running_the_sequences_separately():
     q, k, v = random_qkv(90)
-    resets = torch.zeros(B, 90, dtype=torch.bool)
-    resets[:, 37] = True
-    out, final = la.lightning_attention_chunked(q, k, v, -SLOPES, random_state(), resets, block_size=16)
+    sequence_starts = torch.zeros(B, 90, dtype=torch.bool)
+    sequence_starts[:, 37] = True
+    out, final = la.lightning_attention_chunked(q, k, v, -SLOPES, random_state(), sequence_starts, block_size=16)
     first, _ = la.lightning_attention_chunked(q[:, :, :37], k[:, :, :37], v[:, :, :37], -SLOPES, random_state(), block_size=16)
     second, second_final = la.lightning_attention_chunked(q[:, :, 37:], k[:, :, 37:], v[:, :, 37:], -SLOPES, block_size=16)
     torch.testing.assert_close(out, torch.cat((first, second), dim=2), rtol=1e-6, atol=1e-6)
@@ -167,16 +169,18 @@ def test_reset_equals_running_the_sequences_separately():
 def test_chunked_per_token_gradients_match_float64_autograd_recurrence():
     q, k, v = random_qkv(120, requires_grad=True)
     state = random_state().requires_grad_(True)
-    mask, log_decay, resets = padded_and_packed(120)
+    mask, log_decay, sequence_starts = padded_and_packed(120)
     g = torch.Generator().manual_seed(7)
     w_out, w_state = torch.randn(B, H, 120, D, generator=g), torch.randn(B, H, D, D, generator=g)
 
-    out, final = la.lightning_attention_chunked(q, k, v, log_decay, state, resets, block_size=16, blocks_per_group=3)
+    out, final = la.lightning_attention_chunked(
+        q, k, v, log_decay, state, sequence_starts, block_size=16, blocks_per_group=3
+    )
     ((out * w_out).sum() + (final * w_state).sum()).backward()
     grads = [x.grad for x in (q, k, v, state)]
 
     leaves = [x.detach().double().requires_grad_(True) for x in (q, k, v, state)]
-    ref_out, ref_final = lightning_recurrence(*leaves[:3], log_decay, leaves[3], resets)
+    ref_out, ref_final = lightning_recurrence(*leaves[:3], log_decay, leaves[3], sequence_starts)
     ((ref_out * w_out.double()).sum() + (ref_final * w_state.double()).sum()).backward()
     for name, grad, leaf in zip(["q", "k", "v", "initial_state"], grads, leaves):
         assert rel_err(grad, leaf.grad) < 1e-5, name

@@ -42,18 +42,18 @@ def random_inputs(T, seed=0, requires_grad=False):
 
 def padded_packed_decays(T, seed=0):
     """A batch in the kernel contract's per-token form: real [B, T] (row 0 left-padded with a hole, row 1
-    right-padded), resets [B, T] (row 0 at a chunk boundary and mid-chunk, row 1 at token 0 and mid-chunk), and
+    right-padded), sequence_starts [B, T] (row 0 at a chunk boundary and mid-chunk, row 1 at token 0 and mid-chunk), and
     per-token log-decays [B, T, H] around -SLOPES, 0 at pads."""
     real = torch.ones(B, T, dtype=torch.bool)
     real[0, : T // 10] = False
     real[0, T // 2 : T // 2 + 3] = False
     real[1, T - T // 7 :] = False
-    resets = torch.zeros(B, T, dtype=torch.bool)
+    sequence_starts = torch.zeros(B, T, dtype=torch.bool)
     for row, positions in ((0, (64, 100)), (1, (0, 37))):
-        resets[row, [t for t in positions if t < T]] = True
+        sequence_starts[row, [t for t in positions if t < T]] = True
     jitter = torch.empty(B, T, H).uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(seed))
     log_decay = -SLOPES * jitter * real[..., None]
-    return real, resets, log_decay
+    return real, sequence_starts, log_decay
 
 
 # ------------------------------------------------------------------------------------------------ kernel
@@ -73,15 +73,15 @@ def test_fla_prefill_matches_float64_recurrence(T, with_state, report_error):
 
 
 @pytest.mark.parametrize("T", [65, 200])
-def test_fla_prefill_per_token_decay_pads_and_resets_match_float64_recurrence(T, report_error):
+def test_fla_prefill_per_token_decay_pads_and_sequence_starts_match_float64_recurrence(T, report_error):
     """Per-token log-decay (fla's `g`) with pads (g = 0, v = 0) and packed-sequence resets (fla's `cu_seqlens`),
-    from an initial state; also the constant per-head decay (`g_gamma`) with the same resets."""
+    from an initial state; also the constant per-head decay (`g_gamma`) with the same sequence_starts."""
     q, k, v, state = random_inputs(T)
-    real, resets, log_decay = padded_packed_decays(T)
+    real, sequence_starts, log_decay = padded_packed_decays(T)
     v = v * real[:, None, :, None]
     for name, decay in (("per-token", log_decay), ("per-head", -SLOPES)):
-        out, final = la.lightning_attention_fla(q, k, v, decay, state, resets)
-        ref_out, ref_final = lightning_recurrence(q, k, v, decay, state, resets)
+        out, final = la.lightning_attention_fla(q, k, v, decay, state, sequence_starts)
+        ref_out, ref_final = lightning_recurrence(q, k, v, decay, state, sequence_starts)
         report_error({f"{name} decay: out": rel_err(out, ref_out), "final state": rel_err(final, ref_final)})
         assert rel_err(out, ref_out) < TOLERANCE and rel_err(final, ref_final) < TOLERANCE
 
@@ -93,14 +93,14 @@ def test_fla_prefill_gradients_match_float64_recurrence(T, packed, report_error)
     float64 recurrence, for an upstream gradient on both the output and the final state."""
     inputs = random_inputs(T, requires_grad=True)
     if packed:
-        _, resets, log_decay = padded_packed_decays(T)
+        _, sequence_starts, log_decay = padded_packed_decays(T)
     else:
-        resets, log_decay = None, -SLOPES
+        sequence_starts, log_decay = None, -SLOPES
     g = torch.Generator().manual_seed(2)
     up_out, up_state = torch.randn(B, H, T, D, generator=g), torch.randn(B, H, D, D, generator=g)
 
     def gradients(kernel):
-        out, final = kernel(*inputs[:3], log_decay, inputs[3], resets)
+        out, final = kernel(*inputs[:3], log_decay, inputs[3], sequence_starts)
         return torch.autograd.grad((out * up_out).sum() + (final * up_state).sum(), inputs)
 
     ours = gradients(la.lightning_attention_fla)
