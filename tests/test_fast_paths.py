@@ -210,7 +210,7 @@ def test_every_lightning_impl_equals_the_recurrent_reference_through_the_model(m
     if impl == "fla":  # the stand-in, installed or not: these are CPU tensors
         monkeypatch.setattr(la, "chunk_simple_gla", fake_chunk_simple_gla)
     model = tiny_model(dtype=torch.float64)
-    ids = torch.randint(0, 512, (2, 21))
+    ids = torch.randint(0, 512, (2, 21), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     mask[0, :6] = 0
     calls = []
@@ -230,7 +230,9 @@ def test_every_lightning_impl_equals_the_recurrent_reference_through_the_model(m
     logits, states = run(impl)
     assert calls == [16] * len(states) + [5] * len(states)  # the selected kernel ran every lightning prefill
     keep = mask.bool()
-    tolerance = 1e-6 if impl == "fla" else 1e-9  # the fla wrapper hands fla fp32, as fla's kernels compute in it
+    # the fla wrapper hands fla fp32, as fla's kernels compute in it: over 40 random prompts the fp32 logits were at
+    # most 1.4e-6 from the float64 reference (logits up to 4), so 1e-5 leaves a margin without hiding a wrong kernel
+    tolerance = 1e-5 if impl == "fla" else 1e-9
     torch.testing.assert_close(logits[keep], reference_logits[keep], rtol=tolerance, atol=tolerance)
     for a, b in zip(states, reference_states):
         torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance, check_dtype=False)
