@@ -1128,9 +1128,8 @@ class MiniMaxText01Model(MiniMaxText01PreTrainedModel):
         return cache
 
     def _chunk_length(self, prefill_chunk_size: int | None, new_tokens: int) -> int:
+        check_prefill_chunk_size(self.config.prefill_chunk_size)  # the argument was checked; this may be set later
         chunk_length = prefill_chunk_size or self.config.prefill_chunk_size or new_tokens
-        if chunk_length <= 0:
-            raise ValueError(f"prefill_chunk_size must be a positive token count, got {chunk_length}.")
         if chunk_length < new_tokens and torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
             # Chunks write the cache in place, which autograd cannot backpropagate through, and autograd keeps every
             # chunk's activations anyway: the whole prompt at once gives the same result and gradients.
