@@ -14,6 +14,15 @@ VOCAB = 512  # the tiny models' vocabulary; in the tiny VL models the last id is
 # lightning decay rates for kernel tests: one fast-decaying head, one medium, one nearly 1 (the last layer of the
 # release has slopes ~1e-5 s_h)
 SLOPES = torch.tensor([0.5, 0.01, 2e-6])
+# an OpenAI-style tool definition, for the chat-template, tool-call and serving tests
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the weather for a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 
 
 # ------------------------------------------------------------------------------------------------ models

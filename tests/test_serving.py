@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 import serve
-from helpers import random_image
+from helpers import WEATHER_TOOL, random_image
 from make_tiny_checkpoint import build_m1_checkpoint, build_text_checkpoint, build_vl_checkpoint
 from minimax_code import REPO_ROOT
 
@@ -216,14 +216,6 @@ def test_vl_server_answers_like_generate_with_a_data_url_image(tmp_path):
 # Tool calls through the tokenizer's response_template
 # ------------------------------------------------------------------------------------------------------------------
 
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the weather of a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 # An M1 reply: its thinking, a sentence, then a <tool_calls> block with one JSON line per call
 M1_REPLY = (
     "<think>\nThe user wants the weather; I will call get_weather.\n</think>\nLet me check.\n<tool_calls>\n"

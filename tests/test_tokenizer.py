@@ -9,6 +9,7 @@ import textwrap
 import pytest
 
 from chat_format import named_chat_templates
+from helpers import WEATHER_TOOL
 from tiny_tokenizer import build_tiny_tokenizer, special_token_ids
 
 # Also run on the oldest supported transformers (make test-oldest): tokenizer saving/loading and chat
@@ -34,14 +35,6 @@ LIST_MESSAGES = [
     {"role": "assistant", "content": [{"type": "text", "text": "Paris."}]},
 ]
 
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the weather for a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 WEATHER_TOOL_JSON = (
     '{"type": "function", "function": {"name": "get_weather", "description": "Get the weather for a city.", '
     '"parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}'
