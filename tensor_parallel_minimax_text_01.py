@@ -23,8 +23,8 @@ transformers' stock styles cover the linear layers; three things they cannot exp
 rejects the layouts this model cannot run (`check_parallel_layout`) and lets tensor and pipeline parallel combine.
 The model code itself needs only local head counts (reshapes with -1) and the global indices of the heads a rank
 holds, for their lightning decay rates: `record_tensor_parallel_place` sets them from the rank's place in the plan
-when the plan is applied (never from the weights, which torchao quantization turns into plain local shards); caches
-then hold only the local heads.
+when the plan is applied (never from the weights, which torchao or optimum-quanto quantization turns into plain local
+shards); caches then hold only the local heads.
 """
 
 import os
@@ -66,11 +66,27 @@ def record_tensor_parallel_place(model, rank: int, size: int) -> None:
     """Tell every lightning layer which heads this rank holds (its `heads`, global indices): the plan splits
     qkv_proj / output_gate / norm by rows into `size` equal contiguous parts, rank r holding the r-th. Recorded here,
     once, from the rank's place in the plan, because after loading a weight need not say how it was split: a
-    torchao-quantized shard is a plain local tensor, not a DTensor."""
+    quantized shard (torchao, optimum-quanto) is a plain local tensor, not a DTensor."""
     for module in model.modules():
         if isinstance(getattr(module, "heads", None), range):  # MiniMaxText01LightningAttention
             share = len(module.heads) // size  # check_parallel_layout made sure `size` divides the heads
             module.heads = range(module.heads.start + rank * share, module.heads.start + (rank + 1) * share)
+
+
+def run_quanto_layers_on_local_shards(model) -> None:
+    """optimum-quanto quantizes each rank's slice of a weight as it is read, leaving a plain local quantized tensor
+    where the plan put a DTensor. transformers' split layers run on local inputs with such weights only when marked
+    `_hf_quantized_needs_local_tp` (its torchao and FP8 loaders mark their layers, its quanto loader does not);
+    unmarked, a forward with gradients enabled hands quanto's matmul a DTensor input and fails (measured, 5.24/5.25:
+    `quanto.qbytes_mm got mixed torch.Tensor and DTensor`). Marked, the input gradient of a split layer is summed
+    over ranks by transformers, as for torchao. Called before the quanto layers' weights are read."""
+    if quant_method(getattr(model.config, "quantization_config", None)) != "quanto":
+        return
+    from optimum.quanto import QModuleMixin  # installed: transformers has just built the quanto layers with it
+
+    for module in model.modules():
+        if isinstance(module, QModuleMixin):
+            module._hf_quantized_needs_local_tp = True
 
 
 def prepare_distributed_model(model, distributed_config, mesh=None) -> None:
@@ -83,6 +99,7 @@ def prepare_distributed_model(model, distributed_config, mesh=None) -> None:
         return
     if (distributed_config.tp_size or 1) > 1:
         record_tensor_parallel_place(model, *tensor_parallel_place(mesh))
+        run_quanto_layers_on_local_shards(model)
     if (distributed_config.tp_size or 1) > 1 and (distributed_config.pp_size or 1) > 1 and hasattr(mesh, "get_mesh"):
         apply_pipeline_parallelism(model, mesh.get_mesh("pp"))
         elsewhere = {name for name, module in model.named_modules() if isinstance(module, PipelineIdentityLayer)}
@@ -131,7 +148,7 @@ QUANTIZE_WHILE_LOADING = (
     "from_pretrained(<the bf16 checkpoint>, distributed_config=DistributedConfig(tp_size=N), "
     "quantization_config=torchao_config(path)) "
     "(scripts/torchao_config.py: torchao int8 weight-only, each rank reading its slice and quantizing it while "
-    "loading)"
+    "loading; quanto_config(path) from scripts/quanto_config.py does the same with optimum-quanto int8)"
 )
 
 
@@ -145,9 +162,10 @@ def quant_method(quantization_config) -> str | None:
 
 def check_quantization_under_tensor_parallel(quantization_config) -> None:
     """Tensor parallel shards full-precision weights and quantizes each rank's slice while loading, which
-    transformers does for torchao only: refuse the other quantizers, naming the way that works."""
+    transformers does for torchao and optimum-quanto (whose layers `run_quanto_layers_on_local_shards` marks): refuse
+    the other quantizers, naming the way that works."""
     method = quant_method(quantization_config)
-    if method is None:
+    if method in (None, "quanto"):
         return
     if method == "torchao":
         settings = quantization_config if isinstance(quantization_config, dict) else vars(quantization_config)
@@ -158,16 +176,9 @@ def check_quantization_under_tensor_parallel(quantization_config) -> None:
                 f"in bf16, as {QUANTIZE_WHILE_LOADING} does."
             )
         return
-    if method == "quanto":
-        raise ValueError(
-            "optimum-quanto int8 does not combine with tensor parallel: its quantized layers mix local tensors and "
-            "the sharded DTensors (`qbytes_mm got mixed torch.Tensor and DTensor` as soon as gradients are needed). "
-            f"For 8-bit weights under tensor parallel use torchao: {QUANTIZE_WHILE_LOADING}; or keep quanto int8 "
-            "without tensor parallel (device_map)."
-        )
     raise ValueError(
         f"Tensor parallel with {method} quantization is not supported: transformers shards quantized weights while "
-        f"loading for torchao only. Use {QUANTIZE_WHILE_LOADING}."
+        f"loading for torchao and optimum-quanto only. Use {QUANTIZE_WHILE_LOADING}."
     )
 
 

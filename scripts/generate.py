@@ -6,6 +6,7 @@
                                [--int8 | --torchao int8|int8-dynamic|float8]
     torchrun --nproc-per-node 8 scripts/generate.py CHECKPOINT --prompt ...            # tensor parallel, 8 GPUs
     torchrun --nproc-per-node 8 scripts/generate.py CHECKPOINT --torchao int8 ...      # 8-bit weights, 8 x 80 GB
+    torchrun --nproc-per-node 8 scripts/generate.py CHECKPOINT --int8 ...              # the same with optimum-quanto
     torchrun --nnodes 2 --nproc-per-node 8 ... scripts/generate.py CHECKPOINT --pp 2 ...  # TP 8 x 2 pipeline stages
 
 CHECKPOINT is a local folder (weights, config, tokenizer or processor, remote code). It is loaded with the Auto
@@ -18,13 +19,13 @@ MiniMax-M1 repositories from scripts/prepare_hub_repo.py), the reply is parsed a
 `--device-map` takes "auto" or a JSON file written by
 `scripts/device_map.py --json`; without it the model goes to the first GPU, or the CPU. `--int8` quantizes the
 experts and attention projections with optimum-quanto (`scripts/quanto_config.py`); `--torchao TYPE` does the same
-with torchao while loading (`scripts/torchao_config.py`), in one process or under torchrun. Status lines go to
-stderr, the conversation to stdout.
+with torchao (`scripts/torchao_config.py`); both quantize while loading, in one process or under torchrun. Status
+lines go to stderr, the conversation to stdout.
 
 Under torchrun (WORLD_SIZE > 1) the model is loaded sharded by transformers' distributed engine: tensor parallel
 over WORLD_SIZE / --pp ranks (`DistributedConfig(tp_size=...)`), times --pp pipeline stages (text only); NCCL on GPUs, gloo on CPU.
-Every rank runs the same generation; only rank 0 prints. `--device-map` and `--int8` do not combine with it; 8-bit
-weights under torchrun come from `--torchao int8` on the full-precision checkpoint (each rank quantizes its slice).
+Every rank runs the same generation; only rank 0 prints. `--device-map` does not combine with it; 8-bit weights under
+torchrun come from `--torchao int8` or `--int8` on the full-precision checkpoint (each rank quantizes its slice).
 """
 
 import argparse
@@ -259,7 +260,8 @@ def main(argv=None):
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="weight dtype (default: the checkpoint's)")
     parser.add_argument("--device-map", help='"auto" or a JSON file from scripts/device_map.py --json')
     quantize = parser.add_mutually_exclusive_group()
-    quantize.add_argument("--int8", action="store_true", help="int8 weights with optimum-quanto")
+    quantize.add_argument("--int8", action="store_true", help="int8 weights with optimum-quanto, quantized while "
+                          "loading; also under torchrun (tensor parallel)")  # fmt: skip
     quantize.add_argument("--torchao", choices=TORCHAO_TYPES, help="8-bit weights with torchao, quantized while "
                           "loading; also under torchrun (tensor parallel)")  # fmt: skip
     parser.add_argument("--pp", type=positive_int, default=1, help="pipeline stages under torchrun (default 1: tensor "
@@ -273,9 +275,9 @@ def main(argv=None):
     if args.image and not has_processor(args.checkpoint):
         parser.error(f"{args.checkpoint} has no processor config, so it cannot read images; --image needs VL-01.")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1 and (args.device_map or args.int8):
-        parser.error("--device-map and --int8 do not combine with torchrun, which loads the model tensor parallel; "
-                     "run them in a single process; for 8-bit weights under torchrun use --torchao int8.")  # fmt: skip
+    if world_size > 1 and args.device_map:
+        parser.error("--device-map does not combine with torchrun, which loads the model tensor parallel; run it in a "
+                     "single process; for 8-bit weights under torchrun use --torchao int8 or --int8.")  # fmt: skip
     try:
         images = read_images(args.image)
         tools = read_tools(args.tools)

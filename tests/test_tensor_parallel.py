@@ -2,8 +2,8 @@
 `torch.distributed.run`, each running tests/tp_worker.py (many checks per launch; see there), against the same
 checkpoint loaded whole in each rank.
 
-The same launch loads the text and VL checkpoints with torchao 8-bit weights quantized while loading, sharded and in
-one process (`check_torchao_tensor_parallel`). The tiny checkpoints have 8 heads and 4 KV heads, so both sizes split
+The same launch loads the text and VL checkpoints with 8-bit weights quantized while loading (torchao and
+optimum-quanto), sharded and in one process (`check_int8_tensor_parallel`). The tiny checkpoints have 8 heads and 4 KV heads, so both sizes split
 every layer; the prompts are left-padded to 49 tokens, crossing the lightning block boundary (32 tokens at
 head_dim 16). The 2-rank run is also part of the
 oldest-version smoke run: transformers 5.17 has the same engine (and runs this plan unchanged).
@@ -103,7 +103,6 @@ def test_tensor_parallel_matches_single_process(world_size, checkpoints, tmp_pat
         assert cli["rank0"].startswith("user: ") and "assistant: " in cli["rank0"], (name, cli)
 
     refused = result["refused"]
-    assert "optimum-quanto" in refused["quanto"] and "torchao_config" in refused["quanto"]
     if "expert_parallel" in refused:
         assert f"ep_size={world_size}" in refused["expert_parallel"] and "nn.Linear" in refused["expert_parallel"]
     if world_size > 2:  # the default tiny model has 2 KV heads
@@ -112,44 +111,57 @@ def test_tensor_parallel_matches_single_process(world_size, checkpoints, tmp_pat
         assert refused["kv_heads"] is None
 
 
-    if importlib.util.find_spec("torchao") is not None:  # a requirement; absent only in the oldest-version venv
+    assert "text_quanto_int8" in result["generate_cli"]
+    has_torchao = importlib.util.find_spec("torchao") is not None  # a requirement; absent only in the oldest venv
+    if has_torchao:
         assert "text_torchao_int8" in result["generate_cli"]
         assert "include_input_output_embeddings=True" in result["refused"]["torchao_embeddings"]
-        check_torchao_tensor_parallel(result, world_size)
+    check_int8_tensor_parallel(result, world_size, ("int8", "int8-dynamic", "float8") if has_torchao else ())
 
 
-def check_torchao_tensor_parallel(result: dict, world_size: int) -> None:
-    """torchao 8-bit weights quantized while loading, tensor parallel vs the same quantization in one process."""
-    print(f"TP {world_size} torchao:", result["quantized"], "VL:", result["vl_int8"], "bytes:", result["int8_bytes"])
+def check_int8_tensor_parallel(result: dict, world_size: int, torchao: tuple[str, ...]) -> None:
+    """8-bit weights quantized while loading (torchao's `torchao` types, optimum-quanto int8), tensor parallel vs the
+    same quantization in one process."""
+    print(f"TP {world_size} 8-bit:", result["quantized"], "VL:", result["vl_int8"], "quanto gradients:",
+          result["quanto_gradients"], "bytes:", {k: v["bytes"] for k, v in result["int8_layout"].items()})  # fmt: skip
+    int8 = ("int8", "quanto-int8") if torchao else ("quanto-int8",)
+    assert sorted(result["quantized"]) == sorted((*torchao, "quanto-int8")) and sorted(result["int8_layout"]) == sorted(int8)
     for weights, measured in result["quantized"].items():
         # within the quantization's own error against the exact model (w2 / o_proj / out_proj are quantized per
         # output channel over this rank's input columns only, so their scales differ from the whole model's)
         assert measured["tp_vs_alone"] <= measured["alone_vs_exact"], (weights, measured)
         assert 1e-4 < measured["alone_vs_exact"] < 1e-2, (weights, measured)  # quantized, and not broken
-        assert measured["identical_on_ranks"], weights
+        assert measured["identical_on_ranks"] and measured["inference_mode_equal"], (weights, measured)
     # greedy tokens: equal for the int8 variants; float8's 4e-3 error flips near-ties of this random tiny model
-    assert result["quantized"]["int8"]["generate_equal"] and result["quantized"]["int8-dynamic"]["generate_equal"]
+    assert all(m["generate_equal"] for w, m in result["quantized"].items() if w != "float8"), result["quantized"]
 
-    # every quantized weight is stored in 8 bits and holds exactly 1/N of its full weight along its split dim
-    shards = result["int8_shards"]
-    assert shards and all(entry["ok"] and entry["dtype"] == "int8" for entry in shards.values()), shards
-    for name, entry in shards.items():
-        expected = next(dim for key, dim in TEXT_SPLITS.items() if key in name)
-        assert entry["split"] == expected, (name, entry)
-    kept = {".".join("*" if part.isdigit() else part for part in n.split(".")) for n in result["int8_unquantized"]}
-    assert kept == {"lm_head", "model.layers.*.block_sparse_moe.gate"}, kept  # the recipe's high-precision modules
-    sizes = result["int8_bytes"]
-    assert len(set(sizes["per_rank"])) == 1 and sizes["per_rank"][0] < sizes["alone"] / world_size * 1.1, sizes
-    assert sizes["alone"] < sizes["fp32"] / 2.5, sizes
+    for weights, layout in result["int8_layout"].items():
+        # every quantized weight is stored in 8 bits and holds exactly 1/N of its full weight along its split dim
+        shards = layout["shards"]
+        assert shards and all(entry["ok"] and entry["dtype"] == "int8" for entry in shards.values()), (weights, shards)
+        for name, entry in shards.items():
+            expected = next(dim for key, dim in TEXT_SPLITS.items() if key in name)
+            assert entry["split"] == expected, (weights, name, entry)
+        kept = {".".join("*" if part.isdigit() else part for part in n.split(".")) for n in layout["unquantized"]}
+        assert kept == {"lm_head", "model.layers.*.block_sparse_moe.gate"}, kept  # the recipe's high-precision modules
+        sizes = layout["bytes"]
+        assert len(set(sizes["per_rank"])) == 1 and sizes["per_rank"][0] < sizes["alone"] / world_size * 1.1, sizes
+        assert sizes["alone"] < sizes["fp32"] / 2.5, sizes
+        # the lightning decay rates come from the rank's own heads (the quantized shards are no DTensors)
+        heads_per_rank = 8 // world_size
+        for rank, layers in enumerate(layout["lightning_heads"]):
+            assert layers and all(h == list(range(rank * heads_per_rank, (rank + 1) * heads_per_rank)) for h in layers)
 
-    # the lightning decay rates come from the rank's own heads (the quantized shards are no DTensors)
-    heads_per_rank = 8 // world_size
-    for rank, layers in enumerate(result["lightning_heads"]):
-        assert layers and all(h == list(range(rank * heads_per_rank, (rank + 1) * heads_per_rank)) for h in layers)
+    for weights, vl in result["vl_int8"].items():
+        assert vl["quantized_count"] > 0 and vl["quantized_outside_language_model"] == []  # the vision side stays whole
+        assert vl["tp_vs_alone"] <= result["quantized"][weights]["alone_vs_exact"] * 2 and vl["generate_equal"], vl
 
-    vl = result["vl_int8"]
-    assert vl["quantized_count"] > 0 and vl["quantized_outside_language_model"] == []  # the vision side stays whole
-    assert vl["tp_vs_alone"] <= result["quantized"]["int8"]["alone_vs_exact"] * 2 and vl["generate_equal"], vl
+    # quanto in training mode: the gradients of the full-precision parameters, through the frozen int8 weights, are
+    # as close to one process's as that is to the exact model's
+    grads = result["quanto_gradients"]
+    assert grads["quantized_without_grad"] and len(grads["tp_vs_alone"]) == 6, grads  # the 6 parameters it names
+    for name, error in grads["tp_vs_alone"].items():
+        assert error <= 2 * grads["alone_vs_exact"][name] and grads["tp_vs_exact"][name] < 3e-2, (name, grads)
 
 
 @pytest.mark.smoke
@@ -194,26 +206,54 @@ def test_lightning_heads_come_from_the_rank_place_in_the_plan():
     assert not hasattr(model.model.layers[3].self_attn, "heads")  # softmax layers: local head counts only
 
 
-def test_quantizers_other_than_torchao_are_refused_under_tensor_parallel():
-    """Tensor parallel quantizes each rank's slice while loading, which transformers does for torchao only: quanto
-    and the others are refused before loading, naming the torchao way; without tensor parallel they pass."""
+def test_quantizers_other_than_torchao_and_quanto_are_refused_under_tensor_parallel():
+    """Tensor parallel quantizes each rank's slice while loading, which transformers does for torchao and
+    optimum-quanto: the others are refused before loading, naming both ways; without tensor parallel they pass."""
     from transformers.distributed import DistributedConfig
 
     config = config_module.MiniMaxText01Config()
     config.quantization_config = {"quant_method": "torchao", "include_input_output_embeddings": True}
     with pytest.raises(ValueError, match="include_input_output_embeddings=True does not combine with tensor parallel"):
         tp.check_parallel_layout(config, DistributedConfig(tp_size=8))
-    for method in ("torchao", "quanto", "bitsandbytes"):
+    for method in ("torchao", "quanto", "bitsandbytes", "fp8"):
         config.quantization_config = {"quant_method": method}
         tp.check_parallel_layout(config, DistributedConfig(tp_size=1, pp_size=2))
-        if method == "torchao":
+        if method in ("torchao", "quanto"):
             tp.check_parallel_layout(config, DistributedConfig(tp_size=8))
             continue
         with pytest.raises(ValueError) as refused:
             tp.check_parallel_layout(config, DistributedConfig(tp_size=8))
         message = str(refused.value)
+        assert f"{method} quantization is not supported" in message, message
         assert "DistributedConfig(tp_size=N), quantization_config=torchao_config(path)" in message, message
-        assert ("optimum-quanto" if method == "quanto" else f"{method} quantization is not supported") in message
+        assert "quanto_config(path)" in message, message
+
+
+def test_quanto_layers_are_marked_to_run_on_local_shards():
+    """Under tensor parallel every optimum-quanto layer is marked for transformers' local-shard path (the flag its
+    torchao loader sets, its quanto loader does not): without it a forward with gradients enabled mixes quanto's
+    local int8 shards with DTensor inputs (measured in tests/tp_worker.py). Other layers and other quantizers: no
+    mark."""
+    from optimum.quanto import QModuleMixin
+    from quanto_config import quanto_config
+    from transformers.integrations import replace_with_quanto_layers
+
+    modeling = load("modeling_minimax_text_01")
+    config = config_module.MiniMaxText01Config(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=4, head_dim=8, rotary_dim=4,
+        intermediate_size=32, num_local_experts=2, vocab_size=64, attn_type_list=[0, 1],
+    )  # fmt: skip
+    quanto = quanto_config(config)
+    for quantization, marked in ((quanto, True), ({"quant_method": "torchao"}, False)):
+        model = modeling.MiniMaxText01ForCausalLM(config)
+        # what transformers does before maybe_distribute_model
+        replace_with_quanto_layers(model, quanto, quanto.modules_to_not_convert)
+        model.config.quantization_config = quantization
+        tp.run_quanto_layers_on_local_shards(model)
+        layers = [m for m in model.modules() if isinstance(m, QModuleMixin)]
+        assert len(layers) == 3 + 4 + 2 * 2 * 3  # lightning's 3 projections, softmax's 4, 2 x 2 experts' w1, w3, w2
+        assert all(getattr(m, "_hf_quantized_needs_local_tp", False) == marked for m in layers)
+        assert not any(hasattr(m, "_hf_quantized_needs_local_tp") for m in model.modules() if m not in layers)
 
 
 def test_checkpoint_saved_quantized_is_refused_under_tensor_parallel(checkpoints, tmp_path):
@@ -405,7 +445,7 @@ def test_generate_script_layout_under_torchrun(monkeypatch, capsys, tiny_text):
     with pytest.raises(ValueError, match="--pp 3 must divide the number of processes"):
         generate.distributed_layout(4, 3)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    for extra in (["--int8"], ["--device-map", "auto"], ["--pp", "3"]):
+    for extra in (["--device-map", "auto"], ["--pp", "3"]):  # --int8 is allowed: quanto int8 runs tensor parallel
         with pytest.raises(SystemExit):
             generate.main([str(tiny_text), "--prompt", "hi", *extra])
         assert "error:" in capsys.readouterr().err

@@ -4,9 +4,9 @@
 
 TEXT and VL are tiny checkpoints whose heads split N ways. Every rank loads each twice, whole (the reference) and
 sharded (`distributed_config=DistributedConfig(tp_plan="auto")`, gloo on CPU), runs the same checks on both, and
-rank 0 writes the measurements to OUT.json for the test to assert on; the same with torchao 8-bit weights quantized
-while loading; SMALL_KV (fewer KV heads than N, or None) and an optimum-quanto load must be refused. Many checks per
-launch: starting N processes costs far more than the checks themselves.
+rank 0 writes the measurements to OUT.json for the test to assert on; the same with 8-bit weights quantized while
+loading (torchao, and optimum-quanto int8 with its gradients); SMALL_KV (fewer KV heads than N, or None) must be
+refused. Many checks per launch: starting N processes costs far more than the checks themselves.
 """
 
 import contextlib
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from PIL import Image
-from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer, QuantoConfig
+from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer
 from transformers.distributed import DistributedConfig
 from transformers.utils import logging as hf_logging
 
@@ -38,6 +38,7 @@ TEXT, VL, SMALL_KV, OUT = sys.argv[1:5]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import generate as generate_script  # noqa: E402  (scripts/generate.py)
 from helpers import rel_err  # noqa: E402  (tests/helpers.py: this folder is sys.path[0])
+from quanto_config import quanto_config  # noqa: E402  (scripts/quanto_config.py)
 from torchao_config import torchao_config  # noqa: E402  (scripts/torchao_config.py)
 
 HAS_TORCHAO = importlib.util.find_spec("torchao") is not None  # a requirement; absent in the oldest-version venv
@@ -124,20 +125,32 @@ def text_checks(results: dict) -> None:
         generated[mode] = {"equal": torch.equal(*tokens), "identical_on_ranks": identical_on_all_ranks(tokens[1])}
     results["generate"] = generated
 
-    # training: the gradients of the split weights equal the matching slices of the whole model's gradients (with
-    # the router's auxiliary loss weighted up, so that its replicated gradient would show if counted N times)
-    grads = {}
+    # training: the gradients of the split weights equal the matching slices of the whole model's gradients
     for model in (whole, sharded):
-        model.zero_grad()
-        model.config.router_aux_loss_coef = 1.0
-        model(**batch, labels=batch["input_ids"], use_cache=False, output_router_logits=True).loss.backward()
-    full = dict(whole.named_parameters())
-    for name, param in sharded.named_parameters():
-        if any(key in name for key in ("layers.0.self_attn.norm", "layers.0.self_attn.qkv_proj", "layers.3.self_attn.q_proj",
-                                       "layers.0.block_sparse_moe.experts.0.w2", "layers.0.block_sparse_moe.gate")):  # fmt: skip
+        backward(model, batch)
+    results["grad_rel_err"] = gradient_errors(sharded, whole, (
+        "layers.0.self_attn.norm", "layers.0.self_attn.qkv_proj", "layers.3.self_attn.q_proj",
+        "layers.0.block_sparse_moe.experts.0.w2", "layers.0.block_sparse_moe.gate"))  # fmt: skip
+
+
+def backward(model, batch) -> None:
+    """One training step's backward (no optimizer step), with the router's auxiliary loss weighted up so that its
+    replicated gradient would show if counted N times."""
+    model.zero_grad()
+    model.config.router_aux_loss_coef = 1.0
+    model(**batch, labels=batch["input_ids"], use_cache=False, output_router_logits=True).loss.backward()
+
+
+def gradient_errors(model, reference, keys) -> dict:
+    """rel_err of each gradient of `model` whose name contains one of `keys` (a split one gathered whole) against the
+    same parameter's gradient in `reference`."""
+    full = dict(reference.named_parameters())
+    errors = {}
+    for name, param in model.named_parameters():
+        if param.grad is not None and any(key in name for key in keys):
             grad = param.grad.full_tensor() if hasattr(param.grad, "full_tensor") else param.grad
-            grads[name] = rel_err(grad, full[name].grad)
-    results["grad_rel_err"] = grads
+            errors[name] = rel_err(grad, full[name].grad)
+    return errors
 
 
 def vl_checks(results: dict) -> None:
@@ -174,37 +187,60 @@ def pipeline_checks(results: dict) -> None:
                            "layers_here": layers, "layers": len(staged.model.layers)}  # fmt: skip
 
 
+# the tensors a quantized weight is stored in: (quantized data, scales), torchao's and optimum-quanto's names
+QUANTIZED_STORAGE = (("qdata", "scale"), ("_data", "_scale"))
+
+
+def quantized_storage(param) -> tuple | None:
+    """(data, scales) of a torchao- or optimum-quanto-quantized weight; None for any other parameter."""
+    names = next((names for names in QUANTIZED_STORAGE if hasattr(param, names[0])), None)
+    return None if names is None else tuple(getattr(param, name) for name in names)
+
+
 def weight_bytes(model) -> int:
     """Bytes of this process's share of the parameters: a quantized weight's 8-bit data and scales, a DTensor's local
     part, every other parameter whole."""
     total = 0
     for param in model.parameters():
         param = param.to_local() if hasattr(param, "to_local") else param
-        parts = [getattr(param, name) for name in ("qdata", "scale") if hasattr(param, name)] or [param]
-        total += sum(part.numel() * part.element_size() for part in parts)
+        total += sum(part.numel() * part.element_size() for part in quantized_storage(param) or [param])
     return total
 
 
 def quantized_shards(whole, sharded, world: int) -> dict:
-    """Every torchao-quantized weight this rank holds: its storage dtype, the dim it is split on (where its shape
-    differs from the full weight's) and whether it holds exactly 1/N of that dim."""
+    """Every quantized weight this rank holds (torchao or optimum-quanto): its storage dtype, the dim it is split on
+    (where its shape differs from the full weight's) and whether it holds exactly 1/N of that dim."""
     full = dict(whole.named_parameters())
     report = {}
     for name, param in sharded.named_parameters():
-        if not hasattr(param, "qdata"):
+        if quantized_storage(param) is None:
             continue
-        local, expected = tuple(param.qdata.shape), tuple(full[name].shape)
+        data = quantized_storage(param)[0]
+        local, expected = tuple(data.shape), tuple(full[name].shape)
         split = [dim for dim in range(len(expected)) if local[dim] != expected[dim]]
         ok = len(split) == 1 and local[split[0]] * world == expected[split[0]]
-        report[name] = {"dtype": str(param.qdata.dtype).removeprefix("torch."), "split": split[0] if ok else None,
+        report[name] = {"dtype": str(data.dtype).removeprefix("torch."), "split": split[0] if ok else None,
                         "ok": ok}  # fmt: skip
     return report
 
 
+def quantization_configs(path) -> dict:
+    """name -> a config of 8-bit weights quantized while loading: torchao's three types (where torchao is installed)
+    and optimum-quanto int8, each with the recipe's modules kept in full precision."""
+    torchao = {weights: torchao_config(path, weights) for weights in ("int8", "int8-dynamic", "float8")}
+    return {**(torchao if HAS_TORCHAO else {}), "quanto-int8": quanto_config(path)}
+
+
+INT8 = ("int8", "quanto-int8")  # the configs whose shards, bytes and kept modules are reported too
+QUANTO_GRADIENTS = ("embed_tokens", "layers.0.self_attn.norm", "layers.0.input_layernorm",
+                    "layers.3.post_attention_layernorm", "layers.0.block_sparse_moe.gate", "lm_head")  # fmt: skip
+
+
 def quantized_checks(results: dict) -> None:
-    """torchao 8-bit weights, quantized while loading: the tensor-parallel model (every rank quantizing its slice of
-    the fp32 checkpoint) against the single-process quantized model and the exact one; int8 weight-only in full
-    (text and VL), the int8-activation and float8 variants on the text model."""
+    """8-bit weights, quantized while loading: the tensor-parallel model (every rank quantizing its slice of the fp32
+    checkpoint) against the single-process quantized model and the exact one; torchao int8 weight-only and quanto
+    int8 in full (text and VL, quanto's gradients too), torchao's int8-activation and float8 variants on the text
+    model."""
     world = dist.get_world_size()
     tokenizer = AutoTokenizer.from_pretrained(TEXT, trust_remote_code=True)
     tokenizer.padding_side = "left"
@@ -213,69 +249,103 @@ def quantized_checks(results: dict) -> None:
     with torch.no_grad():
         reference = exact(**batch, use_cache=False).logits
     greedy = dict(max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    measured = {}
-    for weights in ("int8", "int8-dynamic", "float8"):
+    measured, layouts = {}, {}
+    for name, quantization in quantization_configs(TEXT).items():
         pair = [AutoModelForCausalLM.from_pretrained(TEXT, trust_remote_code=True, dtype=torch.float32,
-                                                     quantization_config=torchao_config(TEXT, weights), **extra).eval()
+                                                     quantization_config=quantization, **extra).eval()
                 for extra in ({}, {"distributed_config": tensor_parallel()})]  # fmt: skip
         with torch.no_grad():
             alone, sharded = (model(**batch, use_cache=False).logits for model in pair)
+        with torch.inference_mode():
+            inference_mode = pair[1](**batch, use_cache=False).logits
         tokens = [model.generate(**batch, **greedy) for model in pair]
-        measured[weights] = {
+        measured[name] = {
             "alone_vs_exact": rel_err(alone, reference), "tp_vs_alone": rel_err(sharded, alone),
             "tp_vs_exact": rel_err(sharded, reference), "generate_equal": torch.equal(*tokens),
             "identical_on_ranks": identical_on_all_ranks(sharded),
+            "inference_mode_equal": torch.equal(inference_mode, sharded),
         }  # fmt: skip
-        if weights == "int8":
-            results["int8_shards"] = quantized_shards(exact, pair[1], world)
-            results["int8_unquantized"] = sorted(
-                name for name, module in pair[1].named_modules()
-                if isinstance(module, torch.nn.Linear) and not hasattr(module.weight, "qdata")
-            )  # fmt: skip
-            heads = [None] * world
-            dist.all_gather_object(heads, [list(layer.self_attn.heads) for layer in pair[1].model.layers
-                                           if hasattr(layer.self_attn, "heads")])  # fmt: skip
-            results["lightning_heads"] = heads
-            sizes = [None] * world
-            dist.all_gather_object(sizes, weight_bytes(pair[1]))
-            results["int8_bytes"] = {"per_rank": sizes, "alone": weight_bytes(pair[0]), "fp32": weight_bytes(exact)}
-    results["quantized"] = measured
+        if name in INT8:
+            layouts[name] = int8_layout(exact, *pair)
+        if name == "quanto-int8":
+            results["quanto_gradients"] = quanto_gradients(exact, *pair, batch)
+    results["quantized"], results["int8_layout"] = measured, layouts
 
     # VL-01: the language model quantized and split, the vision side in full precision and whole
-    vl = [AutoModelForCausalLM.from_pretrained(VL, trust_remote_code=True, dtype=torch.float32,
-                                               quantization_config=torchao_config(VL), **extra).eval()
-          for extra in ({}, {"distributed_config": tensor_parallel()})]  # fmt: skip
     processor = AutoProcessor.from_pretrained(VL, trust_remote_code=True)
     picture = Image.fromarray(torch.full((30, 336, 3), 120, dtype=torch.uint8).numpy())
     inputs = processor(text="<image>Describe the picture.", images=[picture], return_tensors="pt")
-    with torch.no_grad():
-        alone, sharded = (model(**inputs).logits for model in vl)
-    tokens = [model.generate(**inputs, max_new_tokens=6, do_sample=False) for model in vl]
-    quantized = [name for name, param in vl[1].named_parameters() if hasattr(param, "qdata")]
-    results["vl_int8"] = {
-        "tp_vs_alone": rel_err(sharded, alone), "generate_equal": torch.equal(*tokens),
-        "quantized_outside_language_model": [n for n in quantized if not n.startswith("language_model.")],
-        "quantized_count": len(quantized),
+    results["vl_int8"] = {}
+    for name, quantization in quantization_configs(VL).items():
+        if name not in INT8:
+            continue
+        vl = [AutoModelForCausalLM.from_pretrained(VL, trust_remote_code=True, dtype=torch.float32,
+                                                   quantization_config=quantization, **extra).eval()
+              for extra in ({}, {"distributed_config": tensor_parallel()})]  # fmt: skip
+        with torch.no_grad():
+            alone, sharded = (model(**inputs).logits for model in vl)
+        tokens = [model.generate(**inputs, max_new_tokens=6, do_sample=False) for model in vl]
+        quantized = [n for n, param in vl[1].named_parameters() if quantized_storage(param) is not None]
+        results["vl_int8"][name] = {
+            "tp_vs_alone": rel_err(sharded, alone), "generate_equal": torch.equal(*tokens),
+            "quantized_outside_language_model": [n for n in quantized if not n.startswith("language_model.")],
+            "quantized_count": len(quantized),
+        }  # fmt: skip
+
+
+def int8_layout(exact, alone, sharded) -> dict:
+    """Where an int8 tensor-parallel model's weights are: its quantized shards, the Linear layers left unquantized,
+    every rank's lightning heads, and the parameter bytes per rank, in one process and in fp32."""
+    world = dist.get_world_size()
+    heads, sizes = [None] * world, [None] * world
+    dist.all_gather_object(heads, [list(layer.self_attn.heads) for layer in sharded.model.layers
+                                   if hasattr(layer.self_attn, "heads")])  # fmt: skip
+    dist.all_gather_object(sizes, weight_bytes(sharded))
+    return {
+        "shards": quantized_shards(exact, sharded, world),
+        "unquantized": sorted(name for name, module in sharded.named_modules()
+                              if isinstance(module, torch.nn.Linear) and quantized_storage(module.weight) is None),
+        "lightning_heads": heads,
+        "bytes": {"per_rank": sizes, "alone": weight_bytes(alone), "fp32": weight_bytes(exact)},
+    }  # fmt: skip
+
+
+def quanto_gradients(exact, alone, sharded, batch) -> dict:
+    """optimum-quanto int8 in training mode: a backward through the frozen int8 weights into the full-precision
+    parameters (norms, router gates, embeddings, lm_head), tensor parallel against one process and both against the
+    exact model; and whether every quantized weight stayed without a gradient, as in one process."""
+    for model in (exact, alone, sharded):
+        model.train()
+        backward(model, batch)
+        model.eval()
+    return {
+        "tp_vs_alone": gradient_errors(sharded, alone, QUANTO_GRADIENTS),
+        "alone_vs_exact": gradient_errors(alone, exact, QUANTO_GRADIENTS),
+        "tp_vs_exact": gradient_errors(sharded, exact, QUANTO_GRADIENTS),
+        "quantized_without_grad": all(param.grad is None for param in sharded.parameters()
+                                      if quantized_storage(param) is not None),
     }  # fmt: skip
 
 
 def generate_cli(results: dict) -> None:
     """scripts/generate.py under torchrun (tensor parallel over all ranks) prints on rank 0 what the same script's
-    functions print in one process, and nothing on the other ranks; text, VL, and text with torchao int8 weights."""
+    functions print in one process, and nothing on the other ranks; text, VL, and text with torchao int8 and with
+    optimum-quanto int8 weights."""
     image = Path(OUT).parent / "picture.png"
     Image.fromarray(torch.full((40, 336, 3), 90, dtype=torch.uint8).numpy()).save(image)
     outputs = {}
-    cases = [("text", TEXT, [], None), ("vl", VL, [str(image)], None)]
-    cases += [("text_torchao_int8", TEXT, [], "int8")] if HAS_TORCHAO else []
-    for name, path, images, torchao in cases:
-        extra = [arg for picture in images for arg in ("--image", picture)]
-        extra += ["--torchao", torchao] if torchao else []
+    # (name, checkpoint, images, quantization flags, the same as load_model's arguments)
+    cases = [("text", TEXT, [], [], {}), ("vl", VL, [str(image)], [], {}),
+             ("text_quanto_int8", TEXT, [], ["--int8"], {"int8": True})]  # fmt: skip
+    cases += [("text_torchao_int8", TEXT, [], ["--torchao", "int8"], {"torchao": "int8"})] if HAS_TORCHAO else []
+    for name, path, images, flags, quantization in cases:
+        extra = [arg for picture in images for arg in ("--image", picture)] + flags
         stdout = io.StringIO()
         with contextlib.redirect_stdout(stdout):
             generate_script.main([str(path), "--prompt", "Hello there", "--max-new-tokens", "6", *extra])
         printed = [None] * dist.get_world_size()
         dist.all_gather_object(printed, stdout.getvalue())
-        model, reader = generate_script.load_model(Path(path), "float32", torchao=torchao)  # one process, whole model
+        model, reader = generate_script.load_model(Path(path), "float32", **quantization)  # one process, whole model
         pictures = generate_script.read_images(images)
         messages = generate_script.chat_messages("Hello there", len(pictures))
         inputs = generate_script.build_inputs(reader, messages, pictures)
@@ -289,8 +359,7 @@ def generate_cli(results: dict) -> None:
 def refusals(results: dict) -> None:
     """Layouts refused before any weight is read: the error messages, or None where loading went through."""
     world = dist.get_world_size()
-    quanto = QuantoConfig(weights="int8")
-    cases = {"quanto": (TEXT, dict(distributed_config=tensor_parallel(), quantization_config=quanto))}
+    cases = {}
     if "ep_size" in DistributedConfig.__dataclass_fields__:  # transformers >= 5.2x
         cases["expert_parallel"] = (TEXT, dict(distributed_config=DistributedConfig(tp_size=world, ep_size=world)))
     if SMALL_KV != "None":
@@ -313,8 +382,7 @@ def main():
     results = {"world_size": int(os.environ["WORLD_SIZE"])}  # the process group starts with the first sharded load
     text_checks(results)
     vl_checks(results)
-    if HAS_TORCHAO:
-        quantized_checks(results)
+    quantized_checks(results)
     pipeline_checks(results)
     generate_cli(results)
     refusals(results)
