@@ -24,9 +24,10 @@ plan splits costs 1/N per GPU, the others (norms, router gates; for VL-01 the vi
 decoder layers are cut into M stages of equal layer counts as transformers does (embeddings on the first, the final
 norm and lm_head on the last). The cache is split by heads too. `--dtype int8` there means torchao int8 weight-only,
 quantized while loading (scripts/torchao_config.py): 1 byte per weight and one fp32 scale per output row, a rank
-holding the scales of its rows (split by rows) or of all rows (split by columns). The activations are those of a
-prefill in chunks of `--prefill-chunk` tokens (default 8192; set `prefill_chunk_size` for longer prompts). A layout
-whose GPU would exceed `--gpu-memory` is refused with layouts that fit.
+holding the scales of its rows (split by rows) or of all rows (split by columns); optimum-quanto int8 under tensor
+parallel (scripts/quanto_config.py) holds the same int8 shards with bf16 scales, so it fits wherever torchao does.
+The activations are those of a prefill in chunks of `--prefill-chunk` tokens (default 8192; set `prefill_chunk_size`
+for longer prompts). A layout whose GPU would exceed `--gpu-memory` is refused with layouts that fit.
 
     python scripts/device_map.py CONFIG --tp 8 --gpu-memory 80GB --dtype int8 --fit-table   # 32K / 128K / 1M tokens
 """
@@ -508,7 +509,8 @@ def main(argv=None):
     parser.add_argument("--gpu-memory", default="80GiB",
                         help="memory of each GPU: 80GiB, 141GB or a byte count (default 80GiB)")
     parser.add_argument("--dtype", choices=DTYPES, default="bfloat16",
-                        help="weight dtype (int8: quanto int8 with --gpus, torchao int8 with --tp)")
+                        help="weight dtype (int8: quanto int8 with --gpus; with --tp torchao int8, whose fp32 scales "
+                        "bound quanto's)")  # fmt: skip
     parser.add_argument("--context-length", type=int, default=DEFAULT_CONTEXT_LENGTH,
                         help=f"tokens of K/V cache to reserve per sequence (default {DEFAULT_CONTEXT_LENGTH})")
     parser.add_argument("--batch-size", type=int, default=1, help="sequences decoded at once (default 1)")

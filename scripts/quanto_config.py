@@ -10,6 +10,8 @@ quantized; kept in the checkpoint dtype are the router gates (`block_sparse_moe.
     from quanto_config import quanto_config
     model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype="bfloat16",
                                                  quantization_config=quanto_config(path), device_map=...)
+    # or under torchrun, each rank quantizing its slice of every weight while loading (as scripts/torchao_config.py):
+    #   ..., quantization_config=quanto_config(path), distributed_config=DistributedConfig(tp_size=8))
 
 The skip entries are full module names (`model.layers.7.block_sparse_moe.gate`). transformers matches them against
 module names as a prefix ending at a module boundary or as a suffix (5.24), or as a plain regex prefix or suffix

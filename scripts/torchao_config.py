@@ -1,4 +1,4 @@
-"""The torchao 8-bit configuration for MiniMax-Text-01 / M1 / VL-01: the one that combines with tensor parallel.
+"""The torchao 8-bit configuration for MiniMax-Text-01 / M1 / VL-01, also under tensor parallel.
 
     python scripts/torchao_config.py PATH [--weights int8|int8-dynamic|float8] [--json]
 

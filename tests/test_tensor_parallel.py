@@ -3,10 +3,10 @@
 checkpoint loaded whole in each rank.
 
 The same launch loads the text and VL checkpoints with 8-bit weights quantized while loading (torchao and
-optimum-quanto), sharded and in one process (`check_int8_tensor_parallel`). The tiny checkpoints have 8 heads and 4 KV heads, so both sizes split
-every layer; the prompts are left-padded to 49 tokens, crossing the lightning block boundary (32 tokens at
-head_dim 16). The 2-rank run is also part of the
-oldest-version smoke run: transformers 5.17 has the same engine (and runs this plan unchanged).
+optimum-quanto), sharded and in one process (`check_int8_tensor_parallel`). The tiny checkpoints have 8 heads and 4
+KV heads, so both sizes split every layer; the prompts are left-padded to 49 tokens, crossing the lightning block
+boundary (32 tokens at head_dim 16). The 2-rank run is also part of the oldest-version smoke run: transformers 5.17
+has the same engine (and runs this plan unchanged).
 """
 
 import importlib.util
@@ -120,12 +120,13 @@ def test_tensor_parallel_matches_single_process(world_size, checkpoints, tmp_pat
 
 
 def check_int8_tensor_parallel(result: dict, world_size: int, torchao: tuple[str, ...]) -> None:
-    """8-bit weights quantized while loading (torchao's `torchao` types, optimum-quanto int8), tensor parallel vs the
-    same quantization in one process."""
+    """8-bit weights quantized while loading (the torchao weight types named in `torchao`, optimum-quanto int8),
+    tensor parallel vs the same quantization in one process."""
     print(f"TP {world_size} 8-bit:", result["quantized"], "VL:", result["vl_int8"], "quanto gradients:",
           result["quanto_gradients"], "bytes:", {k: v["bytes"] for k, v in result["int8_layout"].items()})  # fmt: skip
     int8 = ("int8", "quanto-int8") if torchao else ("quanto-int8",)
-    assert sorted(result["quantized"]) == sorted((*torchao, "quanto-int8")) and sorted(result["int8_layout"]) == sorted(int8)
+    assert sorted(result["quantized"]) == sorted((*torchao, "quanto-int8"))
+    assert sorted(result["int8_layout"]) == sorted(int8) and sorted(result["vl_int8"]) == sorted(int8)
     for weights, measured in result["quantized"].items():
         # within the quantization's own error against the exact model (w2 / o_proj / out_proj are quantized per
         # output channel over this rank's input columns only, so their scales differ from the whole model's)

@@ -213,9 +213,10 @@ def quantized_shards(whole, sharded, world: int) -> dict:
     full = dict(whole.named_parameters())
     report = {}
     for name, param in sharded.named_parameters():
-        if quantized_storage(param) is None:
+        storage = quantized_storage(param)
+        if storage is None:
             continue
-        data = quantized_storage(param)[0]
+        data = storage[0]
         local, expected = tuple(data.shape), tuple(full[name].shape)
         split = [dim for dim in range(len(expected)) if local[dim] != expected[dim]]
         ok = len(split) == 1 and local[split[0]] * world == expected[split[0]]
@@ -227,8 +228,8 @@ def quantized_shards(whole, sharded, world: int) -> dict:
 def quantization_configs(path) -> dict:
     """name -> a config of 8-bit weights quantized while loading: torchao's three types (where torchao is installed)
     and optimum-quanto int8, each with the recipe's modules kept in full precision."""
-    torchao = {weights: torchao_config(path, weights) for weights in ("int8", "int8-dynamic", "float8")}
-    return {**(torchao if HAS_TORCHAO else {}), "quanto-int8": quanto_config(path)}
+    torchao = ("int8", "int8-dynamic", "float8") if HAS_TORCHAO else ()
+    return {**{weights: torchao_config(path, weights) for weights in torchao}, "quanto-int8": quanto_config(path)}
 
 
 INT8 = ("int8", "quanto-int8")  # the configs whose shards, bytes and kept modules are reported too
