@@ -123,7 +123,8 @@ def check_int8_tensor_parallel(result: dict, world_size: int, torchao: tuple[str
     """8-bit weights quantized while loading (the torchao weight types named in `torchao`, optimum-quanto int8),
     tensor parallel vs the same quantization in one process."""
     print(f"TP {world_size} 8-bit:", result["quantized"], "VL:", result["vl_int8"], "quanto gradients:",
-          result["quanto_gradients"], "bytes:", {k: v["bytes"] for k, v in result["int8_layout"].items()})  # fmt: skip
+          result["quanto_gradients"], "layouts:", {k: {"bytes": v["bytes"], "rows": v["row_split_equal_one_process"]}
+                                                 for k, v in result["int8_layout"].items()})  # fmt: skip
     int8 = ("int8", "quanto-int8") if torchao else ("quanto-int8",)
     assert sorted(result["quantized"]) == sorted((*torchao, "quanto-int8"))
     assert sorted(result["int8_layout"]) == sorted(int8) and sorted(result["vl_int8"]) == sorted(int8)
@@ -143,6 +144,8 @@ def check_int8_tensor_parallel(result: dict, world_size: int, torchao: tuple[str
         for name, entry in shards.items():
             expected = next(dim for key, dim in TEXT_SPLITS.items() if key in name)
             assert entry["split"] == expected, (weights, name, entry)
+        rows = layout["row_split_equal_one_process"]  # qkv_proj, output_gate, q/k/v, w1, w3: per-row scales, as alone
+        assert rows["count"] > 0 and rows["all"], (weights, rows)
         kept = {".".join("*" if part.isdigit() else part for part in n.split(".")) for n in layout["unquantized"]}
         assert kept == {"lm_head", "model.layers.*.block_sparse_moe.gate"}, kept  # the recipe's high-precision modules
         sizes = layout["bytes"]

@@ -295,15 +295,25 @@ def quantized_checks(results: dict) -> None:
 
 
 def int8_layout(exact, alone, sharded) -> dict:
-    """Where an int8 tensor-parallel model's weights are: its quantized shards, the Linear layers left unquantized,
-    every rank's lightning heads, and the parameter bytes per rank, in one process and in fp32."""
-    world = dist.get_world_size()
+    """Where an int8 tensor-parallel model's weights are: its quantized shards, whether those split by rows are this
+    rank's rows of the one-process model's int8 data and scales, bit for bit (one scale per row: nothing else can
+    differ), the Linear layers left unquantized, every rank's lightning heads, and the parameter bytes per rank, in
+    one process and in fp32."""
+    world, rank = dist.get_world_size(), dist.get_rank()
     heads, sizes = [None] * world, [None] * world
     dist.all_gather_object(heads, [list(layer.self_attn.heads) for layer in sharded.model.layers
                                    if hasattr(layer.self_attn, "heads")])  # fmt: skip
     dist.all_gather_object(sizes, weight_bytes(sharded))
+    shards, whole = quantized_shards(exact, sharded, world), dict(alone.named_parameters())
+    rows_equal = []
+    for name, param in sharded.named_parameters():
+        if shards.get(name, {}).get("split") == 0:
+            local, full = quantized_storage(param), quantized_storage(whole[name])
+            rows = slice(rank * len(local[0]), (rank + 1) * len(local[0]))
+            rows_equal.append(all(torch.equal(part, whole_part[rows]) for part, whole_part in zip(local, full)))
     return {
-        "shards": quantized_shards(exact, sharded, world),
+        "shards": shards,
+        "row_split_equal_one_process": {"count": len(rows_equal), "all": all(rows_equal)},
         "unquantized": sorted(name for name, module in sharded.named_modules()
                               if isinstance(module, torch.nn.Linear) and quantized_storage(module.weight) is None),
         "lightning_heads": heads,
