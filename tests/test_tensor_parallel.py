@@ -235,9 +235,9 @@ def test_quantizers_other_than_torchao_and_quanto_are_refused_under_tensor_paral
 
 def test_quanto_layers_are_marked_to_run_on_local_shards():
     """Under tensor parallel every optimum-quanto layer is marked for transformers' local-shard path (the flag its
-    torchao loader sets, its quanto loader does not): without it a forward with gradients enabled mixes quanto's
-    local int8 shards with DTensor inputs (measured in tests/tp_worker.py). Other layers and other quantizers: no
-    mark."""
+    torchao loader sets, its quanto loader does not): without it a forward with gradients enabled hands quanto's local
+    int8 shards DTensor inputs and fails (`qbytes_mm got mixed torch.Tensor and DTensor`); tests/tp_worker.py checks
+    the gradients with it. Other layers and other quantizers: no mark."""
     from optimum.quanto import QModuleMixin
     from quanto_config import quanto_config
     from transformers.integrations import replace_with_quanto_layers

@@ -242,7 +242,6 @@ def quantized_checks(results: dict) -> None:
     checkpoint) against the single-process quantized model and the exact one; torchao int8 weight-only and quanto
     int8 in full (text and VL, quanto's gradients too), torchao's int8-activation and float8 variants on the text
     model."""
-    world = dist.get_world_size()
     tokenizer = AutoTokenizer.from_pretrained(TEXT, trust_remote_code=True)
     tokenizer.padding_side = "left"
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
