@@ -195,7 +195,7 @@ def test_expert_stacks_keep_one_copy_and_the_checkpoint_layout(tmp_path):
     model.save_pretrained(tmp_path)
     reloaded = mm.MiniMaxText01ForCausalLM.from_pretrained(tmp_path).eval()
     model.double()  # new storage for every parameter: the stacks are dropped, then rebuilt from the new weights
-    assert moe.expert_weights._views is None
+    assert moe.expert_weights._stacks is None
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits.float(), expected, rtol=1e-5, atol=1e-5)
         assert moe.expert_weights.stacked_views(moe)[0].dtype == torch.float64

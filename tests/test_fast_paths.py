@@ -60,7 +60,7 @@ def test_one_token_moe_reads_current_stacks_and_falls_back_to_the_modules():
     D = moe.gate.in_features
     with torch.no_grad():
         moe(torch.randn(1, 3, D, dtype=torch.float64))  # a prompt: builds the stacks
-        assert moe.expert_weights._views is not None
+        assert moe.expert_weights._stacks is not None
         for seed in range(4):
             x = torch.randn(1, 1, D, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
             e = moe.route(x[0])[2][0, 0].item()

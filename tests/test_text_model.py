@@ -96,15 +96,20 @@ def test_fp32_left_padded_logits_match_float64_reference(model):
     assert max_rel < 1e-5
 
 
+@pytest.mark.parametrize("padded", [True, False], ids=["left-padded", "unpadded"])
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
-def test_attention_backends_match_float64_reference_with_padding_and_cache(implementation):
-    """Both softmax-attention backends, left padding, a cached prefill and decode steps vs the float64 reference."""
+def test_attention_backends_match_float64_reference_with_padding_and_cache(implementation, padded, monkeypatch):
+    """Both softmax-attention backends, a cached prefill and decode steps vs the float64 reference, with left
+    padding (a mask) and without (sdpa: no mask, the decode steps take the CPU folded-GQA path)."""
     model = tiny_model()
     model.set_attn_implementation(implementation)
     assert model.config._attn_implementation == implementation  # transformers refuses classes it cannot switch
+    after_cache = []
+    original = mm.sdpa_chunk_after_cache
+    monkeypatch.setattr(mm, "sdpa_chunk_after_cache", lambda q, *a: after_cache.append(q.shape[2]) or original(q, *a))
     ids = random_ids(2, 20, seed=3)
     mask = torch.ones_like(ids)
-    mask[1, :5] = 0  # row 1 is left-padded by 5
+    mask[1, :5] = int(not padded)  # row 1 is left-padded by 5
     expected = reference_text_logits(model.state_dict(), model.config, input_ids=ids, attention_mask=mask)
     with torch.no_grad():
         out = model(input_ids=ids[:, :14], attention_mask=mask[:, :14], use_cache=True)
@@ -117,6 +122,7 @@ def test_attention_backends_match_float64_reference_with_padding_and_cache(imple
     real = mask.bool()
     _, max_rel, _ = errors(actual[real], expected[real])
     assert max_rel < 1e-5
+    assert after_cache == ([1] * 2 * 6 if implementation == "sdpa" and not padded else [])  # 2 softmax layers
 
 
 def test_bf16_long_sequence_matches_float64_reference():
