@@ -62,11 +62,12 @@ def as_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x if x.dtype == dtype else x.to(dtype)
 
 
-def lightning_attention_step(q, k, v, log_decay, state, sequence_starts=None):
-    """O(1) decode: one recurrence step. q, k, v [B, H, 1, d]; log_decay [H] or [B, 1, H]; state [B, H, d, d]."""
+def lightning_attention_step(q, k, v, decay, state, sequence_starts=None):
+    """O(1) decode: one recurrence step S = decay S + k^T v. q, k, v [B, H, 1, d]; decay (e^log_decay) [H] or
+    [B, 1, H]; state [B, H, d, d]."""
     dtype = compute_dtype(q)
     B, H, _, d = q.shape
-    decay = torch.exp(as_dtype(log_decay, dtype)).view(-1, H, 1, 1)  # [1 or B, H, 1, 1]
+    decay = as_dtype(decay, dtype).view(-1, H, 1, 1)  # [1 or B, H, 1, 1]
     if sequence_starts is not None:
         decay = decay * ~sequence_starts.view(B, 1, 1, 1)
     # S = decay S + k^T v as one batched outer-product-accumulate over B * H (one token: k^T is k as a column)
@@ -102,8 +103,9 @@ def lightning_attention_recurrent(q, k, v, log_decay, initial_state=None, sequen
     outputs = []
     for t in range(T):
         g = log_decay if log_decay.dim() == 1 else log_decay[:, t : t + 1]
+        decay = torch.exp(as_dtype(g, compute_dtype(q)))
         start = None if sequence_starts is None else sequence_starts[:, t]
-        out, state = lightning_attention_step(*(x[:, :, t : t + 1] for x in (q, k, v)), g, state, start)
+        out, state = lightning_attention_step(*(x[:, :, t : t + 1] for x in (q, k, v)), decay, state, start)
         outputs.append(out)
     return torch.cat(outputs, dim=2), state
 

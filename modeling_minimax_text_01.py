@@ -38,7 +38,7 @@ from .cache_minimax_text_01 import (
 )
 from .checkpoint_layouts import NATIVE_DERIVED_BUFFERS, forget_native_conversions, native_layout_conversions
 from .configuration_minimax_text_01 import SOFTMAX, MiniMaxText01Config, refuse_sliding_window
-from .lightning_attention import as_dtype, lightning_attention_step, lightning_kernel, lightning_slopes
+from .lightning_attention import as_dtype, compute_dtype, lightning_attention_step, lightning_kernel, lightning_slopes
 from .loading_checks import check_checkpoint_folder, check_loading_info
 from .tensor_parallel_minimax_text_01 import (
     check_checkpoint_for_tensor_parallel,
@@ -107,14 +107,17 @@ class MiniMaxText01LightningAttention(nn.Module):
         self.output_gate = nn.Linear(config.hidden_size, inner, bias=False)
         self.norm = MiniMaxText01RMSNorm(inner, eps=config.lightning_norm_eps)
         self.out_proj = nn.Linear(inner, config.hidden_size, bias=False)
-        self._slopes: torch.Tensor | None = None  # fp32, computed on first use per device
+        self._decay_rates: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def slopes(self, device: torch.device) -> torch.Tensor:
-        """Decay rates [H_local] of the heads this module holds (`self.heads`: their global indices set the rates)."""
-        if self._slopes is None or self._slopes.device != device:
+    def decay_rates(self, device: torch.device, dtype: torch.dtype = torch.float32):
+        """(log decay -s_h in fp32, decay e^(-s_h) computed in `dtype` (the compute dtype, fp32 or fp64)) [H_local]
+        of the heads this module holds (`self.heads`: their global indices set the slopes s_h). Kept per device
+        and dtype, so a decode step computes neither."""
+        if (device, dtype) not in self._decay_rates:
             heads = slice(self.heads.start, self.heads.stop)
-            self._slopes = lightning_slopes(self.num_heads, self.layer_idx, self.num_layers)[heads].to(device)
-        return self._slopes
+            log_decay = -lightning_slopes(self.num_heads, self.layer_idx, self.num_layers)[heads].to(device)
+            self._decay_rates[device, dtype] = (log_decay, log_decay.to(dtype).exp())
+        return self._decay_rates[device, dtype]
 
     def forward(self, x, token_mask=None, sequence_starts=None, cache: MiniMaxText01Cache | None = None, **kwargs):
         """x [B, T, D]; token_mask bool [B, T] (False = pad) or None; sequence_starts bool [B, T] (first tokens of
@@ -154,13 +157,14 @@ class MiniMaxText01LightningAttention(nn.Module):
         inplace = not torch.is_grad_enabled()  # fresh large buffers cost page faults on CPU; autograd needs copies
         qkv = F.silu(self.qkv_proj(x), inplace=inplace).view(B, T, -1, 3 * d)  # SiLU on q, k and v alike
         q, k, v = qkv.transpose(1, 2).split(d, dim=-1)  # [B, H, T, d] each
-        log_decay = -self.slopes(x.device)  # [H]: every token decays the state alike ...
+        log_decay, decay = self.decay_rates(x.device, compute_dtype(x))  # [H]: every token decays the state alike ...
         if token_mask is not None:  # ... except pads, which neither add to the state nor decay it
             v = v.masked_fill(~token_mask[:, None, :, None], 0.0)
             log_decay = log_decay * token_mask[..., None]  # [B, T, H]
 
         if T == 1 and state is not None:  # decode: one step of the recurrence, O(1)
-            out, state = lightning_attention_step(q, k, v, log_decay, state, sequence_starts)
+            decay = decay if token_mask is None else log_decay.exp()
+            out, state = lightning_attention_step(q, k, v, decay, state, sequence_starts)
         else:
             kernel = lightning_kernel(self.config.lightning_impl, q.device)
             out, state = kernel(q, k, v, log_decay, state, sequence_starts, self.config.block_size)

@@ -61,7 +61,7 @@ def test_recurrent_matches_float64_recurrence(T, with_state):
 def test_decode_step_is_one_recurrence_step():
     q, k, v = random_qkv(1)  # [B, H, 1, D]
     state = random_state()
-    out, new_state = la.lightning_attention_step(q, k, v, -SLOPES, state)
+    out, new_state = la.lightning_attention_step(q, k, v, torch.exp(-SLOPES), state)
 
     decay = torch.exp(-SLOPES.double()).view(1, H, 1, 1)
     expected_state = decay * state.double() + k.double().transpose(-1, -2) @ v.double()  # lambda S + k^T v
@@ -77,7 +77,7 @@ def test_decode_steps_continue_a_chunked_prefill():
     outputs = [out]
     for t in range(300, 320):
         step = slice(t, t + 1)
-        out, state = la.lightning_attention_step(q[:, :, step], k[:, :, step], v[:, :, step], -SLOPES, state)
+        out, state = la.lightning_attention_step(q[:, :, step], k[:, :, step], v[:, :, step], SLOPES.neg().exp(), state)
         outputs.append(out)
     ref_out, ref_state = lightning_recurrence(q, k, v, -SLOPES)
     assert rel_err(torch.cat(outputs, dim=2), ref_out) < 2e-6

@@ -205,7 +205,7 @@ def test_lightning_heads_come_from_the_rank_place_in_the_plan():
     for i, layer in enumerate(model.model.layers[:3]):
         assert layer.self_attn.heads == range(4, 6)
         expected = kernels.lightning_slopes(8, i, 4)[4:6]
-        assert torch.equal(layer.self_attn.slopes(torch.device("cpu")), expected)
+        assert torch.equal(-layer.self_attn.decay_rates(torch.device("cpu"))[0], expected)
         assert not torch.equal(expected, kernels.lightning_slopes(8, i, 4)[:2])  # rank 0's rates differ
     assert not hasattr(model.model.layers[3].self_attn, "heads")  # softmax layers: local head counts only
 

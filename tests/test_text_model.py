@@ -44,10 +44,11 @@ def assert_derived_tables_match_formulas(model):
     torch.testing.assert_close(inv_freq.double(), expected, rtol=1e-7, atol=0)
     for i, layer in enumerate(model.model.layers):
         if config.attn_type_list[i] == 0:
-            slopes = layer.self_attn.slopes(torch.device("cpu"))
+            log_decay, decay = layer.self_attn.decay_rates(torch.device("cpu"))
             expected = lightning_layer_slopes(config.num_attention_heads, i, config.num_hidden_layers)
-            assert slopes.dtype == torch.float32
-            torch.testing.assert_close(slopes.double(), expected, rtol=1e-7, atol=0)
+            assert log_decay.dtype == decay.dtype == torch.float32
+            torch.testing.assert_close(-log_decay.double(), expected, rtol=1e-7, atol=0)
+            torch.testing.assert_close(decay.double(), torch.exp(-expected), rtol=1e-7, atol=0)
 
 
 @pytest.fixture(scope="module")
