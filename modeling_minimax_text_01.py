@@ -383,7 +383,7 @@ class ExpertWeights:
     def __init__(self):
         self._stacks: tuple[torch.Tensor, torch.Tensor] | None = None  # (w13 [E, 2I, D], w2 [E, D, I])
         # per expert, from when the stacks were made: ((layer name, weight, data_ptr) of w1, w3, w2), and its
-        # (w13 [2I, D], w2 [D, I]) views of the stacks
+        # (w13^T [D, 2I], w2^T [I, D]) views of the stacks
         self._slots: list[tuple[tuple[tuple[str, nn.Parameter, int], ...], tuple[torch.Tensor, torch.Tensor]]] = []
         self._copy: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -415,8 +415,8 @@ class ExpertWeights:
         return self._copy
 
     def stacked_weights_of(self, expert: nn.Module, e: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Expert e's (w13 [2I, D] (w1 | w3), w2 [D, I]) when the stacks were built and its layers' weights are still
-        the stacked Parameters viewing their slots (so: plain, real, unsharded nn.Linear weights), else None. For
+        """Expert e's transposed weights (w13^T [D, 2I] (w1 | w3), w2^T [I, D]), views of the stacks, when these were
+        built and its layers' weights are still the stacked Parameters viewing their slots (so: plain, real, unsharded nn.Linear weights), else None. For
         the eager one-token decode: checks only the chosen experts, never restacks. Reads the module dicts
         directly: nn.Module.__getattr__ would cost more than the rest of this check."""
         if self._stacks is None:
@@ -444,7 +444,7 @@ class ExpertWeights:
             expert.w1.weight.data, expert.w3.weight.data = expert_w13[:I], expert_w13[I:]
             expert.w2.weight.data = expert_w2
             weights = [(name, getattr(expert, name).weight) for name in self.LAYERS]
-            self._slots.append((tuple((name, w, w.data_ptr()) for name, w in weights), (expert_w13, expert_w2)))
+            self._slots.append((tuple((name, w, w.data_ptr()) for name, w in weights), (expert_w13.T, expert_w2.T)))
         for stack in (w13, w2):
             torch._dynamo.mark_static_address(stack)  # a fixed input of CUDA graphs, never copied per replay
         return w13, w2
@@ -458,11 +458,13 @@ def grouped_experts_forward(x_sorted, counts, w13, w2, act):
     return _grouped_mm(act(gate) * up, w2, offs=offsets)
 
 
-def one_token_expert(x, w13, w2, act):
-    """MiniMaxText01Expert's inference math, w2(act(w1 x) * w3 x), on x [1, D] with its weights passed directly
-    (w13 [2I, D] = w1 | w3, w2 [D, I]): no module calls, w1 and w3 in one matvec."""
-    gate, up = F.linear(x, w13).chunk(2, dim=-1)
-    return F.linear(act(gate).mul_(up), w2)
+def one_token_expert(x, w13_t, w2_t, act, weight: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """out (None: 0) + weight * MiniMaxText01Expert's inference math, w2(act(w1 x) * w3 x), on x [1, D], with its
+    weights passed as transposed views (w13^T [D, 2I] = (w1 | w3)^T, w2^T [I, D]): no module calls, w1 and w3 in
+    one matvec, one `mm` per matrix (F.linear dispatches three more ops each), the weighted sum inside the last."""
+    gate, up = torch.mm(x, w13_t).chunk(2, dim=-1)
+    hidden = act(gate).mul_(up)
+    return torch.mm(hidden, w2_t).mul_(weight) if out is None else torch.addmm(out, hidden, w2_t, alpha=weight)
 
 
 def gathered_experts_forward(x, weights, experts, w1, w3, w2, act):
@@ -559,8 +561,11 @@ class MiniMaxText01SparseMoeBlock(nn.Module):
         for w, e in zip(weights.tolist()[0], experts.tolist()[0]):
             expert = self.experts[e]
             stacked = self.expert_weights.stacked_weights_of(expert, e)
-            y = expert(x) if stacked is None else one_token_expert(x, *stacked, expert.act)
-            out = y * w if out is None else torch.add(out, y, alpha=w)
+            if stacked is not None:
+                out = one_token_expert(x, *stacked, expert.act, w, out)
+            else:
+                y = expert(x)
+                out = y * w if out is None else torch.add(out, y, alpha=w)
         return out
 
     def _experts_by_group(self, x, weights, experts, grouped_mm: bool):
