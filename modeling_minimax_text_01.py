@@ -363,6 +363,15 @@ def use_grouped_mm(moe: nn.Module, x: torch.Tensor) -> bool:
     )
 
 
+def has_forward_hooks(*modules: nn.Module) -> bool:
+    """Forward (pre-)hooks on any of `modules`, or global ones: a fast path that skips the module calls must not
+    run then."""
+    hooks = torch.nn.modules.module
+    if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+        return True
+    return any(module._forward_hooks or module._forward_pre_hooks for module in modules)
+
+
 class ExpertWeights:
     """The one owner of the expert weights' layouts beyond the checkpoint's (one nn.Linear per expert and matrix,
     which keeps the released names, quantizers and tensor-parallel plans working):
@@ -416,22 +425,26 @@ class ExpertWeights:
 
     def stacked_weights_of(self, expert: nn.Module, e: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Expert e's transposed weights (w13^T [D, 2I] (w1 | w3), w2^T [I, D]), views of the stacks, when these were
-        built and its layers' weights are still the stacked Parameters viewing their slots (so: plain, real, unsharded nn.Linear weights), else None. For
-        the eager one-token decode: checks only the chosen experts, never restacks. Reads the module dicts
-        directly: nn.Module.__getattr__ would cost more than the rest of this check."""
-        if self._stacks is None:
+        built and its layers' weights are still the stacked Parameters viewing their slots (so: plain, real,
+        unsharded nn.Linear weights), else None; None too while forward hooks are registered on its modules (they
+        must see the modules run). For the eager one-token decode: checks only the chosen experts, never restacks."""
+        if self._stacks is None or not self._slot_in_use(expert, e):
             return None
+        return None if has_forward_hooks(expert, *expert._modules.values()) else self._slots[e][1]
+
+    def _slot_in_use(self, expert: nn.Module, e: int) -> bool:
+        """Expert e's layer weights are still the Parameters that were stacked, still viewing their slots. Reads the
+        module dicts directly: nn.Module.__getattr__ would cost more than the rest of this check."""
         layers = expert._modules
-        stacked, views = self._slots[e]
-        for name, weight, ptr in stacked:
-            if layers[name]._parameters.get("weight") is not weight or weight.data_ptr() != ptr:
-                return None
-        return views
+        return all(
+            layers[name]._parameters.get("weight") is weight and weight.data_ptr() == ptr
+            for name, weight, ptr in self._slots[e][0]
+        )
 
     def _views_in_use(self, moe) -> bool:
         """Every expert weight is still the Parameter that was stacked, still viewing its slot of the stack."""
         return len(moe.experts) == len(self._slots) and all(
-            self.stacked_weights_of(expert, e) is not None for e, expert in enumerate(moe.experts)
+            self._slot_in_use(expert, e) for e, expert in enumerate(moe.experts)
         )
 
     @torch.no_grad()

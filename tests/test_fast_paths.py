@@ -67,6 +67,13 @@ def test_one_token_moe_reads_current_stacks_and_falls_back_to_the_modules():
             assert moe.expert_weights.stacked_weights_of(moe.experts[e], e) is not None  # the fast path runs
             torch.testing.assert_close(moe(x)[0][0], moe_reference(moe, x[0]), rtol=1e-10, atol=1e-12)
         expert = moe.experts[e]
+        calls = []  # a hook on one of its layers: the fast path steps aside, so the hook sees the layer run
+        handle = expert.w2.register_forward_hook(lambda module, args, out: calls.append(out.shape))
+        assert moe.expert_weights.stacked_weights_of(expert, e) is None
+        torch.testing.assert_close(moe(x)[0][0], moe_reference(moe, x[0]), rtol=1e-10, atol=1e-12)
+        assert calls == [(1, D)]
+        handle.remove()
+        assert moe.expert_weights.stacked_weights_of(expert, e) is not None
         expert.w2.weight = nn.Parameter(expert.w2.weight.detach() * 2)  # no longer a view of the stack
         assert moe.expert_weights.stacked_weights_of(expert, e) is None
         torch.testing.assert_close(moe(x)[0][0], moe_reference(moe, x[0]), rtol=1e-10, atol=1e-12)
