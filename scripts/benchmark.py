@@ -13,7 +13,8 @@ aborts otherwise. Then it times, for each implementation:
   fastest of `--reps` runs after one warm-up, native and project runs alternating (robust to other load);
 - decode: ms per token for `--decode-tokens` single-token steps after a `--decode-context`-token prefill (only the
   steps are timed); on CPU also the weight-read floor: the same per-token weight bytes read by 1-row matvecs from
-  DRAM, the part of a decode step no implementation can avoid;
+  DRAM, the part of a decode step no implementation can avoid; and the torch ops one step dispatches (counted with a
+  dispatch mode), the per-step overhead that the rest of a small-batch decode step is made of;
 - with `--compiled-decode`: the project's decode through `MiniMaxText01StaticCache` and
   `torch.compile(model.forward, fullgraph=True, mode=--compile-mode)` (the compiled steps are checked against the
   eager logits first), timed alternating with the eager runs, and the compile time (the first compiled step);
@@ -40,6 +41,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import transformers
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import MiniMaxConfig, MiniMaxForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -199,6 +201,28 @@ def time_decode_ms(decoders: dict, ids, context: int, reps: int) -> dict:
             if rep:  # rep 0 is the warm-up
                 best[name] = min(best[name], seconds)
     return {name: 1000 * seconds / (ids.shape[1] - context) for name, seconds in best.items()}
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the torch ops dispatched inside the `with` block (after Python, before the kernels: the unit of
+    per-step overhead that a decode step at small batch pays besides its weight reads)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_decode_step(model, ids, context: int) -> int:
+    """Torch ops one single-token step dispatches after a prefill of `context` tokens."""
+    cache = getattr(prefill(model, ids[:, :context]), CACHE_ARG)
+    decode_steps(model, ids[:, : context + 1], context, cache, [])  # the first step may allocate
+    with OpCounter() as counter:
+        decode_steps(model, ids[:, : context + 2], context + 1, cache, [])
+    return counter.count
 
 
 def decode_weight_floor_ms(model, reps: int, l3_bytes: int = 32 << 20) -> tuple[float, float]:
@@ -365,6 +389,8 @@ def run(args):
                 )
             ms = time_decode_ms(decoders, ids, args.decode_context, args.reps)
             rows.append((f"decode at {args.decode_context} context (ms/token)", ms["native"], ms["project"], ".2f"))
+            ops = {name: ops_per_decode_step(model, ids, args.decode_context) for name, model in models.items()}
+            rows.append(("torch ops dispatched per decode step", ops["native"], ops["project"], "d"))
             if args.compiled_decode:
                 rows.append((f"decode at {args.decode_context} context, project static cache + torch.compile "
                              "(ms/token)", ms["native"], ms["compiled"], ".2f"))
