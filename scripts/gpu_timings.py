@@ -15,6 +15,7 @@ Times are medians of CUDA-event timings (GPU) or time.perf_counter (CPU) after w
 """
 
 import copy
+import functools
 import json
 import statistics
 import subprocess
@@ -323,8 +324,7 @@ def run_timings(report: Report, args, device, dtype):
                      lambda: time_int8_expert(report, clock, ceilings, config, device, dtype)):
             part()
             free_memory()
-    time_tp_decode(report, config, args.tiny, device, dtype)
-    time_8bit_decode(report, config, args.tiny, device, dtype)
+    time_2layer_decode(report, config, args.tiny, device, dtype)
     return ceilings
 
 
@@ -342,24 +342,6 @@ def tp_decode_checkpoint(out: Path, config: Config, tiny: bool, dtype) -> Path:
     return out
 
 
-def time_tp_decode(report: Report, config: Config, tiny: bool, device, dtype):
-    """Decode steps of a 2-layer model at the timed widths: one device vs tensor parallel over all GPUs (NCCL),
-    each in its own processes (scripts/tp_decode.py). On CPU (--tiny) 2 gloo ranks run the same path."""
-    what = "decode step, 2-layer model, tensor parallel"
-    ranks = torch.cuda.device_count() if device.type == "cuda" else 2
-    if ranks < 2:
-        reason = f"tensor parallel needs 2 or more GPUs (one per rank); this machine has {ranks}"
-        for impl in ("1 device", "tensor parallel"):
-            report.time(what, impl, 1, lambda: skip(reason))
-        return
-    ranks = min(ranks, config.num_key_value_heads)  # the heads must split evenly
-    dtype_name = str(dtype).removeprefix("torch.")
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = tp_decode_checkpoint(Path(tmp) / "checkpoint", config, tiny, dtype)
-        report.time(what, "1 device", 1, lambda: tp_decode_ms(checkpoint, 1, dtype_name))
-        report.time(what, f"tensor parallel {ranks}", 1, lambda: tp_decode_ms(checkpoint, ranks, dtype_name))
-
-
 def tp_decode_ms(checkpoint: Path, world: int, dtype_name: str, quantize: str | None = None) -> float:
     """scripts/tp_decode.py on `checkpoint`: one process, or `world` ranks under torchrun -> ms per decode step."""
     launcher = [sys.executable] if world == 1 else [
@@ -373,22 +355,45 @@ def tp_decode_ms(checkpoint: Path, world: int, dtype_name: str, quantize: str | 
     return json.loads(out.read_text())["ms_per_token"]
 
 
-def time_8bit_decode(report: Report, config: Config, tiny: bool, device, dtype):
-    """The 2-layer model's decode step with 8-bit weights quantized while loading, beside the same step unquantized:
-    torchao int8 on one device and tensor parallel (several GPUs; 2 gloo ranks on CPU), FineGrainedFP8 on one GPU
-    with FP8 (compute capability 8.9 or newer)."""
-    what = "decode step, 2-layer model, 8-bit weights"
+def time_2layer_decode(report: Report, config: Config, tiny: bool, device, dtype):
+    """Decode steps of a 2-layer model at the timed widths, each in its own processes (scripts/tp_decode.py): one
+    device vs tensor parallel, and with 8-bit weights. The checkpoint is built once, and the unquantized one-device
+    step measured once, for both sets of rows."""
     dtype_name = str(dtype).removeprefix("torch.")
-    ranks = min(torch.cuda.device_count() if device.type == "cuda" else 2, config.num_key_value_heads)
-    has_fp8 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    ranks = min(torch.cuda.device_count() if device.type == "cuda" else 2, config.num_key_value_heads)  # heads split
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = tp_decode_checkpoint(Path(tmp) / "checkpoint", config, tiny, dtype)
-        report.time(what, f"{dtype_name}, 1 device", 1, lambda: tp_decode_ms(checkpoint, 1, dtype_name))
-        report.time(what, "int8 (torchao), 1 device", 1, lambda: tp_decode_ms(checkpoint, 1, dtype_name, "int8"))
-        multi = (lambda: tp_decode_ms(checkpoint, ranks, dtype_name, "int8")) if ranks > 1 else (
-            lambda: skip(f"tensor parallel needs 2 or more GPUs (one per rank); this machine has {ranks}"))
-        report.time(what, f"int8 (torchao), tensor parallel {max(ranks, 2)}", 1, multi)
-        fp8 = (lambda: tp_decode_ms(checkpoint, 1, dtype_name, "fp8")) if has_fp8 else (
-            lambda: skip("FineGrainedFP8 needs a CUDA GPU with FP8 (compute capability 8.9+)"))
-        report.time(what, "FP8 (FineGrainedFP8), 1 device", 1, fp8)
+        one_device = functools.cache(lambda: tp_decode_ms(checkpoint, 1, dtype_name))  # read by both sets of rows
+        time_tp_decode(report, checkpoint, ranks, one_device, dtype_name)
+        time_8bit_decode(report, checkpoint, ranks, one_device, dtype_name, device)
 
+
+def no_tensor_parallel(ranks: int) -> str:
+    return f"tensor parallel needs 2 or more GPUs (one per rank); this machine has {ranks}"
+
+
+def time_tp_decode(report: Report, checkpoint: Path, ranks: int, one_device, dtype_name: str):
+    """One device vs tensor parallel over `ranks` GPUs (NCCL); on CPU (--tiny) 2 gloo ranks run the same path."""
+    what = "decode step, 2-layer model, tensor parallel"
+    if ranks < 2:
+        for impl in ("1 device", "tensor parallel"):
+            report.time(what, impl, 1, lambda: skip(no_tensor_parallel(ranks)))
+        return
+    report.time(what, "1 device", 1, one_device)
+    report.time(what, f"tensor parallel {ranks}", 1, lambda: tp_decode_ms(checkpoint, ranks, dtype_name))
+
+
+def time_8bit_decode(report: Report, checkpoint: Path, ranks: int, one_device, dtype_name: str, device):
+    """The decode step with 8-bit weights quantized while loading, beside the same step unquantized: torchao int8
+    on one device and tensor parallel (several GPUs; 2 gloo ranks on CPU), FineGrainedFP8 on one GPU with FP8
+    (compute capability 8.9 or newer)."""
+    what = "decode step, 2-layer model, 8-bit weights"
+    has_fp8 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    report.time(what, f"{dtype_name}, 1 device", 1, one_device)
+    report.time(what, "int8 (torchao), 1 device", 1, lambda: tp_decode_ms(checkpoint, 1, dtype_name, "int8"))
+    multi = (lambda: tp_decode_ms(checkpoint, ranks, dtype_name, "int8")) if ranks > 1 else (
+        lambda: skip(no_tensor_parallel(ranks)))
+    report.time(what, f"int8 (torchao), tensor parallel {max(ranks, 2)}", 1, multi)
+    fp8 = (lambda: tp_decode_ms(checkpoint, 1, dtype_name, "fp8")) if has_fp8 else (
+        lambda: skip("FineGrainedFP8 needs a CUDA GPU with FP8 (compute capability 8.9+)"))
+    report.time(what, "FP8 (FineGrainedFP8), 1 device", 1, fp8)
