@@ -12,11 +12,12 @@ Paths that cannot run here (fla, grouped matmul and CUDA graphs need CUDA) are r
 
 import sys
 from pathlib import Path
+from unittest.mock import patch
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_report import Report, Skip, lightning_impl, patched, rel_err  # noqa: E402
+from gpu_report import Report, Skip, patched, rel_err  # noqa: E402
 from make_tiny_checkpoint import tiny_text_config  # noqa: E402
 from minimax_code import load  # noqa: E402
 
@@ -92,16 +93,13 @@ def check_fla_prefill(device):
         return kernels.lightning_attention_fla(*args)
 
     packed = packed_batch(device)
-    kernels.LIGHTNING_KERNELS["fla"] = counted  # a spy on the entry the setting selects
-    try:
-        with lightning_impl(model.config, "fla"):
-            fla_logits, fla_states = padded_prefill_continuation_decode(model, ids, mask, 40)
-            fla_packed, fla_grad = packed_logits_and_input_gradient(model, *packed)
-    finally:
-        kernels.LIGHTNING_KERNELS["fla"] = kernels.lightning_attention_fla
+    # a spy on the entry the setting selects
+    with patch.dict(kernels.LIGHTNING_KERNELS, fla=counted), patched(model.config, "lightning_impl", "fla"):
+        fla_logits, fla_states = padded_prefill_continuation_decode(model, ids, mask, 40)
+        fla_packed, fla_grad = packed_logits_and_input_gradient(model, *packed)
     if not calls:
         raise RuntimeError("the model never called lightning_attention_fla on CUDA")
-    with lightning_impl(model.config, "chunked"):
+    with patched(model.config, "lightning_impl", "chunked"):
         plain_logits, plain_states = padded_prefill_continuation_decode(model, ids, mask, 40)
         plain_packed, plain_grad = packed_logits_and_input_gradient(model, *packed)
     keep, keep_packed = mask.bool(), packed[2].bool()

@@ -98,20 +98,11 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 @contextmanager
-def lightning_impl(config, impl: str):
-    """The lightning prefill kernel `impl` (a `config.lightning_impl` value) for the duration of the block."""
-    old, config.lightning_impl = config.lightning_impl, impl
+def patched(owner, name, value):
+    """owner.name = value for the duration of the block (a module's function, a config's setting, ...)."""
+    old = getattr(owner, name)
+    setattr(owner, name, value)
     try:
         yield
     finally:
-        config.lightning_impl = old
-
-
-@contextmanager
-def patched(module, name, value):
-    old = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, old)
+        setattr(owner, name, old)

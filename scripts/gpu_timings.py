@@ -30,7 +30,7 @@ from transformers.models.minimax import modeling_minimax as native
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark import native_config  # noqa: E402
-from gpu_report import Report, Skip, free_memory, lightning_impl, patched, skip  # noqa: E402
+from gpu_report import Report, Skip, free_memory, patched, skip  # noqa: E402
 from make_tiny_checkpoint import TEXT_AUTO_MAP, copy_remote_code, tiny_text_config  # noqa: E402
 from minimax_code import load  # noqa: E402
 
@@ -167,7 +167,7 @@ def time_lightning_prefill(report, clock, config, nconfig, sizes, device, dtype)
         x = hidden(tokens, config, device, dtype)
         report.time(what, impl, tokens, lambda: clock.ms(lambda: layer(x)))
         if impl == "project (fla)":
-            with lightning_impl(layer.config, "chunked"):
+            with patched(layer.config, "lightning_impl", "chunked"):
                 report.time(what, "project (chunked)", tokens, lambda: clock.ms(lambda: layer(x)))
         report.time(what, "native", tokens, lambda: clock.ms(lambda: nlayer(x, None, None)))
         inner = torch.randn(1, tokens, layer.out_proj.in_features, device=device, dtype=dtype)
