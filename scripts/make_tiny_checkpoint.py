@@ -62,8 +62,9 @@ def copy_remote_code(out: Path, names=TEXT_CODE_FILES) -> None:
         shutil.copy(REPO_ROOT / name, out / name)
 
 
-# MiniMax-M1's recommended sampling (its README and tech report): temperature 1.0, top-p 0.95, no top-k.
-M1_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_p": 0.95, "top_k": None}
+# MiniMax-M1's recommended sampling (its README, "Inference Parameters"; tech report 6.1): temperature 1.0,
+# top-p 0.95, no top-k (GenerationConfig's default top_k is None, so none is written)
+M1_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_p": 0.95}
 
 
 def save_tokenizer_and_generation_config(out: Path, tokenizer, **sampling) -> None:

@@ -34,7 +34,7 @@ from transformers import GenerationConfig
 from chat_format import RESPONSE_TEMPLATES, named_chat_templates
 from device_map import build_meta_model
 from generate import PROCESSOR_FILES
-from make_tiny_checkpoint import TEXT_AUTO_MAP, VL_AUTO_MAP, copy_remote_code
+from make_tiny_checkpoint import M1_SAMPLING, TEXT_AUTO_MAP, VL_AUTO_MAP, copy_remote_code
 from minimax_code import REMOTE_CODE_FILES, TEXT_CODE_FILES, load
 from quanto_config import is_vl, load_config, text_part
 
@@ -58,8 +58,6 @@ DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16"
 BASE_MODELS = {"text": "MiniMaxAI/MiniMax-Text-01", "vl": "MiniMaxAI/MiniMax-VL-01", "m1": "MiniMaxAI/MiniMax-M1-80k"}
 NAMES = {"text": "MiniMax-Text-01", "vl": "MiniMax-VL-01", "m1": "MiniMax-M1"}
 M1_MODEL_TYPES = ("minimax_m1", "MiniMaxM1")
-# MiniMax-M1's recommended sampling (its README, "Inference Parameters"; tech report 6.1); no top_k is given
-M1_SAMPLING = {"do_sample": True, "temperature": 1.0, "top_p": 0.95}
 RELEASED_LICENSE = {
     "license": "other",
     "license_name": "minimax-model-license",
