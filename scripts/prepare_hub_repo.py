@@ -184,7 +184,7 @@ def model_family(checkpoint: Path, vl: bool) -> str:
         return "vl"
     values = read_json(checkpoint / "config.json")
     names = [values.get("model_type"), *(values.get("architectures") or []), *(values.get("auto_map") or {}).values()]
-    if any(name in M1_MODEL_TYPES or "MiniMaxM1" in str(name) or "minimax_m1" in str(name) for name in names):
+    if any(m1 in str(name) for name in names for m1 in M1_MODEL_TYPES):  # a model_type, class or class path
         return "m1"
     tokenizer_config = checkpoint / "tokenizer_config.json"
     template = read_json(tokenizer_config).get("chat_template") if tokenizer_config.is_file() else None
