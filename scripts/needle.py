@@ -35,6 +35,7 @@ from tqdm import tqdm
 from transformers.generation.streamers import BaseStreamer
 from transformers.utils import logging as hf_logging
 
+from cli_args import positive_int
 from generate import DTYPES, chat_messages, distributed_layout, load_model, read_device_map, status
 from passkey import answer_digits, filler_repetitions, passkey_text, random_key
 
@@ -265,16 +266,16 @@ def main(argv=None):
                         help="prompt lengths in the checkpoint's tokens (1K = 1024; default 1K 2K 4K)")
     parser.add_argument("--depths", type=parse_depth, nargs="+", default=DEFAULT_DEPTHS,
                         help="needle depths, fractions of the filler before it (default 0 .25 .5 .75 1)")
-    parser.add_argument("--samples", type=int, nargs="+", default=[10],
+    parser.add_argument("--samples", type=positive_int, nargs="+", default=[10],
                         help="prompts (fresh keys) per length and depth: one number, or one per length")
     parser.add_argument("--out", type=Path, required=True, help="folder for needle.json / .md / .png")
     parser.add_argument("--seed", type=int, default=0, help="seed of the keys")
     parser.add_argument("--chat", action="store_true", help="wrap each prompt in the chat template")
     parser.add_argument("--prefill-chunk", type=int, default=4096, help="prefill chunk in tokens (0 = whole prompt)")
-    parser.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated per answer")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=16, help="tokens generated per answer")
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help="weight dtype (default: the checkpoint's)")
     parser.add_argument("--device-map", help='"auto" or a JSON file from scripts/device_map.py --json')
-    parser.add_argument("--pp", type=int, default=1, help="pipeline stages under torchrun")
+    parser.add_argument("--pp", type=positive_int, default=1, help="pipeline stages under torchrun")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)  # fmt: skip
 
@@ -283,10 +284,8 @@ def main(argv=None):
         return
     if args.checkpoint is None or not (args.checkpoint / "config.json").is_file():
         parser.error(f"{args.checkpoint} is not a checkpoint folder (no config.json in it).")
-    if min(args.samples) < 1 or len(args.samples) not in (1, len(args.lengths)):
+    if len(args.samples) not in (1, len(args.lengths)):
         parser.error(f"--samples {args.samples}: give one count >= 1, or one per length ({len(args.lengths)}).")
-    if args.max_new_tokens < 1:
-        parser.error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
     if args.prefill_chunk < 0:
         parser.error(f"--prefill-chunk must be a token count >= 0 (0 = whole prompt), got {args.prefill_chunk}.")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
