@@ -14,6 +14,8 @@ import re
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from tiny_tokenizer import BOS_TOKEN, EOS_TOKEN, MODEL_MAX_LENGTH
+
 INTRO = (
     "There is an important piece of information hidden inside a lot of irrelevant text. "
     "Find it and memorize it. I will quiz you about it."
@@ -61,8 +63,7 @@ def answer_digits(generated: str) -> str:
 
 # ---- the tiny checkpoint's tokenizer: one token per word, per digit and per punctuation mark -------------------
 
-BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<beginning_of_sentence>", "<end_of_sentence>", "<unk>"
-MODEL_MAX_LENGTH = 10_240_000
+UNK_TOKEN = "<unk>"  # bos, eos and the length limit are the tiny tokenizer's (scripts/tiny_tokenizer.py)
 
 
 def _pre_tokenizer():
