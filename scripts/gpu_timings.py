@@ -360,11 +360,12 @@ def time_2layer_decode(report: Report, config: Config, tiny: bool, device, dtype
     device vs tensor parallel, and with 8-bit weights. The checkpoint is built once, and the unquantized one-device
     step measured once, for both sets of rows."""
     dtype_name = str(dtype).removeprefix("torch.")
-    ranks = min(torch.cuda.device_count() if device.type == "cuda" else 2, config.num_key_value_heads)  # heads split
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 2
+    ranks = min(gpus, config.num_key_value_heads)  # the heads must split evenly
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = tp_decode_checkpoint(Path(tmp) / "checkpoint", config, tiny, dtype)
         one_device = functools.cache(lambda: tp_decode_ms(checkpoint, 1, dtype_name))  # read by both sets of rows
-        time_tp_decode(report, checkpoint, ranks, one_device, dtype_name)
+        time_tp_decode(report, checkpoint, gpus, ranks, one_device, dtype_name)
         time_8bit_decode(report, checkpoint, ranks, one_device, dtype_name, device)
 
 
@@ -372,12 +373,13 @@ def no_tensor_parallel(ranks: int) -> str:
     return f"tensor parallel needs 2 or more GPUs (one per rank); this machine has {ranks}"
 
 
-def time_tp_decode(report: Report, checkpoint: Path, ranks: int, one_device, dtype_name: str):
-    """One device vs tensor parallel over `ranks` GPUs (NCCL); on CPU (--tiny) 2 gloo ranks run the same path."""
+def time_tp_decode(report: Report, checkpoint: Path, gpus: int, ranks: int, one_device, dtype_name: str):
+    """One device vs tensor parallel over `ranks` of the `gpus` GPUs (NCCL); on CPU (--tiny) 2 gloo ranks run the
+    same path."""
     what = "decode step, 2-layer model, tensor parallel"
-    if ranks < 2:
+    if gpus < 2:
         for impl in ("1 device", "tensor parallel"):
-            report.time(what, impl, 1, lambda: skip(no_tensor_parallel(ranks)))
+            report.time(what, impl, 1, lambda: skip(no_tensor_parallel(gpus)))
         return
     report.time(what, "1 device", 1, one_device)
     report.time(what, f"tensor parallel {ranks}", 1, lambda: tp_decode_ms(checkpoint, ranks, dtype_name))
