@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, Min
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging
 
+from helpers import rel_err
 from make_tiny_checkpoint import build_text_checkpoint
 from minimax_code import load
 from prepare_hub_repo import prepare_repo
@@ -34,10 +35,6 @@ STALE_CODE = (
     "class MiniMaxText01Config: ...\nclass MiniMaxText01ForCausalLM: ...\n"
 )
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-
-
-def rel_err(actual, expected) -> float:
-    return ((actual.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
 
 
 @pytest.fixture(scope="module")
