@@ -125,6 +125,11 @@ def random_image(width, height, seed=0) -> Image.Image:
     return Image.fromarray(torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=generator).numpy())
 
 
+def render(tokenizer, messages, **kwargs) -> str:
+    """The chat template's rendering of `messages`, as text."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+
+
 # ------------------------------------------------------------------------------------------------ error measures
 
 

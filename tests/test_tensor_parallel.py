@@ -140,10 +140,8 @@ def check_int8_tensor_parallel(result: dict, world_size: int, torchao: tuple[str
     for weights, layout in result["int8_layout"].items():
         # every quantized weight is stored in 8 bits and holds exactly 1/N of its full weight along its split dim
         shards = layout["shards"]
-        assert shards and all(entry["ok"] and entry["dtype"] == "int8" for entry in shards.values()), (weights, shards)
-        for name, entry in shards.items():
-            expected = next(dim for key, dim in TEXT_SPLITS.items() if key in name)
-            assert entry["split"] == expected, (weights, name, entry)
+        check_shards(shards, world_size, TEXT_SPLITS)
+        assert all(entry["dtype"] == "int8" for entry in shards.values()), (weights, shards)
         rows = layout["row_split_equal_one_process"]  # qkv_proj, output_gate, q/k/v, w1, w3: per-row scales, as alone
         assert rows["count"] > 0 and rows["all"], (weights, rows)
         kept = {".".join("*" if part.isdigit() else part for part in n.split(".")) for n in layout["unquantized"]}
