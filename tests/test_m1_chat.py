@@ -17,7 +17,6 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 import generate as gen
 from chat_format import M1_RESPONSE_TEMPLATE, named_chat_templates
 from helpers import render
-from make_tiny_checkpoint import build_m1_checkpoint
 from minimax_code import REPO_ROOT
 from prepare_hub_repo import model_family, write_chat_format
 from tiny_tokenizer import build_tiny_tokenizer
@@ -321,11 +320,6 @@ def test_parse_edge_cases(tok):
 
 
 # --------------------------------------------------------------------------------------- the tiny M1 checkpoint
-
-
-@pytest.fixture(scope="module")
-def tiny_m1(tmp_path_factory):
-    return build_m1_checkpoint(tmp_path_factory.mktemp("m1") / "tiny-m1")
 
 
 def test_tiny_m1_checkpoint_has_m1_identifiers(tiny_m1):

@@ -24,7 +24,6 @@ import make_tiny_checkpoint as mtc
 import tiny_tokenizer
 import tp_decode
 from helpers import edited_checkpoint, random_ids, random_image, sharded_copy
-from make_tiny_checkpoint import build_vl_checkpoint
 from minimax_code import load
 
 mm = load("modeling_minimax_text_01")
@@ -433,8 +432,8 @@ def test_cpu_device_map_still_loads(tiny_text):
 # ===================================================================================================== scripts
 
 
-def test_tiny_text_checkpoint_over_a_vl_one_leaves_no_vl_files(tmp_path):
-    out = build_vl_checkpoint(tmp_path / "ckpt")
+def test_tiny_text_checkpoint_over_a_vl_one_leaves_no_vl_files(tiny_vl, tmp_path):
+    out = shutil.copytree(tiny_vl, tmp_path / "ckpt")
     mtc.main(["--model", "text", "--out", str(out)])
     names = {p.name for p in out.iterdir()}
     assert not names & {"processor_config.json", "preprocessor_config.json", "modeling_minimax_vl_01.py"}

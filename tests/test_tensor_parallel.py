@@ -258,7 +258,7 @@ def test_quanto_layers_are_marked_to_run_on_local_shards():
         assert not any(hasattr(m, "_hf_quantized_needs_local_tp") for m in model.modules() if m not in layers)
 
 
-def test_checkpoint_saved_quantized_is_refused_under_tensor_parallel(checkpoints, tmp_path):
+def test_checkpoint_saved_quantized_is_refused_under_tensor_parallel(tiny_text, tmp_path):
     """A torchao int8 checkpoint saved already quantized loads in one process (same logits as the model it was saved
     from), and is refused under tensor parallel before anything loads, naming quantization while loading."""
     from transformers import AutoModelForCausalLM
@@ -266,9 +266,8 @@ def test_checkpoint_saved_quantized_is_refused_under_tensor_parallel(checkpoints
     from torchao_config import torchao_config
 
     pytest.importorskip("torchao")
-    source = checkpoints["text"]
-    quantized = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=True, dtype=torch.float32,
-                                                     quantization_config=torchao_config(source))  # fmt: skip
+    quantized = AutoModelForCausalLM.from_pretrained(tiny_text, trust_remote_code=True, dtype=torch.float32,
+                                                     quantization_config=torchao_config(tiny_text))  # fmt: skip
     quantized.save_pretrained(tmp_path / "int8")
     saved = json.loads((tmp_path / "int8" / "config.json").read_text())
     assert saved["quantization_config"]["quant_method"] == "torchao"
