@@ -15,7 +15,6 @@ from reference import reference_text_logits, rope_inv_freq
 
 config_module = load("configuration_minimax_text_01")
 Config = config_module.MiniMaxText01Config
-VLConfig = load("configuration_minimax_vl_01").MiniMaxVL01Config
 modeling = load("modeling_minimax_text_01")
 OTHER_KEYS = ["rotary_dim", "rope_theta", "layernorm_mlp_alpha", "attn_type_list", "sliding_window",
               "rope_scaling", "rope_parameters", "tie_word_embeddings", "mlp_alpha_factor"]  # fmt: skip

@@ -12,7 +12,6 @@ has the same engine (and runs this plan unchanged).
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 
