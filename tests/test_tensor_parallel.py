@@ -344,19 +344,10 @@ def released_tp_int8_bytes(c, tp: int) -> tuple[int, int]:
     return int8 + 2 * bf16, 4 * scale_rows
 
 
-@pytest.fixture(scope="module")
-def released(released_configs, released_meta_models, released_config_files):
-    """The released Text-01 and VL-01 configs (VL-01: its language model is Text-01's), Text-01's config.json path
-    and meta model (the session's fixtures, under the names these planner tests use)."""
-    return {"text": released_configs["text"], "vl": released_configs["vl"],
-            "text_path": released_config_files["text"], "text_meta": released_meta_models["text"],
-            "vl_meta": released_meta_models["vl"]}  # fmt: skip
-
-
-def test_planner_text_tp8_fits_141gb_and_is_refused_on_80gb_with_what_fits(released):
+def test_planner_text_tp8_fits_141gb_and_is_refused_on_80gb_with_what_fits(released_configs, released_meta_models):
     import device_map as dm
 
-    c, meta = released["text"], released["text_meta"]
+    c, meta = released_configs["text"], released_meta_models["text"]
     plan = dm.plan_tensor_parallel(c, 8, gpu_memory="141GB", model=meta)
     (stage,) = plan.stages
     assert stage.weight_bytes == released_tp_weight_bytes(c, 8, range(80), True, True) and stage.scale_bytes == 0
@@ -383,12 +374,12 @@ def test_planner_text_tp8_fits_141gb_and_is_refused_on_80gb_with_what_fits(relea
     ]
 
 
-def test_planner_int8_tp8_holds_text01_on_8x80gb_at_32k_128k_1m(released):
+def test_planner_int8_tp8_holds_text01_on_8x80gb_at_32k_128k_1m(released_configs, released_meta_models):
     """torchao int8 at TP 8: the weights and scales per GPU equal the closed form, and 8 x 80 GB holds the model with
     1M tokens of context; bf16 does not fit there at any length."""
     import device_map as dm
 
-    c, meta = released["text"], released["text_meta"]
+    c, meta = released_configs["text"], released_meta_models["text"]
     weights, scales = released_tp_int8_bytes(c, 8)
     for context in (32768, 131072, 1048576):
         plan = dm.plan_tensor_parallel(c, 8, gpu_memory="80GB", dtype="int8", context_length=context, model=meta)
@@ -400,10 +391,10 @@ def test_planner_int8_tp8_holds_text01_on_8x80gb_at_32k_128k_1m(released):
     assert 53 * GIB < weights < 54 * GIB and 80 * 2**20 < scales < 90 * 2**20  # about half of bf16's 106.2 GiB
 
 
-def test_planner_vl_keeps_the_vision_side_whole(released):
+def test_planner_vl_keeps_the_vision_side_whole(released_configs, released_meta_models):
     import device_map as dm
 
-    vl, text, meta = released["vl"], released["text"], released["vl_meta"]
+    vl, text, meta = released_configs["vl"], released_configs["text"], released_meta_models["vl"]
     vision = sum(p.numel() * 2 for n, p in meta.named_parameters() if not n.startswith("language_model."))
     vision += sum(b.numel() * b.element_size() for n, b in meta.named_buffers() if not n.startswith("language_model."))
     (stage,) = dm.plan_tensor_parallel(vl, 8, gpu_memory="141GB", model=meta).stages
@@ -414,14 +405,14 @@ def test_planner_vl_keeps_the_vision_side_whole(released):
     assert (int8.weight_bytes, int8.scale_bytes) == (weights + vision, scales)  # the vision side stays bf16
 
 
-def test_planner_refusals_and_cli(released, capsys):
+def test_planner_refusals_and_cli(released_configs, released_meta_models, released_config_files, capsys):
     import device_map as dm
 
-    c, path = released["text"], str(released["text_path"])
+    c, path = released_configs["text"], str(released_config_files["text"])
     with pytest.raises(ValueError, match="tp_size=16 does not divide num_key_value_heads=8"):
-        dm.plan_tensor_parallel(c, 16, model=released["text_meta"])
+        dm.plan_tensor_parallel(c, 16, model=released_meta_models["text"])
     with pytest.raises(ValueError, match="Pipeline parallel"):
-        dm.plan_tensor_parallel(released["vl"], 8, pp=2)
+        dm.plan_tensor_parallel(released_configs["vl"], 8, pp=2)
     dm.main([path, "--tp", "8", "--gpu-memory", "141GB"])
     table = capsys.readouterr().out
     assert "tensor parallel 8 x 1 pipeline stage(s) = 8 GPUs of 131.3 GiB" in table and table.rstrip().endswith("Fits.")
