@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 import device_map as dm
 import generate as gen
 import prepare_hub_repo as hub
-from helpers import edited_checkpoint, random_ids, random_image, sharded_copy
+from helpers import cache_of, edited_checkpoint, random_ids, random_image, sharded_copy
 from make_tiny_checkpoint import tiny_text_config
 from minimax_code import load
 from released_configs import released_text_config, released_vl_config
@@ -351,7 +351,7 @@ def decode_setup(model):
     ids = random_ids(1, 6)
     with torch.no_grad():
         out = model(input_ids=ids, use_cache=True)
-    return ids, getattr(out, mm.CACHE_FIELD)
+    return ids, cache_of(out)
 
 
 @pytest.mark.smoke
