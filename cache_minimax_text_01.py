@@ -148,22 +148,27 @@ class LightningStateLayer(LinearAttentionLayer):
         self.record_past, self.recurrent_states_to_keep = True, recurrent_states_to_keep
         self.forget_record()
 
+    @property
+    def longest_record(self) -> int:
+        """The most tokens a crop may remove: RECORDED_TOKENS_MIN, or `recurrent_states_to_keep` if larger."""
+        return max(RECORDED_TOKENS_MIN, self.recurrent_states_to_keep or 0)
+
+    @property
+    def recorded_length(self) -> int:
+        return sum(k.shape[2] for k, _, _ in self.recorded_tokens)
+
     def tokens_to_record(self, new_tokens: int) -> int:
         """How many of a forward's last tokens to record: all of a short forward (a verification chunk, a draft
-        step), the last RECORDED_TOKENS_MIN or `recurrent_states_to_keep` (the most a crop removes) of a prompt."""
-        if not self.record_past:
-            return 0
-        return min(new_tokens, max(RECORDED_TOKENS_MIN, self.recurrent_states_to_keep or 0))
+        step), the last `longest_record` of a prompt."""
+        return min(new_tokens, self.longest_record) if self.record_past else 0
 
     def record(self, state_before: torch.Tensor | None, k, v, log_decay, whole_forward: bool) -> None:
         """Note the last tokens of a forward (called before its state is set): their (k, v [B, H, T, d], log_decay
         [B, T, H]) and the state before them. A forward whose earlier tokens go unrecorded (`whole_forward` False)
         restarts the record: a crop cannot reach past them. So does a record that would outgrow the most a crop may
         remove (decoding on without crops keeps memory bounded)."""
-        recorded = sum(tokens[0].shape[2] for tokens in self.recorded_tokens)
-        longest = max(RECORDED_TOKENS_MIN, self.recurrent_states_to_keep or 0)
         continues = whole_forward and self.recorded_tokens and state_before is self.state
-        if not continues or recorded + k.shape[2] > longest:
+        if not continues or self.recorded_length + k.shape[2] > self.longest_record:
             self.state_before_record, self.recorded_tokens = state_before, []
         self.recorded_tokens.append((k, v, log_decay))
 
@@ -182,7 +187,7 @@ class LightningStateLayer(LinearAttentionLayer):
                 "`cache.activate_past_recording()` before the forward whose tokens a crop may remove."
             )
         if remove:
-            recorded = sum(k.shape[2] for k, _, _ in self.recorded_tokens)
+            recorded = self.recorded_length
             if remove > recorded:
                 raise ValueError(
                     f"Cannot remove {remove} tokens: the lightning state can roll back only the {recorded} tokens "

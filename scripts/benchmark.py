@@ -132,10 +132,11 @@ def decode_steps(model, ids, context: int, cache, logits: list):
     return torch.stack(logits, dim=1)
 
 
-def best_seconds(fns: dict, reps: int, device) -> dict:
-    """{name: fn} -> {name: fastest of `reps` timed runs}, after one warm-up each. The runs of the different
-    fns alternate and the minimum is kept, so load from other processes on a shared machine biases no side."""
-    for fn in fns.values():
+def best_seconds(fns: dict, reps: int, device, warmed_up: bool = False) -> dict:
+    """{name: fn} -> {name: fastest of `reps` timed runs}, after one warm-up each (unless the caller ran each
+    already: `warmed_up`). The runs of the different fns alternate and the minimum is kept, so load from other
+    processes on a shared machine biases no side."""
+    for fn in () if warmed_up else fns.values():
         fn()
     times = {name: [] for name in fns}
     for _ in range(reps):
@@ -354,8 +355,8 @@ def speculative_rows(model, args, device) -> tuple[list, list]:
         counts[name] = len(forwards)
     hook.remove()
     same = all(torch.equal(out, outputs["plain"]) for out in outputs.values())
-    seconds = best_seconds({name: lambda e=extra: model.generate(ids, **settings, **e) for name, extra in modes.items()},
-                           args.reps, device)
+    runs = {name: lambda e=extra: model.generate(ids, **settings, **e) for name, extra in modes.items()}
+    seconds = best_seconds(runs, args.reps, device, warmed_up=True)  # the counting runs above were the warm-ups
     ms = {name: 1000 * s / args.speculative_tokens for name, s in seconds.items()}
     rows = [(f"greedy, {ids.shape[1]}-token copy-heavy prompt, plain / {name} (ms per new token)", ms["plain"], ms[name],
              ".2f") for name in ("prompt lookup", "assisted")]
@@ -458,9 +459,10 @@ def parse_args(argv=None):
                         help='torch.compile mode for --compiled-decode ("reduce-overhead": CUDA graphs on a GPU)')
     parser.add_argument("--speculative", action="store_true",
                         help="also time greedy generate() with prompt lookup / assisted generation vs plain")
-    parser.add_argument("--speculative-segment", type=int, default=64, help="random tokens repeated into the prompt")
-    parser.add_argument("--speculative-repeats", type=int, default=8)
-    parser.add_argument("--speculative-tokens", type=int, default=64, help="new tokens per generate()")
+    parser.add_argument("--speculative-segment", type=positive_int, default=64,
+                        help="random tokens repeated into the prompt")
+    parser.add_argument("--speculative-repeats", type=positive_int, default=8)
+    parser.add_argument("--speculative-tokens", type=positive_int, default=64, help="new tokens per generate()")
     sizes = parser.add_argument_group("model sizes")
     sizes.add_argument("--hidden", type=positive_int, default=256)
     sizes.add_argument("--heads", type=positive_int, default=8)

@@ -97,6 +97,10 @@ MACROS = r"""
 {{- raise_exception(where(message, index) + ': tool call ' + function['name'] + ' has arguments ' ~ function['arguments'] ~ '; give them as a dict or a JSON object string') -}}
 {%- endif -%}
 {%- endmacro -%}
+{%- macro call_name(call) -%}
+{#- the function name of a call already checked by call_arguments -#}
+{{- (call['function'] if call['function'] is mapping else call)['name'] -}}
+{%- endmacro -%}
 {%- macro tool_name(message, part, index) -%}
 {%- set found = namespace(name=none) -%}
 {%- if part is mapping and part['name'] is string -%}
@@ -144,7 +148,7 @@ MINIMAX_01_BODY = r"""
 {{- render_content(message, index) -}}
 {%- for call in message['tool_calls'] or [] -%}
 {%- set arguments = call_arguments(call, message, index) -%}
-{{- '<function_call>```typescript\nfunctions.' + (call['function'] if call['function'] is mapping else call)['name'] + '(' + arguments + ')\n```' -}}
+{{- '<function_call>```typescript\nfunctions.' + call_name(call) + '(' + arguments + ')\n```' -}}
 {%- endfor -%}
 {%- endmacro -%}
 {%- for message in messages -%}
@@ -190,7 +194,7 @@ M1_BODY = r"""
 {{- ('\n' if text and not text.endswith('\n') else '') + '<tool_calls>\n' -}}
 {%- for call in message['tool_calls'] -%}
 {%- set arguments = call_arguments(call, message, index) -%}
-{{- '{"name": ' + ((call['function'] if call['function'] is mapping else call)['name'] | tojson) + ', "arguments": ' + arguments + '}\n' -}}
+{{- '{"name": ' + (call_name(call) | tojson) + ', "arguments": ' + arguments + '}\n' -}}
 {%- endfor -%}
 {{- '</tool_calls>' -}}
 {%- endif -%}

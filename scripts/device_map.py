@@ -50,6 +50,8 @@ from minimax_code import load
 from quanto_config import VISION_MODULES, is_vl, load_config, modules_to_not_convert, text_part
 from cli_args import positive_int
 
+tensor_parallel = load("tensor_parallel_minimax_text_01")
+
 GIB = 2**30
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "int8": torch.bfloat16}
 SCALE_BYTES = 2  # quanto keeps one bf16 scale per output row of an int8 weight
@@ -58,8 +60,8 @@ SCALE_SUFFIX = ".weight_scale"  # the name a quantized weight's scales are sized
 DEFAULT_PREFILL_CHUNK = 8192
 FIT_TABLE_CONTEXTS = (32768, 131072, 1048576)
 # the dim each parameter-sharding style of the plan splits (0: output rows, 1: input columns)
-SPLIT_DIMS = {"colwise": 0, "colwise_gather_output": 0, "embedding_rowwise": 0, "minimax_lightning_norm": 0,
-              "rowwise": 1, "minimax_rowwise_partial": 1}  # fmt: skip
+SPLIT_DIMS = {"colwise": 0, "colwise_gather_output": 0, "embedding_rowwise": 0, tensor_parallel.LIGHTNING_NORM: 0,
+              "rowwise": 1, tensor_parallel.ROWWISE_PARTIAL: 1}  # fmt: skip
 DEFAULT_HEADROOM = "4GiB"
 DEFAULT_CONTEXT_LENGTH = 32768
 MAX_SUGGESTED_STAGES = 8  # a refused tensor-parallel layout suggests up to this many pipeline stages (nodes)
@@ -298,6 +300,12 @@ class StageShare:
         return (self.weight_bytes + self.scale_bytes + self.kv_bytes + self.state_bytes + self.activation_bytes
                 + headroom)  # fmt: skip
 
+    def breakdown(self, headroom: int) -> str:
+        """What `total` adds up, in words."""
+        return (f"weights {size(self.weight_bytes)}, scales {size(self.scale_bytes)}, K/V {size(self.kv_bytes)}, "
+                f"lightning states {size(self.state_bytes)}, activations {size(self.activation_bytes)}, headroom "
+                f"{size(headroom)}")
+
 
 @dataclass
 class TensorParallelPlan:
@@ -314,6 +322,10 @@ class TensorParallelPlan:
     @property
     def fits(self) -> bool:
         return all(stage.total(self.headroom) <= self.gpu_memory for stage in self.stages)
+
+    @property
+    def fullest_stage(self) -> StageShare:
+        return max(self.stages, key=lambda stage: stage.total(self.headroom))
 
 
 def split_dims(model: nn.Module) -> dict[str, int]:
@@ -375,7 +387,7 @@ def plan_tensor_parallel(
     if context_length < 1 or batch_size < 1 or prefill_chunk < 1:
         raise ValueError(f"--context-length, --batch-size and --prefill-chunk must be positive, got {context_length}, "
                          f"{batch_size} and {prefill_chunk}.")  # fmt: skip
-    load("tensor_parallel_minimax_text_01").check_parallel_layout(config, DistributedConfig(tp_size=tp, pp_size=pp))
+    tensor_parallel.check_parallel_layout(config, DistributedConfig(tp_size=tp, pp_size=pp))
     memory, reserve = parse_size(gpu_memory, "--gpu-memory"), parse_size(headroom, "--headroom")
 
     model = model if model is not None else build_meta_model(config)
@@ -414,12 +426,11 @@ def plan_tensor_parallel(
 
 def tensor_parallel_no_fit_message(plan: TensorParallelPlan, config, model) -> str:
     """Why `plan` does not fit, and layouts of GPUs of the same size that do."""
-    worst = max(plan.stages, key=lambda stage: stage.total(plan.headroom))
+    worst = plan.fullest_stage
     problem = (
         f"Tensor parallel {plan.tp} x {len(plan.stages)} stage(s) does not fit GPUs of {size(plan.gpu_memory)} in "
-        f"{plan.dtype}: stage {worst.stage} needs {size(worst.total(plan.headroom))} per GPU (weights "
-        f"{size(worst.weight_bytes)}, scales {size(worst.scale_bytes)}, K/V {size(worst.kv_bytes)}, lightning states "
-        f"{size(worst.state_bytes)}, activations {size(worst.activation_bytes)}, headroom {size(plan.headroom)})"
+        f"{plan.dtype}: stage {worst.stage} needs {size(worst.total(plan.headroom))} per GPU "
+        f"({worst.breakdown(plan.headroom)})"
     )
     options = []
     text_config, _ = text_part(config)
@@ -546,7 +557,7 @@ def main(argv=None):
         parser.error(str(error))
     print(json.dumps(plan.device_map, indent=1) if args.json else format_plan(plan))
     if not args.json:
-        print_chunk_activations(args, config, plan.headroom, 1)
+        print_chunk_activations(args, config, plan.headroom)
 
 
 def format_fit_table(config, tp: int, pp: int, gpu_memory, dtype: str, headroom, batch_size: int, chunk: int) -> str:
@@ -560,22 +571,20 @@ def format_fit_table(config, tp: int, pp: int, gpu_memory, dtype: str, headroom,
     for context in FIT_TABLE_CONTEXTS:
         plan = plan_tensor_parallel(config, tp, pp, gpu_memory, dtype, headroom, context, batch_size, model, False,
                                     chunk)  # fmt: skip
-        worst = max(plan.stages, key=lambda stage: stage.total(plan.headroom))
+        worst = plan.fullest_stage
         total = worst.total(plan.headroom)
         left = plan.gpu_memory - total
         verdict = f"fits, {size(left)} free" if plan.fits else f"does NOT fit, {size(-left)} short"
-        lines.append(f"  {context:>9,} tokens: {size(total)} (weights {size(worst.weight_bytes)}, scales "
-                     f"{size(worst.scale_bytes)}, K/V {size(worst.kv_bytes)}, states {size(worst.state_bytes)}, "
-                     f"activations {size(worst.activation_bytes)}, headroom {size(plan.headroom)}): "
-                     + verdict)  # fmt: skip
+        lines.append(f"  {context:>9,} tokens: {size(total)} ({worst.breakdown(plan.headroom)}): {verdict}")
     return "\n".join(lines)
 
 
-def print_chunk_activations(args, config, headroom: int, tp: int) -> None:
+def print_chunk_activations(args, config, headroom: int) -> None:
+    """A device map's (one GPU at a time) activation peak of a chunked prefill against the headroom."""
     if args.prefill_chunk is None:
         return
     element = 4 if args.dtype == "float32" else 2
-    need = prefill_chunk_activation_bytes(config, args.prefill_chunk, tp, args.batch_size, element)
+    need = prefill_chunk_activation_bytes(config, args.prefill_chunk, 1, args.batch_size, element)
     verdict = "within" if need <= headroom else "MORE than"
     print(f"A prefill in chunks of {args.prefill_chunk:,} tokens holds about {need / GIB:.2f} GiB of activations per "
           f"GPU at its peak, {verdict} the {headroom / GIB:.1f} GiB headroom (independent of the context length).")

@@ -83,11 +83,14 @@ def quanto_config_kwargs(config, weights: str = "int8") -> dict:
     return {"weights": weights, "modules_to_not_convert": modules_to_not_convert(config)}
 
 
+def config_of(path_or_config) -> PreTrainedConfig:
+    """A config object as it is; a model folder or a config.json path loaded (`load_config`)."""
+    return path_or_config if isinstance(path_or_config, PreTrainedConfig) else load_config(path_or_config)
+
+
 def quanto_config(path_or_config, weights: str = "int8") -> QuantoConfig:
     """The transformers QuantoConfig for a model folder, a config.json path or a config object."""
-    is_config = isinstance(path_or_config, PreTrainedConfig)
-    config = path_or_config if is_config else load_config(path_or_config)
-    return QuantoConfig(**quanto_config_kwargs(config, weights))
+    return QuantoConfig(**quanto_config_kwargs(config_of(path_or_config), weights))
 
 
 def recipe_cli(argv, description: str, weight_types: tuple[str, ...], library: str):

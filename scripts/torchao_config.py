@@ -21,34 +21,28 @@ Tensor parallel needs a full-precision checkpoint: a checkpoint saved already qu
 
 import json
 
-from transformers import PreTrainedConfig, TorchAoConfig
+from transformers import TorchAoConfig
 
-from quanto_config import load_config, modules_to_not_convert, print_recipe, recipe_cli
-
-
-def torchao_weight_configs() -> dict:
-    """--weights name -> torchao config class (imported here: torchao is needed only when this is used)."""
-    from torchao.quantization import (
-        Float8WeightOnlyConfig,
-        Int8DynamicActivationInt8WeightConfig,
-        Int8WeightOnlyConfig,
-    )
-
-    return {"int8": Int8WeightOnlyConfig, "int8-dynamic": Int8DynamicActivationInt8WeightConfig,
-            "float8": Float8WeightOnlyConfig}  # fmt: skip
+from quanto_config import config_of, modules_to_not_convert, print_recipe, recipe_cli
 
 
-WEIGHT_TYPES = ("int8", "int8-dynamic", "float8")
+# --weights name -> the name of its torchao.quantization config class (imported when used: torchao is needed only then)
+TORCHAO_WEIGHT_CONFIGS = {
+    "int8": "Int8WeightOnlyConfig",
+    "int8-dynamic": "Int8DynamicActivationInt8WeightConfig",
+    "float8": "Float8WeightOnlyConfig",
+}
+WEIGHT_TYPES = tuple(TORCHAO_WEIGHT_CONFIGS)
 
 
 def torchao_config(path_or_config, weights: str = "int8") -> TorchAoConfig:
     """The transformers TorchAoConfig for a model folder, a config.json path or a config object."""
     if weights not in WEIGHT_TYPES:
         raise ValueError(f"Unknown torchao weight type {weights!r}; use one of {', '.join(WEIGHT_TYPES)}.")
-    is_config = isinstance(path_or_config, PreTrainedConfig)
-    config = path_or_config if is_config else load_config(path_or_config)
-    weight_config = torchao_weight_configs()[weights]()
-    return TorchAoConfig(weight_config, modules_to_not_convert=modules_to_not_convert(config))
+    import torchao.quantization
+
+    weight_config = getattr(torchao.quantization, TORCHAO_WEIGHT_CONFIGS[weights])()
+    return TorchAoConfig(weight_config, modules_to_not_convert=modules_to_not_convert(config_of(path_or_config)))
 
 
 def main(argv=None):
