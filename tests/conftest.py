@@ -8,7 +8,7 @@ for _path in (_ROOT, os.path.join(_ROOT, "scripts")):
 
 import pytest
 import torch
-from make_tiny_checkpoint import build_text_checkpoint, build_vl_checkpoint, tiny_vl_config
+from make_tiny_checkpoint import build_m1_checkpoint, build_text_checkpoint, build_vl_checkpoint, tiny_vl_config
 from minimax_code import load
 from released_configs import released_text_config, released_vl_config, write_config
 from tiny_tokenizer import build_tiny_tokenizer, special_token_ids
@@ -33,6 +33,12 @@ def tiny_text(tmp_path_factory):
 def tiny_vl(tmp_path_factory):
     """The tiny MiniMax-VL-01 checkpoint of `make demo` (seed 0), with its processor."""
     return build_vl_checkpoint(tmp_path_factory.mktemp("session") / "tiny-vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_m1(tmp_path_factory):
+    """The tiny text model under MiniMax-M1's identifiers, tokenizer, chat format and sampling (seed 0)."""
+    return build_m1_checkpoint(tmp_path_factory.mktemp("session") / "tiny-m1")
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,13 @@ module (test modules import from here, never from each other); the shared fixtur
 config files) are in conftest.py.
 """
 
+import json
+import shutil
+from pathlib import Path
+
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from make_tiny_checkpoint import tiny_text_config
 from minimax_code import load
 
@@ -57,6 +62,55 @@ def cache_of(output):
     return getattr(output, mm.CACHE_FIELD)
 
 
+# ------------------------------------------------------------------------------------------------ checkpoint copies
+
+
+def _update_json(path: Path, values: dict) -> None:
+    """Set the keys of `values` in the JSON file at `path`; a value None removes its key."""
+    data = json.loads(path.read_text())
+    for key, value in values.items():
+        data.pop(key, None) if value is None else data.__setitem__(key, value)
+    path.write_text(json.dumps(data))
+
+
+def edited_checkpoint(source: Path, out: Path, config=None, tensors=None, generation_config=None) -> Path:
+    """A copy of `source` with config.json / generation_config.json values updated / removed (None) and tensors
+    changed / removed (None)."""
+    shutil.copytree(source, out)
+    if config:
+        _update_json(out / "config.json", config)
+    if generation_config:
+        _update_json(out / "generation_config.json", generation_config)
+    if tensors:
+        weights = load_file(out / "model.safetensors")
+        for key, value in tensors.items():
+            weights.pop(key, None) if value is None else weights.__setitem__(key, value)
+        save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
+
+
+def sharded_copy(source: Path, out: Path, duplicate=None) -> Path:
+    """A copy of `source` split into two shards with an index, as large checkpoints are: shard 1 holds the tensors
+    of even rank in name order (the first name among them), shard 2 the others. With `duplicate` (a function of a
+    tensor), shard 2 also holds duplicate(tensor) under the first name, which the index places in shard 1."""
+    shutil.copytree(source, out)
+    weights = load_file(out / "model.safetensors")
+    (out / "model.safetensors").unlink()
+    names = sorted(weights)
+    halves = {SHARDS[0]: names[::2], SHARDS[1]: names[1::2]}
+    for shard, keys in halves.items():
+        tensors = {k: weights[k] for k in keys}
+        if duplicate is not None and shard == SHARDS[1]:
+            tensors[names[0]] = duplicate(weights[names[0]])
+        save_file(tensors, out / shard, metadata={"format": "pt"})
+    weight_map = {key: shard for shard, keys in halves.items() for key in keys}
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ inputs
 
 
@@ -69,6 +123,11 @@ def random_image(width, height, seed=0) -> Image.Image:
     """A width x height RGB image of uniformly random pixels."""
     generator = torch.Generator().manual_seed(seed)
     return Image.fromarray(torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=generator).numpy())
+
+
+def render(tokenizer, messages, **kwargs) -> str:
+    """The chat template's rendering of `messages`, as text."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------ error measures

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 import device_map as dm
 import generate as gen
 import prepare_hub_repo as hub
-from helpers import random_ids, random_image
+from helpers import cache_of, edited_checkpoint, random_ids, random_image, sharded_copy
 from make_tiny_checkpoint import tiny_text_config
 from minimax_code import load
 from released_configs import released_text_config, released_vl_config
@@ -30,22 +30,6 @@ vl_config_module = load("configuration_minimax_vl_01")
 mm = load("modeling_minimax_text_01")
 vl = load("modeling_minimax_vl_01")
 image_processing = load("image_processing_minimax_vl_01")
-
-
-def edited_checkpoint(source: Path, out: Path, config=None, tensors=None) -> Path:
-    """A copy of `source` with config.json values updated / removed (None) and tensors changed / removed (None)."""
-    shutil.copytree(source, out)
-    if config:
-        values = json.loads((out / "config.json").read_text())
-        for key, value in config.items():
-            values.pop(key, None) if value is None else values.__setitem__(key, value)
-        (out / "config.json").write_text(json.dumps(values))
-    if tensors:
-        weights = load_file(out / "model.safetensors")
-        for key, value in tensors.items():
-            weights.pop(key, None) if value is None else weights.__setitem__(key, value)
-        save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
-    return out
 
 
 # ================================================================================================== configs
@@ -367,7 +351,7 @@ def decode_setup(model):
     ids = random_ids(1, 6)
     with torch.no_grad():
         out = model(input_ids=ids, use_cache=True)
-    return ids, getattr(out, mm.CACHE_FIELD)
+    return ids, cache_of(out)
 
 
 @pytest.mark.smoke
@@ -639,20 +623,6 @@ def test_read_images_keeps_the_orientation_for_the_processor(tmp_path):
 
 
 # ================================================================================================== hub packaging
-
-
-def sharded_copy(tiny_text: Path, out: Path) -> Path:
-    """The tiny checkpoint split into two shards with an index, as large checkpoints are."""
-    shutil.copytree(tiny_text, out)
-    weights = load_file(out / "model.safetensors")
-    (out / "model.safetensors").unlink()
-    names = sorted(weights)
-    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
-    for shard, keys in halves.items():
-        save_file({k: weights[k] for k in keys}, out / shard, metadata={"format": "pt"})
-    weight_map = {key: shard for shard, keys in halves.items() for key in keys}
-    (out / hub.INDEX_FILE).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    return out
 
 
 def test_sharded_checkpoint_is_assembled(tiny_text, tmp_path):

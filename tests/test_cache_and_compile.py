@@ -13,7 +13,7 @@ from transformers.cache_utils import DynamicLayer, LinearAttentionLayer, StaticL
 
 from make_tiny_checkpoint import tiny_text_config, tiny_vl_config
 from minimax_code import load
-from helpers import random_ids, tiny_model
+from helpers import cache_of, random_ids, tiny_model
 from tiny_tokenizer import build_tiny_tokenizer, special_token_ids
 
 mm = load("modeling_minimax_text_01")
@@ -103,8 +103,8 @@ def test_static_cache_generate_equals_dynamic(model, num_beams):
     with torch.no_grad():
         dynamic = model.generate(ids, attention_mask=mask, **kwargs)
         static = model.generate(ids, attention_mask=mask, cache_implementation="static", **kwargs)
-    assert isinstance(getattr(static, mm.CACHE_FIELD), mc.MiniMaxText01StaticCache)
-    assert isinstance(getattr(dynamic, mm.CACHE_FIELD), mc.MiniMaxText01Cache)
+    assert isinstance(cache_of(static), mc.MiniMaxText01StaticCache)
+    assert isinstance(cache_of(dynamic), mc.MiniMaxText01Cache)
     assert torch.equal(static.sequences, dynamic.sequences)
     torch.testing.assert_close(torch.stack(static.scores), torch.stack(dynamic.scores), rtol=1e-5, atol=1e-5)
     if num_beams > 1:
@@ -309,7 +309,7 @@ def test_static_cache_is_reused_by_the_next_request_without_recompiling():
             for i, m, n in requests:
                 run = model.generate(i, attention_mask=m, cache_implementation="static", compile_config=cpu_compile_config(),
                                      **generate_kwargs(max_new_tokens=n, min_new_tokens=n))  # fmt: skip
-                caches.append(getattr(run, mm.CACHE_FIELD))
+                caches.append(cache_of(run))
                 runs.append(run)
         assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
     assert caches[0] is caches[1]

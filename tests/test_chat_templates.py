@@ -6,6 +6,7 @@ import pytest
 from jinja2 import TemplateError
 
 from chat_format import chat_template
+from helpers import render
 from minimax_code import load
 from tiny_tokenizer import build_tiny_tokenizer
 
@@ -24,10 +25,6 @@ def text_tok():
 @pytest.fixture(scope="module")
 def vl_tok():
     return build_tiny_tokenizer(model="vl")
-
-
-def render(tok, messages, **kwargs):
-    return tok.apply_chat_template(messages, tokenize=False, **kwargs)
 
 
 def test_one_source_per_model_differences():

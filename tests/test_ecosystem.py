@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
 import prepare_hub_repo as hub
 from device_map import build_meta_model
@@ -29,7 +29,6 @@ from tiny_tokenizer import build_tiny_tokenizer
 # chat-template masks and loading reports all differ between versions.
 pytestmark = pytest.mark.smoke
 
-mm = load("modeling_minimax_text_01")
 vl_modeling = load("modeling_minimax_vl_01")
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import DynamicLayer
-from helpers import tiny_model
+from helpers import cache_of, tiny_model
 from make_tiny_checkpoint import tiny_text_config
 
 from minimax_code import load
@@ -228,8 +228,8 @@ def test_every_lightning_impl_equals_the_recurrent_reference_through_the_model(m
         model.config.lightning_impl = setting
         with torch.no_grad():
             first = model(ids[:, :16], attention_mask=mask[:, :16], use_cache=True)
-            rest = model(ids[:, 16:], attention_mask=mask, past_key_values=getattr(first, mm.CACHE_FIELD))
-        layers = getattr(rest, mm.CACHE_FIELD).layers
+            rest = model(ids[:, 16:], attention_mask=mask, past_key_values=cache_of(first))
+        layers = cache_of(rest).layers
         states = [layer.state for layer in layers if isinstance(layer, mc.LightningStateLayer)]
         return torch.cat((first.logits, rest.logits), dim=1), states
 
@@ -277,9 +277,8 @@ def test_prefill_chunk_size_equals_whole_prompt_with_left_padding():
     flat_keep = keep.flatten()
     for a, b in zip(chunked.router_logits, whole.router_logits):
         torch.testing.assert_close(a[flat_keep], b[flat_keep], rtol=1e-9, atol=1e-9)
-    field = mm.CACHE_FIELD
-    assert getattr(chunked, field).get_seq_length() == 23 and getattr(no_cache, field) is None
-    for layer_a, layer_b in zip(getattr(chunked, field).layers, getattr(whole, field).layers):
+    assert cache_of(chunked).get_seq_length() == 23 and cache_of(no_cache) is None
+    for layer_a, layer_b in zip(cache_of(chunked).layers, cache_of(whole).layers):
         if isinstance(layer_a, mc.LightningStateLayer):
             torch.testing.assert_close(layer_a.state, layer_b.state, rtol=1e-9, atol=1e-9)
         else:
@@ -308,7 +307,7 @@ def test_lightning_layers_in_cpu_pieces_equal_whole_prompt():
     keep = mask.bool()
     torch.testing.assert_close(pieces.logits[keep], whole.logits[keep], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(pieces_grad, whole_grad, rtol=1e-9, atol=1e-9)
-    for a, b in zip(getattr(pieces, mm.CACHE_FIELD).layers, getattr(whole, mm.CACHE_FIELD).layers):
+    for a, b in zip(cache_of(pieces).layers, cache_of(whole).layers):
         if isinstance(a, mc.LightningStateLayer):
             torch.testing.assert_close(a.state, b.state, rtol=1e-9, atol=1e-9)
 
@@ -318,13 +317,12 @@ def test_decode_steps_equal_one_forward():
     the logits equal one uncached forward over all 17 tokens."""
     model = tiny_model(dtype=torch.float64)
     ids = torch.randint(0, 512, (1, 17))
-    field = mm.CACHE_FIELD
     with torch.no_grad():
         full = model(ids, use_cache=False).logits
         out = model(ids[:, :11], use_cache=True)
         steps = [out.logits[:, -1]]
         for t in range(11, 17):
-            out = model(ids[:, t : t + 1], past_key_values=getattr(out, field), use_cache=True)
+            out = model(ids[:, t : t + 1], past_key_values=cache_of(out), use_cache=True)
             steps.append(out.logits[:, -1])
     torch.testing.assert_close(torch.stack(steps, dim=1), full[:, 10:], rtol=1e-9, atol=1e-9)
 

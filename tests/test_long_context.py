@@ -7,7 +7,7 @@ plain prefill's block is min(block_size, 2 * head_dim): 32 for the tiny heads, t
 
 import pytest
 import torch
-from helpers import VOCAB, l2_rel_err, random_ids, random_image, tiny_model
+from helpers import VOCAB, cache_of, l2_rel_err, random_ids, random_image, tiny_model
 from minimax_code import load
 
 mm = load("modeling_minimax_text_01")
@@ -40,7 +40,7 @@ def test_any_chunk_size_equals_the_whole_prompt(model, chunk, padded):
         whole = model(input_ids=ids, attention_mask=mask).logits
         chunked = model(input_ids=ids, attention_mask=mask, prefill_chunk_size=chunk)
     assert l2_rel_err(chunked.logits[real], whole[real]) < 1e-5
-    assert getattr(chunked, mm.CACHE_FIELD).get_seq_length() == T
+    assert cache_of(chunked).get_seq_length() == T
 
 
 def test_chunks_cross_the_released_256_token_lightning_block():

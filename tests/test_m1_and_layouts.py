@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, Min
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging
 
-from make_tiny_checkpoint import build_text_checkpoint
+from helpers import rel_err
 from minimax_code import load
 from prepare_hub_repo import prepare_repo
 from quanto_config import quanto_config
@@ -36,24 +36,9 @@ STALE_CODE = (
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
-def rel_err(actual, expected) -> float:
-    return ((actual.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
-
-
-@pytest.fixture(scope="module")
-def released(tmp_path_factory):
-    """A tiny checkpoint in the released layout (tokenizer, remote code, fp32 weights)."""
-    return build_text_checkpoint(tmp_path_factory.mktemp("released") / "ckpt", seed=0)
-
-
 @pytest.fixture(scope="module")
 def ids():
     return torch.randint(0, 200, (2, 11), generator=torch.Generator().manual_seed(1))
-
-
-@pytest.fixture(scope="module")
-def released_model(released):
-    return modeling.MiniMaxText01ForCausalLM.from_pretrained(released).eval()
 
 
 def logits(model, ids):
@@ -82,20 +67,20 @@ def copy_tokenizer(source, folder):
 # ---- the conversions themselves ----------------------------------------------------------------------------------
 
 
-def test_config_converts_both_ways_and_transformers_reads_the_native_one(released_model):
-    values = released_model.config.to_dict()
+def test_config_converts_both_ways_and_transformers_reads_the_native_one(text_model):
+    values = text_model.config.to_dict()
     native = layouts.native_config_from_released(values)
-    assert "attn_type_list" not in native and native["layer_types"] == released_model.config.layer_types
+    assert "attn_type_list" not in native and native["layer_types"] == text_model.config.layer_types
     assert native["mlp_alpha_factor"] == values["layernorm_mlp_alpha"] and native["model_type"] == "minimax"
     transformers_config = MiniMaxConfig(**native)  # transformers' own class accepts it
     assert transformers_config.full_attn_alpha_factor == values["layernorm_full_attention_alpha"]
     assert transformers_config.rope_parameters["rope_theta"] == values["rope_theta"]
     back = layouts.released_config_from_native(transformers_config.to_dict())
-    config_class = type(released_model.config)
+    config_class = type(text_model.config)
     def settings(config):  # the class names differ by design: native has no auto_map and names its own class
         return {k: v for k, v in config.to_dict().items() if k not in ("auto_map", "architectures")}
 
-    assert settings(config_class(**back)) == settings(released_model.config)
+    assert settings(config_class(**back)) == settings(text_model.config)
 
 
 def test_config_conversion_keeps_disagreeing_spellings_for_the_config_class_to_refuse():
@@ -109,10 +94,10 @@ def test_config_conversion_keeps_disagreeing_spellings_for_the_config_class_to_r
         load("configuration_minimax_text_01").MiniMaxText01Config(**released)
 
 
-def test_state_dict_converts_both_ways_to_transformers_native_names(released_model):
-    state = released_model.state_dict()
+def test_state_dict_converts_both_ways_to_transformers_native_names(text_model):
+    state = text_model.state_dict()
     native = layouts.native_state_dict_from_released(state)
-    native_model = MiniMaxForCausalLM(MiniMaxConfig(**native_values(released_model)))
+    native_model = MiniMaxForCausalLM(MiniMaxConfig(**native_values(text_model)))
     expected = {k: v.shape for k, v in native_model.state_dict().items()
                 if not layouts.NATIVE_DERIVED_BUFFERS.search(k)}
     assert {k: v.shape for k, v in native.items()} == expected
@@ -125,15 +110,15 @@ def test_state_dict_converts_both_ways_to_transformers_native_names(released_mod
 
 
 @pytest.fixture(scope="module")
-def native_saved(released, released_model, tmp_path_factory):
+def native_saved(tiny_text, text_model, tmp_path_factory):
     """The released model's weights in transformers' MiniMaxForCausalLM, written by its own save_pretrained."""
-    native_model = MiniMaxForCausalLM(MiniMaxConfig(**native_values(released_model)))
+    native_model = MiniMaxForCausalLM(MiniMaxConfig(**native_values(text_model)))
     missing, unexpected = native_model.load_state_dict(
-        layouts.native_state_dict_from_released(released_model.state_dict()), strict=False)
+        layouts.native_state_dict_from_released(text_model.state_dict()), strict=False)
     assert not unexpected and all(layouts.NATIVE_DERIVED_BUFFERS.search(k) for k in missing)
     folder = tmp_path_factory.mktemp("native") / "ckpt"
     native_model.save_pretrained(folder)
-    copy_tokenizer(released, folder)
+    copy_tokenizer(tiny_text, folder)
     return folder
 
 
@@ -145,36 +130,36 @@ def test_native_save_holds_released_expert_names_and_decay_buffers(native_saved)
     assert json.loads((native_saved / "config.json").read_text())["model_type"] == "minimax"
 
 
-def test_native_saved_checkpoint_loads_with_the_released_math(native_saved, released, released_model, ids):
+def test_native_saved_checkpoint_loads_with_the_released_math(native_saved, tiny_text, text_model, ids):
     model, warnings = model_type_warnings(
         lambda: modeling.MiniMaxText01ForCausalLM.from_pretrained(native_saved).eval())
     assert warnings == []
-    assert model.config.attn_type_list == released_model.config.attn_type_list
-    assert model.config.layernorm_mlp_alpha == released_model.config.layernorm_mlp_alpha
-    assert torch.equal(logits(model, ids), logits(released_model, ids))
-    reference = reference_text_logits(load_file(released / "model.safetensors"), released_model.config, input_ids=ids)
+    assert model.config.attn_type_list == text_model.config.attn_type_list
+    assert model.config.layernorm_mlp_alpha == text_model.config.layernorm_mlp_alpha
+    assert torch.equal(logits(model, ids), logits(text_model, ids))
+    reference = reference_text_logits(load_file(tiny_text / "model.safetensors"), text_model.config, input_ids=ids)
     assert rel_err(logits(model, ids), reference) < 1e-5
 
 
-def test_prepare_hub_repo_converts_a_native_folder(native_saved, released_model, ids, tmp_path):
+def test_prepare_hub_repo_converts_a_native_folder(native_saved, text_model, ids, tmp_path):
     out = prepare_repo(native_saved, tmp_path / "repo")
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "minimax_text_01" and config["architectures"] == ["MiniMaxText01ForCausalLM"]
     assert "layer_types" not in config and "mlp_alpha_factor" not in config and "rope_parameters" not in config
-    assert config["attn_type_list"] == released_model.config.attn_type_list
+    assert config["attn_type_list"] == text_model.config.attn_type_list
     assert "converted from transformers' native" in (out / "README.md").read_text()
     model, warnings = model_type_warnings(
         lambda: AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval())
     assert warnings == [] and type(model).__name__ == "MiniMaxText01ForCausalLM"
-    assert torch.equal(logits(model, ids), logits(released_model, ids))
+    assert torch.equal(logits(model, ids), logits(text_model, ids))
 
 
-def test_hf_repo_layout_native_config_with_released_tensors_loads(released, released_model, ids, tmp_path):
+def test_hf_repo_layout_native_config_with_released_tensors_loads(tiny_text, text_model, ids, tmp_path):
     """What the Text-01-hf repository became by a config-only commit: native config.json, released tensor names."""
-    shutil.copy(released / "model.safetensors", tmp_path / "model.safetensors")
-    (tmp_path / "config.json").write_text(json.dumps(native_values(released_model)))
+    shutil.copy(tiny_text / "model.safetensors", tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps(native_values(text_model)))
     model = modeling.MiniMaxText01ForCausalLM.from_pretrained(tmp_path).eval()
-    assert torch.equal(logits(model, ids), logits(released_model, ids))
+    assert torch.equal(logits(model, ids), logits(text_model, ids))
 
 
 def test_plain_transformers_native_config_loads_and_matches_native_and_reference(tmp_path, ids):
@@ -197,28 +182,28 @@ def test_plain_transformers_native_config_loads_and_matches_native_and_reference
     assert rel_err(logits(native_model, ids), reference) < 1e-3
 
 
-def test_fused_expert_tensors_are_split_while_loading(released_model, released, ids, tmp_path):
+def test_fused_expert_tensors_are_split_while_loading(text_model, tiny_text, ids, tmp_path):
     """transformers' in-memory native layout written to disk as it is (fused 3-D experts, `mlp.gate`): each fused
     tensor is split per expert as the loader reads it; the loaded model saves the released layout."""
     folder = tmp_path / "fused"
     folder.mkdir()
-    native = layouts.native_state_dict_from_released(released_model.state_dict())
+    native = layouts.native_state_dict_from_released(text_model.state_dict())
     assert any(k.endswith("mlp.experts.gate_up_proj") for k in native)
     save_file({k: v.contiguous() for k, v in native.items()}, folder / "model.safetensors", metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps(native_values(released_model)))
+    (folder / "config.json").write_text(json.dumps(native_values(text_model)))
     model = modeling.MiniMaxText01ForCausalLM.from_pretrained(folder).eval()
-    assert torch.equal(logits(model, ids), logits(released_model, ids))
+    assert torch.equal(logits(model, ids), logits(text_model, ids))
     model.save_pretrained(tmp_path / "resaved")
-    assert set(load_file(tmp_path / "resaved" / "model.safetensors")) == set(released_model.state_dict())
-    copy_tokenizer(released, folder)
+    assert set(load_file(tmp_path / "resaved" / "model.safetensors")) == set(text_model.state_dict())
+    copy_tokenizer(tiny_text, folder)
     repo = prepare_repo(folder, tmp_path / "repo")  # weights copied as they are, split again when loaded
     auto_model = AutoModelForCausalLM.from_pretrained(repo, trust_remote_code=True).eval()
-    assert torch.equal(logits(auto_model, ids), logits(released_model, ids))
+    assert torch.equal(logits(auto_model, ids), logits(text_model, ids))
     with pytest.raises(ValueError, match="fused expert tensors.*without it, save_pretrained"):
         modeling.MiniMaxText01ForCausalLM.from_pretrained(folder, quantization_config=quanto_config(folder))
     # the conversions were registered only while loading: a model built from scratch saves the released layout too
-    modeling.MiniMaxText01ForCausalLM(released_model.config).save_pretrained(tmp_path / "fresh")
-    assert set(load_file(tmp_path / "fresh" / "model.safetensors")) == set(released_model.state_dict())
+    modeling.MiniMaxText01ForCausalLM(text_model.config).save_pretrained(tmp_path / "fresh")
+    assert set(load_file(tmp_path / "fresh" / "model.safetensors")) == set(text_model.state_dict())
 
 
 # ---- MiniMax-M1 as released ----------------------------------------------------------------------------------------
@@ -247,15 +232,15 @@ def make_m1_folder(released, folder, variant="m1"):
     return folder
 
 
-def test_m1_folder_with_its_stale_code_fails_to_load(released, tmp_path):
-    folder = make_m1_folder(released, tmp_path / "m1")
+def test_m1_folder_with_its_stale_code_fails_to_load(tiny_text, tmp_path):
+    folder = make_m1_folder(tiny_text, tmp_path / "m1")
     with pytest.raises(ImportError, match="stale MiniMax-M1 remote code"):
         AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
 
 
 @pytest.mark.parametrize("variant", ["m1", "m1-40k"])
-def test_prepare_hub_repo_turns_an_m1_folder_into_a_working_repo(released, released_model, ids, tmp_path, variant):
-    folder = make_m1_folder(released, tmp_path / "m1", variant)
+def test_prepare_hub_repo_turns_an_m1_folder_into_a_working_repo(tiny_text, text_model, ids, tmp_path, variant):
+    folder = make_m1_folder(tiny_text, tmp_path / "m1", variant)
     out = prepare_repo(folder, tmp_path / "repo")
     assert not any((out / name).exists() for name in CODE_FILES)
     config = json.loads((out / "config.json").read_text())
@@ -282,13 +267,13 @@ def test_prepare_hub_repo_turns_an_m1_folder_into_a_working_repo(released, relea
     assert warnings == [] and loaded_config.rope_theta == 10_000_000
     model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, dtype="auto").eval()
     assert model.dtype == torch.bfloat16  # no torch_dtype in config.json: "auto" follows the weights
-    expected = modeling.MiniMaxText01ForCausalLM.from_pretrained(released, dtype=torch.bfloat16).eval()
+    expected = modeling.MiniMaxText01ForCausalLM.from_pretrained(tiny_text, dtype=torch.bfloat16).eval()
     assert torch.equal(logits(model, ids), logits(expected, ids))
 
 
-def test_this_projects_class_reads_an_unprepared_m1_folder(released, tmp_path, ids):
+def test_this_projects_class_reads_an_unprepared_m1_folder(tiny_text, tmp_path, ids):
     """Without prepare_hub_repo (the stale code is never run): M1's model_type is read without a warning."""
-    folder = make_m1_folder(released, tmp_path / "m1")
+    folder = make_m1_folder(tiny_text, tmp_path / "m1")
     model, warnings = model_type_warnings(lambda: modeling.MiniMaxText01ForCausalLM.from_pretrained(folder).eval())
     assert warnings == [] and model.dtype == torch.bfloat16 and model.config.rope_theta == 10_000_000
     reference = reference_text_logits(load_file(folder / "model.safetensors"), model.config, input_ids=ids)

@@ -8,7 +8,6 @@ import random
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,13 +16,13 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import generate as gen
 from chat_format import M1_RESPONSE_TEMPLATE, named_chat_templates
-from make_tiny_checkpoint import build_m1_checkpoint
+from helpers import render
+from minimax_code import REPO_ROOT
 from prepare_hub_repo import model_family, write_chat_format
 from tiny_tokenizer import build_tiny_tokenizer
 
 pytestmark = pytest.mark.smoke
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 GEN = "<beginning_of_sentence>ai name=assistant\n"
 WEATHER = {
     "name": "get_weather",
@@ -39,10 +38,6 @@ def text(value: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def tok():
     return build_tiny_tokenizer(model="m1")
-
-
-def render(tok, messages, **kwargs):
-    return tok.apply_chat_template(messages, tokenize=False, **kwargs)
 
 
 # ------------------------------------------------------------------------------ the spec's worked renderings (§3)
@@ -325,11 +320,6 @@ def test_parse_edge_cases(tok):
 
 
 # --------------------------------------------------------------------------------------- the tiny M1 checkpoint
-
-
-@pytest.fixture(scope="module")
-def tiny_m1(tmp_path_factory):
-    return build_m1_checkpoint(tmp_path_factory.mktemp("m1") / "tiny-m1")
 
 
 def test_tiny_m1_checkpoint_has_m1_identifiers(tiny_m1):

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 import benchmark
@@ -24,8 +23,7 @@ import gpu_check
 import make_tiny_checkpoint as mtc
 import tiny_tokenizer
 import tp_decode
-from helpers import random_ids, random_image
-from make_tiny_checkpoint import build_vl_checkpoint
+from helpers import edited_checkpoint, random_ids, random_image, sharded_copy
 from minimax_code import load
 
 mm = load("modeling_minimax_text_01")
@@ -303,19 +301,8 @@ def test_prefill_chunk_size_gives_the_unchunked_logits(text_model):
     assert torch.allclose(whole, chunked, atol=1e-4)
 
 
-def copy_folder(source: Path, out: Path) -> Path:
-    shutil.copytree(source, out)
-    return out
-
-
-def edit_json(path: Path, **values) -> None:
-    data = json.loads(path.read_text())
-    data.update(values)
-    path.write_text(json.dumps(data))
-
-
 def test_truncated_generation_config_is_refused(tiny_text, tmp_path):
-    folder = copy_folder(tiny_text, tmp_path / "ckpt")
+    folder = shutil.copytree(tiny_text, tmp_path / "ckpt")
     path = folder / "generation_config.json"
     path.write_text(path.read_text()[:25])
     with pytest.raises(ValueError, match=r"generation_config.json is not valid JSON .*truncated or damaged"):
@@ -324,8 +311,7 @@ def test_truncated_generation_config_is_refused(tiny_text, tmp_path):
 
 @pytest.mark.parametrize("eos", [99_999, [1, 512], -1])
 def test_generation_config_eos_outside_the_vocabulary(tiny_text, tmp_path, eos):
-    folder = copy_folder(tiny_text, tmp_path / "ckpt")
-    edit_json(folder / "generation_config.json", eos_token_id=eos)
+    folder = edited_checkpoint(tiny_text, tmp_path / "ckpt", generation_config={"eos_token_id": eos})
     with pytest.raises(ValueError, match=r"`eos_token_id` .* is not a token id of the vocabulary \(0\.\.511\)"):
         mm.MiniMaxText01ForCausalLM.from_pretrained(folder)
 
@@ -338,45 +324,30 @@ def test_generation_config_with_the_released_eos_loads(tiny_text):
 # ============================================================================================ checkpoint folders
 
 
-def split_into_shards(folder: Path, duplicate: torch.Tensor | None = None) -> str:
-    """model.safetensors -> two shards + index; with `duplicate`, the first key also goes into shard 2 with that
-    value. Returns the first key."""
-    weights = load_file(folder / "model.safetensors")
-    (folder / "model.safetensors").unlink()
-    keys = sorted(weights)
-    first, second = keys[: len(keys) // 2], keys[len(keys) // 2 :]
-    names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
-    shard2 = {k: weights[k] for k in second}
-    if duplicate is not None:
-        shard2[keys[0]] = duplicate
-    save_file({k: weights[k] for k in first}, folder / names[0], metadata={"format": "pt"})
-    save_file(shard2, folder / names[1], metadata={"format": "pt"})
-    index = {"metadata": {}, "weight_map": {**{k: names[1] for k in second}, **{k: names[0] for k in first}}}
-    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
-    return keys[0]
+def first_tensor_name(folder: Path) -> str:
+    """The first tensor name of a sharded checkpoint's index (sharded_copy puts it in shard 1)."""
+    return min(json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"])
 
 
 def test_one_tensor_in_two_shards_with_different_values(tiny_text, tmp_path):
-    folder = copy_folder(tiny_text, tmp_path / "ckpt")
-    key = sorted(load_file(tiny_text / "model.safetensors"))[0]
-    split_into_shards(folder, duplicate=load_file(tiny_text / "model.safetensors")[key] + 1)
+    folder = sharded_copy(tiny_text, tmp_path / "ckpt", duplicate=lambda tensor: tensor + 1)
+    key = first_tensor_name(folder)
     with pytest.raises(ValueError, match=rf"the tensor {key} is in both model-00001-of-00002.safetensors and "
                                          r"model-00002-of-00002.safetensors, with different values"):
         mm.MiniMaxText01ForCausalLM.from_pretrained(folder)
 
 
-def test_one_tensor_in_two_shards_with_equal_values_loads(tiny_text, text_model, tmp_path):
-    folder = copy_folder(tiny_text, tmp_path / "ckpt")
-    key = sorted(load_file(tiny_text / "model.safetensors"))[0]
-    split_into_shards(folder, duplicate=load_file(tiny_text / "model.safetensors")[key].clone())
+# a sharded checkpoint with a consistent index, and one holding a tensor in both shards with equal values
+@pytest.mark.parametrize("duplicate", [None, torch.clone], ids=["consistent_index", "one_tensor_in_two_shards"])
+def test_sharded_checkpoint_loads(tiny_text, text_model, tmp_path, duplicate):
+    folder = sharded_copy(tiny_text, tmp_path / "ckpt", duplicate=duplicate)
     model = mm.MiniMaxText01ForCausalLM.from_pretrained(folder, dtype=torch.float32)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), text_model.state_dict().values()))
 
 
 @pytest.mark.parametrize("index_text", ['{"metadata": {}, "weight_map": {"lm_head.wei', '{"metadata": {}}', "[1, 2]"])
 def test_malformed_shard_index(tiny_text, tmp_path, index_text):
-    folder = copy_folder(tiny_text, tmp_path / "ckpt")
-    split_into_shards(folder)
+    folder = sharded_copy(tiny_text, tmp_path / "ckpt")
     (folder / "model.safetensors.index.json").write_text(index_text)
     with pytest.raises(ValueError, match=r"model.safetensors.index.json (is not valid JSON|has no `weight_map`)"):
         mm.MiniMaxText01ForCausalLM.from_pretrained(folder)
@@ -394,8 +365,8 @@ def move_to_shard_2(weight_map, key):
     ],
 )
 def test_index_that_does_not_match_the_shards(tiny_text, tmp_path, edit, phrase):
-    folder = copy_folder(tiny_text, tmp_path / "ckpt")
-    key = split_into_shards(folder)
+    folder = sharded_copy(tiny_text, tmp_path / "ckpt")
+    key = first_tensor_name(folder)
     index = json.loads((folder / "model.safetensors.index.json").read_text())
     edit(index["weight_map"], key)
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
@@ -403,23 +374,15 @@ def test_index_that_does_not_match_the_shards(tiny_text, tmp_path, edit, phrase)
         mm.MiniMaxText01ForCausalLM.from_pretrained(folder)
 
 
-def test_sharded_checkpoint_with_a_consistent_index_loads(tiny_text, text_model, tmp_path):
-    folder = copy_folder(tiny_text, tmp_path / "ckpt")
-    split_into_shards(folder)
-    model = mm.MiniMaxText01ForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), text_model.state_dict().values()))
-
-
 @pytest.mark.parametrize("key", ["dtype", "torch_dtype"])
 def test_unknown_dtype_name_in_config(tiny_text, tmp_path, key):
-    folder = copy_folder(tiny_text, tmp_path / "ckpt")
-    edit_json(folder / "config.json", **{key: "bfloat17"})
+    folder = edited_checkpoint(tiny_text, tmp_path / "ckpt", config={key: "bfloat17"})
     with pytest.raises(ValueError, match=rf"config.json: `{key}` is 'bfloat17', which is not a torch dtype"):
         mm.MiniMaxText01ForCausalLM.from_pretrained(folder)
 
 
 def test_unknown_dtype_name_in_a_vl_sub_config(tiny_vl, tmp_path):
-    folder = copy_folder(tiny_vl, tmp_path / "ckpt")
+    folder = shutil.copytree(tiny_vl, tmp_path / "ckpt")
     values = json.loads((folder / "config.json").read_text())
     values["text_config"]["torch_dtype"] = "bf16"
     (folder / "config.json").write_text(json.dumps(values))
@@ -469,8 +432,8 @@ def test_cpu_device_map_still_loads(tiny_text):
 # ===================================================================================================== scripts
 
 
-def test_tiny_text_checkpoint_over_a_vl_one_leaves_no_vl_files(tmp_path):
-    out = build_vl_checkpoint(tmp_path / "ckpt")
+def test_tiny_text_checkpoint_over_a_vl_one_leaves_no_vl_files(tiny_vl, tmp_path):
+    out = shutil.copytree(tiny_vl, tmp_path / "ckpt")
     mtc.main(["--model", "text", "--out", str(out)])
     names = {p.name for p in out.iterdir()}
     assert not names & {"processor_config.json", "preprocessor_config.json", "modeling_minimax_vl_01.py"}

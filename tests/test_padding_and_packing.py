@@ -8,7 +8,7 @@ block-diagonally, so they equal the sequences run separately, gradients included
 
 import pytest
 import torch
-from helpers import l2_rel_err, random_ids, tiny_model
+from helpers import cache_of, l2_rel_err, random_ids, tiny_model
 from minimax_code import load
 from reference import reference_text_logits
 
@@ -88,7 +88,7 @@ def test_right_padded_cache_continues_exactly_in_a_manual_loop(model):
 def test_right_padded_cache_without_a_mask_is_refused_when_continued(model):
     ids, mask, _ = pad_rows([random_ids(1, 10, 9)[0], random_ids(1, 6, 10)[0]], "right")
     with torch.no_grad():
-        cache = getattr(model(input_ids=ids, attention_mask=mask), mm.CACHE_FIELD)
+        cache = cache_of(model(input_ids=ids, attention_mask=mask))
         with pytest.raises(ValueError, match="pass the attention_mask covering the cached and the new tokens"):
             model(input_ids=ids[:, :1], **{mm.CACHE_FIELD: cache})
 
@@ -187,14 +187,14 @@ def test_packed_gradients_equal_the_sum_over_separate_sequences():
 def test_a_cache_filled_from_packed_sequences_cannot_be_continued(model):
     ids, positions, _ = packed([[random_ids(1, 6, 50)[0], random_ids(1, 5, 51)[0]]])
     with torch.no_grad():
-        cache = getattr(model(input_ids=ids, position_ids=positions, use_cache=True), mm.CACHE_FIELD)
+        cache = cache_of(model(input_ids=ids, position_ids=positions, use_cache=True))
         with pytest.raises(ValueError, match="filled from packed sequences"):
             model(input_ids=ids[:, :1], **{mm.CACHE_FIELD: cache})
 
 
 def test_packed_sequences_after_cached_tokens_are_refused(model):
     with torch.no_grad():
-        cache = getattr(model(input_ids=random_ids(1, 4, 52)), mm.CACHE_FIELD)
+        cache = cache_of(model(input_ids=random_ids(1, 4, 52)))
         ids, positions, _ = packed([[random_ids(1, 3, 53)[0], random_ids(1, 3, 54)[0]]])
         positions[:, :3] += 4  # the first sequence continues the cached one, the second is packed after it
         with pytest.raises(ValueError, match="cannot follow cached tokens"):

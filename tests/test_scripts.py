@@ -20,6 +20,7 @@ import device_map as dm
 import generate as gen
 import prepare_hub_repo as hub
 import quanto_config as qc
+from helpers import l2_rel_err
 from minimax_code import REPO_ROOT
 
 GIB = 2**30
@@ -28,21 +29,6 @@ OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "e
 # ------------------------------------------------------------------------------------------------------------------
 # Fixtures
 # ------------------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def text_config(released_configs):
-    return released_configs["text"]
-
-
-@pytest.fixture(scope="module")
-def text_meta(released_meta_models):
-    return released_meta_models["text"]
-
-
-@pytest.fixture(scope="module")
-def vl_config(released_configs):
-    return released_configs["vl"]
 
 
 def load_tiny(path, **kwargs):
@@ -106,9 +92,9 @@ def check_whole_contiguous_layers(plan, n_layers):
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def test_released_text_int8_on_8x80(text_config, text_meta):
-    c = text_config
-    plan = dm.plan_device_map(c, gpus=8, gpu_memory="80GiB", dtype="int8", model=text_meta)
+def test_released_text_int8_on_8x80(released_configs, released_meta_models):
+    c = released_configs["text"]
+    plan = dm.plan_device_map(c, gpus=8, gpu_memory="80GiB", dtype="int8", model=released_meta_models["text"])
     check_whole_contiguous_layers(plan, 80)
     device_map = plan.device_map
     assert device_map["model.embed_tokens"] == 0 and device_map["model.norm"] == 7 and device_map["lm_head"] == 7
@@ -125,8 +111,8 @@ def test_released_text_int8_on_8x80(text_config, text_meta):
     assert max(weights) / min(weights) <= 1.25
 
 
-def test_released_text_bf16_refused_on_8x80_and_fits_on_8x141(text_config, text_meta):
-    c = text_config
+def test_released_text_bf16_refused_on_8x80_and_fits_on_8x141(released_configs, released_meta_models):
+    c, text_meta = released_configs["text"], released_meta_models["text"]
     # 456.1 B parameters (spec section 1) at 2 bytes
     embed, layers, head = released_bytes(c, int8=False)
     assert round((embed + sum(layers) + head) / 2 / 1e9, 1) == 456.1
@@ -138,8 +124,8 @@ def test_released_text_bf16_refused_on_8x80_and_fits_on_8x141(text_config, text_
     assert sum(s.weight_bytes for s in plan.shares) == embed + sum(layers) + head
 
 
-def test_headroom_and_cache_are_reserved(text_config, text_meta):
-    c = text_config
+def test_headroom_and_cache_are_reserved(released_configs, released_meta_models):
+    c, text_meta = released_configs["text"], released_meta_models["text"]
     # 1M tokens of K/V: 4 GiB per softmax layer; 10 GiB headroom
     plan = dm.plan_device_map(c, 8, "141GiB", "bfloat16", headroom="10GiB", context_length=2**20, model=text_meta)
     for share, ids in zip(plan.shares, gpu_layers(plan)):
@@ -150,8 +136,8 @@ def test_headroom_and_cache_are_reserved(text_config, text_meta):
         dm.plan_device_map(c, 8, "141GiB", "bfloat16", headroom="40GiB", model=text_meta)
 
 
-def test_released_vl_plan(vl_config, released_meta_models):
-    model = released_meta_models["vl"]
+def test_released_vl_plan(released_configs, released_meta_models):
+    vl_config, model = released_configs["vl"], released_meta_models["vl"]
     plan = dm.plan_device_map(vl_config, gpus=8, gpu_memory="80GiB", dtype="int8", model=model)
     check_whole_contiguous_layers(plan, 80)
     device_map = plan.device_map
@@ -279,7 +265,7 @@ def test_quanto_int8_quantizes_experts_and_attention_only(tiny_text):
     ids = token_ids(c)
     with torch.no_grad():
         reference, int8 = plain(ids).logits, model(ids).logits
-    error = ((int8 - reference).norm() / reference.norm()).item()
+    error = l2_rel_err(int8, reference)
     print(f"\nint8 vs fp32 logits: relative L2 error {error:.2e}, max abs {(int8 - reference).abs().max():.2e} "
           f"(max |logit| {reference.abs().max():.2f})")
     assert error < 1e-2  # per-row int8 weights; measured ~7e-4 on this checkpoint
@@ -287,14 +273,15 @@ def test_quanto_int8_quantizes_experts_and_attention_only(tiny_text):
     assert out.shape == (1, ids.shape[1] + 4) and torch.equal(out[:, : ids.shape[1]], ids[:1])
 
 
-def test_quanto_skip_lists_name_real_modules(text_config, text_meta, vl_config, released_config_files, capsys):
+def test_quanto_skip_lists_name_real_modules(released_configs, released_meta_models, released_config_files, capsys):
+    text_config = released_configs["text"]
     skip = qc.modules_to_not_convert(text_config)
     assert skip[:2] == ["lm_head", "model.embed_tokens"] and len(skip) == 2 + 2 * 80
     assert "model.layers.79.coefficient" in skip and "model.layers.79.block_sparse_moe.gate" in skip
     # `coefficient` exists only with a shared expert (absent from the release); every other name is a module
-    modules = dict(text_meta.named_modules())
+    modules = dict(released_meta_models["text"].named_modules())
     assert all(name in modules for name in skip if not name.endswith("coefficient"))
-    vl_skip = qc.modules_to_not_convert(vl_config)
+    vl_skip = qc.modules_to_not_convert(released_configs["vl"])
     assert vl_skip[:5] == [
         "vision_tower", "multi_modal_projector", "image_newline", "language_model.lm_head",
         "language_model.model.embed_tokens",
@@ -323,7 +310,7 @@ def test_torchao_recipe_quantizes_what_quanto_does(tiny_text, capsys):
     ids = token_ids(c)
     with torch.no_grad():
         reference, int8 = plain(ids).logits, model(ids).logits
-    error = ((int8 - reference).norm() / reference.norm()).item()
+    error = l2_rel_err(int8, reference)
     assert 1e-5 < error < 1e-2, error  # quantized, per-row int8 weights
 
     tc.main([str(tiny_text), "--json", "--weights", "int8-dynamic"])

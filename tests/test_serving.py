@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -26,7 +27,6 @@ from PIL import Image
 
 import serve
 from helpers import WEATHER_TOOL, random_image
-from make_tiny_checkpoint import build_m1_checkpoint, build_text_checkpoint, build_vl_checkpoint
 from minimax_code import REPO_ROOT
 
 openai = pytest.importorskip("openai", reason='serving needs `pip install "transformers[serving]"`')
@@ -166,10 +166,10 @@ def load_reference(checkpoint):
 
 
 @pytest.mark.slow
-def test_text_server_answers_like_generate(tmp_path):
+def test_text_server_answers_like_generate(tiny_text, tmp_path):
     from transformers import AutoTokenizer
 
-    checkpoint = build_text_checkpoint(tmp_path / "tiny-text")
+    checkpoint = shutil.copytree(tiny_text, tmp_path / "tiny-text")
     without_response_template(checkpoint)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True)
     inputs = tokenizer.apply_chat_template(
@@ -192,10 +192,10 @@ def data_url(image: Image.Image) -> str:
 
 
 @pytest.mark.slow
-def test_vl_server_answers_like_generate_with_a_data_url_image(tmp_path):
+def test_vl_server_answers_like_generate_with_a_data_url_image(tiny_vl, tmp_path):
     from transformers import AutoProcessor
 
-    checkpoint = build_vl_checkpoint(tmp_path / "tiny-vl")
+    checkpoint = shutil.copytree(tiny_vl, tmp_path / "tiny-vl")
     without_response_template(checkpoint)
     processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
     image = random_image(40, 30)
@@ -233,11 +233,11 @@ def forcing_sequence_bias(prompt_ids: list[int], answer_ids: list[int]) -> list:
 
 
 @pytest.mark.slow
-def test_m1_thinking_and_tool_calls_come_back_parsed_by_its_response_template(tmp_path):
+def test_m1_thinking_and_tool_calls_come_back_parsed_by_its_response_template(tiny_m1, tmp_path):
     from transformers import AutoTokenizer
 
-    checkpoint = build_m1_checkpoint(tmp_path / "tiny-m1")  # architectures MiniMaxM1ForCausalLM: the Text-01 class
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=True)
+    # tiny_m1's architectures is MiniMaxM1ForCausalLM: the Text-01 class
+    tokenizer = AutoTokenizer.from_pretrained(tiny_m1, trust_remote_code=True)
     assert tokenizer.response_template is not None  # M1's, which the server reads
 
     messages = [{"role": "user", "content": "Weather in Paris?"}]
@@ -246,7 +246,7 @@ def test_m1_thinking_and_tool_calls_come_back_parsed_by_its_response_template(tm
     forced = {"generation_config": json.dumps({"sequence_bias": forcing_sequence_bias(prompt["input_ids"], reply_ids)})}
     request = dict(tools=[WEATHER_TOOL], max_tokens=len(reply_ids) + 4, extra_body=forced)
 
-    with running_server(checkpoint, tmp_path / "server.log") as served:
+    with running_server(tiny_m1, tmp_path / "server.log") as served:
         answer = ask(served, messages, **request)
         streamed = ask_streaming(served, messages, **request)
 

@@ -10,13 +10,8 @@ import torch
 from minimax_code import load
 from helpers import random_ids, tiny_model
 
-mm = load("modeling_minimax_text_01")
 mc = load("cache_minimax_text_01")
 la = load("lightning_attention")
-
-
-def lightning_layers(cache):
-    return [i for i, layer in enumerate(cache.layers) if isinstance(layer, mc.LightningStateLayer)]
 
 
 def run(model, ids, cache, **kwargs):
@@ -119,7 +114,7 @@ def copying_model():
     """A tiny model whose greedy continuation of REPETITIVE repeats it (trained for a few steps to copy), so drafts
     from the prompt are accepted and verification saves forward passes."""
     torch.manual_seed(0)
-    model = tiny_model(num_hidden_layers=3, attn_type_list=[0, 1, 0]).float().train()
+    model = tiny_model(num_hidden_layers=3, attn_type_list=[0, 1, 0]).train()
     ids = torch.tensor([REPETITIVE * 2])
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(60):
@@ -146,7 +141,7 @@ def test_assisted_generation_equals_greedy(copying_model):
     """The draft: a 2-layer model of the family (same vocabulary), random, so drafts are mostly rejected and
     crops reach back over several draft steps on both caches."""
     ids = random_ids(1, 12, seed=5)
-    assistant = tiny_model(seed=1, num_hidden_layers=2, attn_type_list=[0, 1]).float()
+    assistant = tiny_model(seed=1, num_hidden_layers=2, attn_type_list=[0, 1])
     outputs = dict(output_logits=True, return_dict_in_generate=True)
     plain = greedy(copying_model, ids, **outputs)
     assisted = greedy(copying_model, ids, assistant_model=assistant, **outputs)
@@ -159,7 +154,7 @@ def test_assisted_generation_equals_greedy(copying_model):
     plain = greedy(copying_model, ids)
     plain_forwards = len(calls)
     calls.clear()
-    copy = tiny_model(num_hidden_layers=3, attn_type_list=[0, 1, 0]).float()
+    copy = tiny_model(num_hidden_layers=3, attn_type_list=[0, 1, 0])
     copy.load_state_dict(copying_model.state_dict())
     assisted = greedy(copying_model, ids, assistant_model=copy.eval())
     assert torch.equal(assisted, plain)

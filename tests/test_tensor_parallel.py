@@ -12,7 +12,6 @@ has the same engine (and runs this plan unchanged).
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -140,10 +139,8 @@ def check_int8_tensor_parallel(result: dict, world_size: int, torchao: tuple[str
     for weights, layout in result["int8_layout"].items():
         # every quantized weight is stored in 8 bits and holds exactly 1/N of its full weight along its split dim
         shards = layout["shards"]
-        assert shards and all(entry["ok"] and entry["dtype"] == "int8" for entry in shards.values()), (weights, shards)
-        for name, entry in shards.items():
-            expected = next(dim for key, dim in TEXT_SPLITS.items() if key in name)
-            assert entry["split"] == expected, (weights, name, entry)
+        check_shards(shards, world_size, TEXT_SPLITS)
+        assert all(entry["dtype"] == "int8" for entry in shards.values()), (weights, shards)
         rows = layout["row_split_equal_one_process"]  # qkv_proj, output_gate, q/k/v, w1, w3: per-row scales, as alone
         assert rows["count"] > 0 and rows["all"], (weights, rows)
         kept = {".".join("*" if part.isdigit() else part for part in n.split(".")) for n in layout["unquantized"]}
@@ -260,7 +257,7 @@ def test_quanto_layers_are_marked_to_run_on_local_shards():
         assert not any(hasattr(m, "_hf_quantized_needs_local_tp") for m in model.modules() if m not in layers)
 
 
-def test_checkpoint_saved_quantized_is_refused_under_tensor_parallel(checkpoints, tmp_path):
+def test_checkpoint_saved_quantized_is_refused_under_tensor_parallel(tiny_text, tmp_path):
     """A torchao int8 checkpoint saved already quantized loads in one process (same logits as the model it was saved
     from), and is refused under tensor parallel before anything loads, naming quantization while loading."""
     from transformers import AutoModelForCausalLM
@@ -268,9 +265,8 @@ def test_checkpoint_saved_quantized_is_refused_under_tensor_parallel(checkpoints
     from torchao_config import torchao_config
 
     pytest.importorskip("torchao")
-    source = checkpoints["text"]
-    quantized = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=True, dtype=torch.float32,
-                                                     quantization_config=torchao_config(source))  # fmt: skip
+    quantized = AutoModelForCausalLM.from_pretrained(tiny_text, trust_remote_code=True, dtype=torch.float32,
+                                                     quantization_config=torchao_config(tiny_text))  # fmt: skip
     quantized.save_pretrained(tmp_path / "int8")
     saved = json.loads((tmp_path / "int8" / "config.json").read_text())
     assert saved["quantization_config"]["quant_method"] == "torchao"
@@ -348,19 +344,10 @@ def released_tp_int8_bytes(c, tp: int) -> tuple[int, int]:
     return int8 + 2 * bf16, 4 * scale_rows
 
 
-@pytest.fixture(scope="module")
-def released(released_configs, released_meta_models, released_config_files):
-    """The released Text-01 and VL-01 configs (VL-01: its language model is Text-01's), Text-01's config.json path
-    and meta model (the session's fixtures, under the names these planner tests use)."""
-    return {"text": released_configs["text"], "vl": released_configs["vl"],
-            "text_path": released_config_files["text"], "text_meta": released_meta_models["text"],
-            "vl_meta": released_meta_models["vl"]}  # fmt: skip
-
-
-def test_planner_text_tp8_fits_141gb_and_is_refused_on_80gb_with_what_fits(released):
+def test_planner_text_tp8_fits_141gb_and_is_refused_on_80gb_with_what_fits(released_configs, released_meta_models):
     import device_map as dm
 
-    c, meta = released["text"], released["text_meta"]
+    c, meta = released_configs["text"], released_meta_models["text"]
     plan = dm.plan_tensor_parallel(c, 8, gpu_memory="141GB", model=meta)
     (stage,) = plan.stages
     assert stage.weight_bytes == released_tp_weight_bytes(c, 8, range(80), True, True) and stage.scale_bytes == 0
@@ -387,12 +374,12 @@ def test_planner_text_tp8_fits_141gb_and_is_refused_on_80gb_with_what_fits(relea
     ]
 
 
-def test_planner_int8_tp8_holds_text01_on_8x80gb_at_32k_128k_1m(released):
+def test_planner_int8_tp8_holds_text01_on_8x80gb_at_32k_128k_1m(released_configs, released_meta_models):
     """torchao int8 at TP 8: the weights and scales per GPU equal the closed form, and 8 x 80 GB holds the model with
     1M tokens of context; bf16 does not fit there at any length."""
     import device_map as dm
 
-    c, meta = released["text"], released["text_meta"]
+    c, meta = released_configs["text"], released_meta_models["text"]
     weights, scales = released_tp_int8_bytes(c, 8)
     for context in (32768, 131072, 1048576):
         plan = dm.plan_tensor_parallel(c, 8, gpu_memory="80GB", dtype="int8", context_length=context, model=meta)
@@ -404,10 +391,10 @@ def test_planner_int8_tp8_holds_text01_on_8x80gb_at_32k_128k_1m(released):
     assert 53 * GIB < weights < 54 * GIB and 80 * 2**20 < scales < 90 * 2**20  # about half of bf16's 106.2 GiB
 
 
-def test_planner_vl_keeps_the_vision_side_whole(released):
+def test_planner_vl_keeps_the_vision_side_whole(released_configs, released_meta_models):
     import device_map as dm
 
-    vl, text, meta = released["vl"], released["text"], released["vl_meta"]
+    vl, text, meta = released_configs["vl"], released_configs["text"], released_meta_models["vl"]
     vision = sum(p.numel() * 2 for n, p in meta.named_parameters() if not n.startswith("language_model."))
     vision += sum(b.numel() * b.element_size() for n, b in meta.named_buffers() if not n.startswith("language_model."))
     (stage,) = dm.plan_tensor_parallel(vl, 8, gpu_memory="141GB", model=meta).stages
@@ -418,14 +405,14 @@ def test_planner_vl_keeps_the_vision_side_whole(released):
     assert (int8.weight_bytes, int8.scale_bytes) == (weights + vision, scales)  # the vision side stays bf16
 
 
-def test_planner_refusals_and_cli(released, capsys):
+def test_planner_refusals_and_cli(released_configs, released_meta_models, released_config_files, capsys):
     import device_map as dm
 
-    c, path = released["text"], str(released["text_path"])
+    c, path = released_configs["text"], str(released_config_files["text"])
     with pytest.raises(ValueError, match="tp_size=16 does not divide num_key_value_heads=8"):
-        dm.plan_tensor_parallel(c, 16, model=released["text_meta"])
+        dm.plan_tensor_parallel(c, 16, model=released_meta_models["text"])
     with pytest.raises(ValueError, match="Pipeline parallel"):
-        dm.plan_tensor_parallel(released["vl"], 8, pp=2)
+        dm.plan_tensor_parallel(released_configs["vl"], 8, pp=2)
     dm.main([path, "--tp", "8", "--gpu-memory", "141GB"])
     table = capsys.readouterr().out
     assert "tensor parallel 8 x 1 pipeline stage(s) = 8 GPUs of 131.3 GiB" in table and table.rstrip().endswith("Fits.")

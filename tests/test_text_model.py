@@ -16,7 +16,7 @@ import pytest
 import torch
 from helpers import VOCAB, cache_of, errors, random_ids, tiny_model
 from minimax_code import load
-from make_tiny_checkpoint import build_text_checkpoint, tiny_text_config
+from make_tiny_checkpoint import tiny_text_config
 from reference import lightning_layer_slopes, reference_text_logits, rope_inv_freq
 from released_configs import released_text_config
 from safetensors.torch import load_file, save_file
@@ -320,16 +320,15 @@ FRESH_PROCESS_LOAD = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_fresh_process_offline_load(tmp_path):
-    folder = build_text_checkpoint(tmp_path / "tiny-text")
+def test_fresh_process_offline_load(tiny_text, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"))
-    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS_LOAD, str(folder), str(tmp_path / "out.pt")],
+    result = subprocess.run([sys.executable, "-c", FRESH_PROCESS_LOAD, str(tiny_text), str(tmp_path / "out.pt")],
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     fresh = torch.load(tmp_path / "out.pt")
     assert fresh["config_class"] == "MiniMaxText01Config" and fresh["model_class"] == "MiniMaxText01ForCausalLM"
 
-    in_process = mm.MiniMaxText01ForCausalLM.from_pretrained(folder).eval()
+    in_process = mm.MiniMaxText01ForCausalLM.from_pretrained(tiny_text).eval()
     torch.testing.assert_close(fresh["logits"], logits(in_process, input_ids=fresh["ids"]), rtol=0, atol=0)
     expected = reference_text_logits(in_process.state_dict(), in_process.config, input_ids=fresh["ids"])
     assert errors(fresh["logits"], expected)[1] < 1e-5
@@ -445,15 +444,8 @@ def test_legacy_model_type_is_accepted(tmp_path):
 # ------------------------------------------------------------------------------------------------ released config
 
 
-@pytest.fixture(scope="module")
-def released_meta_model():
-    config = MiniMaxText01Config.from_dict(released_text_config())
-    with torch.device("meta"):
-        return mm.MiniMaxText01ForCausalLM(config)
-
-
-def test_released_config_state_dict_keys_and_shapes(released_meta_model):
-    shapes = {k: tuple(v.shape) for k, v in released_meta_model.state_dict().items()}
+def test_released_config_state_dict_keys_and_shapes(released_meta_models):
+    shapes = {k: tuple(v.shape) for k, v in released_meta_models["text"].state_dict().items()}
     assert len(shapes) == 8243
     expected = {
         "model.embed_tokens.weight": (200064, 6144),
@@ -480,10 +472,11 @@ def test_released_config_state_dict_keys_and_shapes(released_meta_model):
     assert not any("rotary" in k or "slope" in k or "decay" in k or "bias" in k for k in shapes)
 
 
-def test_released_config_parameter_counts(released_meta_model):
+def test_released_config_parameter_counts(released_meta_models):
     """Total 456.1 B; active 45.9 B = total - embed_tokens - lm_head - the (experts - top_k) idle experts per layer."""
-    config = released_meta_model.config
-    total = sum(p.numel() for p in released_meta_model.parameters())
+    model = released_meta_models["text"]
+    config = model.config
+    total = sum(p.numel() for p in model.parameters())
     embeddings = 2 * config.vocab_size * config.hidden_size  # embed_tokens + lm_head (untied)
     per_expert = 3 * config.hidden_size * config.intermediate_size
     idle = config.num_hidden_layers * (config.num_local_experts - config.num_experts_per_tok) * per_expert

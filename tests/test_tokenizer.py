@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from chat_format import named_chat_templates
-from helpers import WEATHER_TOOL
+from helpers import WEATHER_TOOL, render
 from tiny_tokenizer import build_tiny_tokenizer, special_token_ids
 
 # Also run on the oldest supported transformers (make test-oldest): tokenizer saving/loading and chat
@@ -44,10 +44,6 @@ WEATHER_TOOL_JSON = (
 @pytest.fixture(scope="module")
 def tok():
     return build_tiny_tokenizer()
-
-
-def render(tok, messages, **kwargs):
-    return tok.apply_chat_template(messages, tokenize=False, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------- chat template

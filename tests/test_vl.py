@@ -28,8 +28,6 @@ pytestmark = pytest.mark.smoke
 
 config_module = load("configuration_minimax_vl_01")
 modeling = load("modeling_minimax_vl_01")
-processing = load("processing_minimax_vl_01")
-image_processing = load("image_processing_minimax_vl_01")
 
 TILE, PATCH, GRID = 336, 14, 24  # crop size, patch size, patches per crop side
 

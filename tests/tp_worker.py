@@ -58,11 +58,11 @@ def tensor_parallel() -> DistributedConfig:
     return DistributedConfig(tp_plan="auto")
 
 
-def load_pair(path):
-    """(whole model, tensor-parallel model), fp32, eval."""
-    whole = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch.float32).eval()
-    sharded = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch.float32,
-                                                   distributed_config=tensor_parallel())  # fmt: skip
+def load_pair(path, quantization_config=None):
+    """(whole model, tensor-parallel model), fp32 (quantized while loading with `quantization_config`), eval."""
+    load = dict(trust_remote_code=True, dtype=torch.float32, quantization_config=quantization_config)
+    whole = AutoModelForCausalLM.from_pretrained(path, **load).eval()
+    sharded = AutoModelForCausalLM.from_pretrained(path, **load, distributed_config=tensor_parallel())
     return whole, sharded.eval()
 
 
@@ -225,10 +225,10 @@ def quantized_shards(whole, sharded, world: int) -> dict:
     return report
 
 
-def quantization_configs(path) -> dict:
-    """name -> a config of 8-bit weights quantized while loading: torchao's three types (where torchao is installed)
-    and optimum-quanto int8, each with the recipe's modules kept in full precision."""
-    torchao = ("int8", "int8-dynamic", "float8") if HAS_TORCHAO else ()
+def quantization_configs(path, torchao_weights=("int8", "int8-dynamic", "float8")) -> dict:
+    """name -> a config of 8-bit weights quantized while loading: torchao's `torchao_weights` types (where torchao is
+    installed) and optimum-quanto int8, each with the recipe's modules kept in full precision."""
+    torchao = torchao_weights if HAS_TORCHAO else ()
     return {**{weights: torchao_config(path, weights) for weights in torchao}, "quanto-int8": quanto_config(path)}
 
 
@@ -251,9 +251,7 @@ def quantized_checks(results: dict) -> None:
     greedy = dict(max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.eos_token_id)
     measured, layouts = {}, {}
     for name, quantization in quantization_configs(TEXT).items():
-        pair = [AutoModelForCausalLM.from_pretrained(TEXT, trust_remote_code=True, dtype=torch.float32,
-                                                     quantization_config=quantization, **extra).eval()
-                for extra in ({}, {"distributed_config": tensor_parallel()})]  # fmt: skip
+        pair = load_pair(TEXT, quantization)
         with torch.no_grad():
             alone, sharded = (model(**batch, use_cache=False).logits for model in pair)
         with torch.inference_mode():
@@ -276,12 +274,8 @@ def quantized_checks(results: dict) -> None:
     picture = Image.fromarray(torch.full((30, 336, 3), 120, dtype=torch.uint8).numpy())
     inputs = processor(text="<image>Describe the picture.", images=[picture], return_tensors="pt")
     results["vl_int8"] = {}
-    for name, quantization in quantization_configs(VL).items():
-        if name not in INT8:
-            continue
-        vl = [AutoModelForCausalLM.from_pretrained(VL, trust_remote_code=True, dtype=torch.float32,
-                                                   quantization_config=quantization, **extra).eval()
-              for extra in ({}, {"distributed_config": tensor_parallel()})]  # fmt: skip
+    for name, quantization in quantization_configs(VL, torchao_weights=("int8",)).items():  # the INT8 ones
+        vl = load_pair(VL, quantization)
         with torch.no_grad():
             alone, sharded = (model(**inputs).logits for model in vl)
         tokens = [model.generate(**inputs, max_new_tokens=6, do_sample=False) for model in vl]
